@@ -1,0 +1,53 @@
+"""torch.distributed helpers that also work as a plain single process (no torchrun, no process group)."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as td
+
+
+def init() -> None:
+    """Joins the process group when launched by torchrun (NCCL on CUDA, gloo otherwise); else does nothing."""
+    if "RANK" not in os.environ or td.is_initialized():
+        return
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    td.init_process_group(backend=backend)
+
+
+def rank() -> int:
+    return td.get_rank() if td.is_initialized() else 0
+
+
+def world_size() -> int:
+    return td.get_world_size() if td.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if td.is_initialized():
+        td.barrier()
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    if td.is_initialized():
+        t = t.clone()
+        td.all_reduce(t)
+        t /= world_size()
+    return t
+
+
+def print0(*args, **kwargs) -> None:
+    if is_main():
+        print(*args, **kwargs, flush=True)

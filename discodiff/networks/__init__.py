@@ -1,0 +1,59 @@
+"""Network registry: configs name backbones and encoders by stable short names, never by import path."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+from torch import nn
+
+from ..config import ConfigError, ModelConfig
+
+DENOISERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
+ENCODERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
+
+
+def register_denoiser(name: str):
+    def deco(fn):
+        DENOISERS[name] = fn
+        return fn
+    return deco
+
+
+def register_encoder(name: str):
+    def deco(fn):
+        ENCODERS[name] = fn
+        return fn
+    return deco
+
+
+def _build(registry: dict, spec: dict, cfg: ModelConfig, what: str) -> nn.Module:
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in registry:
+        raise ConfigError(f"unknown {what} {name!r}; choose from: {', '.join(sorted(registry))}")
+    try:
+        return registry[name](cfg, spec)
+    except TypeError as e:  # an unknown or missing keyword in the config
+        raise ConfigError(f"bad {what} options {spec}: {e}") from None
+
+
+def build_denoiser_net(cfg: ModelConfig) -> nn.Module:
+    return _build(DENOISERS, cfg.network, cfg, "network")
+
+
+def build_encoder(cfg: ModelConfig) -> nn.Module:
+    return _build(ENCODERS, cfg.encoder, cfg, "encoder")
+
+
+@register_denoiser("mlp")
+def _mlp_denoiser(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .mlp import MLPDenoiser
+    return MLPDenoiser(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
+                       sigma_data=cfg.sigma_data, **kw)
+
+
+@register_encoder("mlp")
+def _mlp_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .mlp import MLPEncoder
+    kw.setdefault("input_scale", cfg.sigma_data)
+    return MLPEncoder(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, **kw)

@@ -1,0 +1,100 @@
+"""Stage II: an autoregressive transformer prior p(z) = prod_i p(z_i | z_<i [, c]) over the m latent tokens."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"prior width {width} is not divisible by {heads} heads")
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = CausalSelfAttention(width, heads, dropout)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout))
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class ARPrior(nn.Module):
+    """A GPT over the latent sequence. Position 0 holds a start token: a class embedding for class-conditional
+    priors (index num_classes is the 'no class' token), a learned start token otherwise. Works for m = 1."""
+
+    def __init__(self, num_latents: int, codebook_size: int, num_classes: int = 0, depth: int = 4,
+                 width: int = 128, heads: int = 4, dropout: float = 0.0):
+        super().__init__()
+        if num_latents < 1:
+            raise ValueError("an autoregressive prior needs at least one latent")
+        self.num_latents, self.codebook_size, self.num_classes = num_latents, codebook_size, num_classes
+        self.start = nn.Embedding(num_classes + 1, width)
+        self.token = nn.Embedding(codebook_size, width)
+        self.pos = nn.Parameter(torch.zeros(num_latents, width))
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(depth))
+        self.ln_f = nn.LayerNorm(width)
+        self.head = nn.Linear(width, codebook_size)
+        nn.init.normal_(self.pos, std=0.02)
+
+    def _start_ids(self, batch: int, class_labels, device):
+        if class_labels is None or self.num_classes == 0:
+            return torch.full((batch,), self.num_classes, dtype=torch.long, device=device)
+        return class_labels.long().to(device)
+
+    def forward(self, z: torch.Tensor, class_labels: torch.Tensor | None = None):
+        """Teacher-forced logits [B, T+1 (<= m), k] for positions 0..T given the prefix z [B, T] (T < m or T = m).
+
+        Returns (logits over the m positions, mean cross-entropy) when z is a full sequence of length m,
+        else (logits for positions 0..T, None).
+        """
+        B, T = z.shape
+        full = T == self.num_latents
+        prefix = z[:, :-1] if full else z
+        h = self.start(self._start_ids(B, class_labels, z.device)).unsqueeze(1)
+        if prefix.shape[1]:
+            h = torch.cat([h, self.token(prefix.long())], dim=1)
+        h = h + self.pos[: h.shape[1]]
+        for block in self.blocks:
+            h = block(h)
+        logits = self.head(self.ln_f(h))
+        loss = F.cross_entropy(logits.reshape(-1, self.codebook_size), z.long().reshape(-1)) if full else None
+        return logits, loss
+
+    @torch.no_grad()
+    def sample(self, uniforms: torch.Tensor, class_labels: torch.Tensor | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """Draws z [B, m] by inverse-CDF sampling from the uniforms [B, m] (one per latent).
+
+        Taking the randomness as an input keeps every sample a function of its own seed, whatever the batch.
+        """
+        if temperature <= 0:
+            raise ValueError(f"prior temperature must be positive, got {temperature}")
+        B = uniforms.shape[0]
+        z = torch.zeros(B, 0, dtype=torch.long, device=uniforms.device)
+        for i in range(self.num_latents):
+            logits, _ = self(z, class_labels)
+            cdf = (logits[:, i].float() / temperature).softmax(-1).cumsum(-1)
+            nxt = torch.searchsorted(cdf, uniforms[:, i:i + 1].float().contiguous() * cdf[:, -1:]).clamp_max(self.codebook_size - 1)
+            z = torch.cat([z, nxt], dim=1)
+        return z
+
+    @torch.no_grad()
+    def nll(self, z: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean negative log-likelihood per token (nats); exp of it is the token perplexity."""
+        return self(z, class_labels)[1]
