@@ -1,0 +1,109 @@
+"""The DisCo-Diff model object: guidance, seeding, save/load and resume, all on tiny toy runs."""
+import pickle
+
+import pytest
+import torch
+
+from discodiff.checkpoint import CheckpointError, load_model, load_tensors
+from discodiff.cli import main
+from discodiff.config import preset_config
+from discodiff.model import DiscoDiff
+
+
+def _train(run_dir, overrides_args=(), kimg=2):
+    main(["train", "--preset", "toy2d", "--run-dir", str(run_dir), "--kimg", str(kimg), "--quiet",
+          "--set", "model.network.hidden=32", "--set", "model.network.emb_dim=16", "--set", "model.encoder.hidden=32",
+          "--set", "model.prior.depth=1", "--set", "model.prior.width=32", "--set", "model.prior.heads=2",
+          "--set", "train.batch=64", "--set", "train.tick_kimg=1", *overrides_args])
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    _train(run)
+    main(["train-prior", "--run-dir", str(run), "--kimg", "1", "--batch", "64", "--quiet"])
+    return run
+
+
+def test_guidance_zero_is_conditional_and_guidance_changes_output(trained_run):
+    _, model = load_model(trained_run, need_prior=True)
+    x, sigma, z = torch.randn(8, 2), torch.full((8,), 2.0), torch.randint(8, (8, 1))
+    cond = model.denoise(x, sigma, z=z)
+    torch.testing.assert_close(model.make_denoiser(z, guidance=0.0)(x, sigma), cond)
+    uncond = model.denoise(x, sigma)  # no z: the learned null latent
+    torch.testing.assert_close(model.make_denoiser(z, guidance=1.5)(x, sigma), 2.5 * cond - 1.5 * uncond)
+
+
+def test_same_seed_same_samples_whatever_the_batch(trained_run):
+    _, model = load_model(trained_run, need_prior=True)
+    x_all, z_all = model.generate(range(10, 22), steps=8)
+    x_a, z_a = model.generate(range(10, 15), steps=8)
+    x_b, z_b = model.generate(range(15, 22), steps=8)
+    torch.testing.assert_close(torch.cat([x_a, x_b]), x_all, rtol=1e-5, atol=1e-5)
+    assert torch.equal(torch.cat([z_a, z_b]), z_all)
+    x_one, _ = model.generate([17], steps=8)  # any sample can be drawn again alone
+    torch.testing.assert_close(x_one[0], x_all[7], rtol=1e-5, atol=1e-5)
+    x_churn1, _ = model.generate(range(10, 14), steps=8, sampler="edm", S_churn=10)
+    x_churn2, _ = model.generate(range(12, 14), steps=8, sampler="edm", S_churn=10)
+    torch.testing.assert_close(x_churn1[2:], x_churn2, rtol=1e-5, atol=1e-5)
+
+
+def test_save_load_gives_identical_outputs(trained_run, tmp_path):
+    cfg, model = load_model(trained_run, need_prior=True)
+    x, sigma = torch.randn(5, 2), torch.rand(5) * 3
+    z = torch.randint(8, (5, 1))
+    _, again = load_model(trained_run, need_prior=True)
+    assert torch.equal(model.denoise(x, sigma, z=z), again.denoise(x, sigma, z=z))
+    assert torch.equal(model.encode(x), again.encode(x))
+    assert torch.equal(model.generate(range(4), steps=4)[0], again.generate(range(4), steps=4)[0])
+
+
+def test_resumed_run_equals_uninterrupted_run(tmp_path):
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    _train(straight, kimg=2)
+    _train(resumed, kimg=1)
+    _train(resumed, kimg=2)  # same command with a longer duration continues from the saved state
+    a, b = load_tensors(straight / "model.safetensors"), load_tensors(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = (resumed / "log.txt").read_text()
+    assert "resuming stage I from 1.0 kimg" in log
+
+
+def test_baseline_has_no_latent_modules(tmp_path):
+    cfg = preset_config("toy2d", {"model": {"num_latents": 0}})
+    model = DiscoDiff(cfg.model)
+    assert model.encoder is None and model.prior is None
+    assert not any("latent" in k or "centre_table" in k for k in model.state_dict())
+    x, _ = model.generate(range(3), steps=3)
+    assert x.shape == (3, 2) and torch.isfinite(x).all()
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("open('PWNED', 'w').write('x')",))
+
+
+@pytest.mark.parametrize("target", ["model.safetensors", "prior.safetensors", "state"])
+def test_pickled_files_are_refused_without_running_them(trained_run, tmp_path, monkeypatch, target):
+    import shutil
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    monkeypatch.chdir(tmp_path)
+    if target == "state":
+        path = sorted((run / "state").glob("stage1-*"))[-1] / "weights.safetensors"
+    else:
+        path = run / target
+    path.write_bytes(pickle.dumps(_Evil()))
+    with pytest.raises(CheckpointError, match="pickle"):
+        if target == "state":
+            from discodiff.checkpoint import latest_training_state
+            latest_training_state(run, "stage1")
+        else:
+            load_model(run, need_prior=True)
+    torch_save = run / "model.safetensors"
+    torch.save({"x": _Evil()}, torch_save)
+    with pytest.raises(CheckpointError):
+        load_model(run)
+    assert not (tmp_path / "PWNED").exists()
