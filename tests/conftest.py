@@ -31,3 +31,6 @@ def tiny_toy_overrides():
                       "prior": {"depth": 1, "width": 32, "heads": 2}},
             "train": {"kimg": 2, "batch": 64, "tick_kimg": 1, "snapshot_ticks": 1, "state_ticks": 1},
             "prior_train": {"kimg": 1, "batch": 64, "tick_kimg": 0.5}}
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # two workers on two cores: one thread each
