@@ -51,3 +51,16 @@ def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
 def print0(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs, flush=True)
+
+
+def check_replicas_identical(module: torch.nn.Module) -> None:
+    """Raises if the weights differ between processes (a DDP bug would show here first)."""
+    if not td.is_initialized():
+        return
+    flat = torch.cat([p.detach().float().flatten() for p in module.parameters()])
+    ref = flat.clone()
+    td.broadcast(ref, src=0)
+    diff = (flat - ref).abs().max()
+    td.all_reduce(diff, op=td.ReduceOp.MAX)
+    if float(diff) != 0.0:
+        raise RuntimeError(f"DDP replicas diverged: max weight difference {float(diff):.3g}")

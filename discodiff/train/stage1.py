@@ -93,7 +93,8 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
             with sync:
                 with autocast:
                     loss = ddp(y, labels, g)
-                (loss.sum() / t.batch).backward()
+                # DDP averages gradients over ranks, so each rank normalises by its own share of the batch
+                (loss.sum() / (micro * rounds)).backward()
             loss_sum += loss.detach().sum()
             loss_count += micro
         lr = t.lr * min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else t.lr
@@ -125,6 +126,8 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
             loss_count, nonfinite, tick_start_nimg = 0, 0, cur_nimg
             if dist.is_main() and (done or tick_idx % t.snapshot_ticks == 0):
                 save_tensors(stage1_state_dict(ema.module), Path(run_dir) / MODEL, metadata={"kimg": str(cur_nimg / 1000)})
+            if world > 1 and (done or tick_idx % t.state_ticks == 0):
+                dist.check_replicas_identical(model)
             if dist.is_main() and (done or tick_idx % t.state_ticks == 0):
                 optim_tensors, optim_meta = optimizer_to_flat(opt)
                 tensors = {**with_prefix(model.state_dict(), "model."), **with_prefix(ema.module.state_dict(), "ema."),
@@ -134,5 +137,7 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
     bar.close()
     if dist.is_main() and not (Path(run_dir) / MODEL).exists():
         save_tensors(stage1_state_dict(ema.module), Path(run_dir) / MODEL)
+    if world > 1:
+        log.line(f"replicas identical on all {world} processes")
     log.line(f"stage I done at {cur_nimg / 1000:.1f} kimg in {timer.total():.1f} s; weights in {Path(run_dir) / MODEL}")
     return ema.module
