@@ -90,6 +90,25 @@ class DiscoDiff(nn.Module):
         return d
 
     @torch.no_grad()
+    def sample_latents(self, seeds: Sequence[int], *, class_labels=None, temperature: float = 1.0, device=None):
+        """z [N, m] from the prior, exactly the latents `generate` draws for the same seeds (the first m uniforms)."""
+        device = torch.device(device) if device is not None else next(self.parameters()).device
+        uniforms = StackedGenerator(seeds, device).rand([max(self.num_latents, 1)])[:, :self.num_latents]
+        return self._draw_latents(uniforms, self._labels(class_labels, len(seeds), device), temperature)
+
+    def _labels(self, class_labels, n, device):
+        if class_labels is None:
+            return None
+        return torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(n)
+
+    def _draw_latents(self, uniforms, class_labels, temperature):
+        if self.num_latents == 0:
+            return torch.zeros(len(uniforms), 0, dtype=torch.long, device=uniforms.device)
+        if self.prior is None:
+            raise RuntimeError("this model has no prior; train one with `discodiff train-prior`")
+        return self.prior.sample(uniforms, class_labels, temperature=temperature)
+
+    @torch.no_grad()
     def generate(self, seeds: Sequence[int], *, class_labels=None, z=None, steps: int = 50,
                  sampler: str = "heun", guidance: float = 0.0, class_guidance: float = 0.0,
                  prior_temperature: float = 1.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
@@ -104,16 +123,9 @@ class DiscoDiff(nn.Module):
         device = torch.device(device) if device is not None else next(self.parameters()).device
         gen = StackedGenerator(seeds, device)
         m = self.num_latents
-        uniforms = gen.rand([max(m, 1)])[:, :m]
-        if class_labels is not None:
-            class_labels = torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(len(seeds))
-        if m and z is None:
-            if self.prior is None:
-                raise RuntimeError("this model has no prior; train one with `discodiff train-prior`")
-            z = self.prior.sample(uniforms, class_labels, temperature=prior_temperature)
-        elif z is None:
-            z = torch.zeros(len(seeds), 0, dtype=torch.long, device=device)
-        z = z.to(device)
+        uniforms = gen.rand([max(m, 1)])[:, :m]  # drawn even when z is given, so the noise stays the same
+        class_labels = self._labels(class_labels, len(seeds), device)
+        z = self._draw_latents(uniforms, class_labels, prior_temperature) if z is None else z.to(device)
         sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=device)
         noise = gen.randn(self.config.data_shape) * sigmas[0].float()
         denoise = self.make_denoiser(z if m else None, class_labels, guidance=guidance,

@@ -107,3 +107,12 @@ def test_pickled_files_are_refused_without_running_them(trained_run, tmp_path, m
     with pytest.raises(CheckpointError):
         load_model(run)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_sample_latents_match_generate(trained_run):
+    _, model = load_model(trained_run, need_prior=True)
+    _, z = model.generate(range(30, 40), steps=2)
+    assert torch.equal(model.sample_latents(range(30, 40)), z)
+    x_given, z_given = model.generate(range(30, 40), steps=2, z=z)  # passing the same z changes nothing
+    assert torch.equal(z_given, z)
+    torch.testing.assert_close(x_given, model.generate(range(30, 40), steps=2)[0])
