@@ -6,7 +6,7 @@ import math
 import torch
 
 from ..config import DataConfig
-from . import ArrayDataset, register
+from . import ArrayDataset, DataError, register
 
 
 def ring_means(num_modes: int = 8, radius: float = 3.0) -> torch.Tensor:
@@ -28,7 +28,12 @@ def sample_ring(n: int, *, num_modes: int = 8, radius: float = 3.0, std: float =
 
 @register("toy2d")
 def load_toy2d(cfg: DataConfig) -> ArrayDataset:
-    o = {"num_points": 8000, "num_modes": 8, "radius": 3.0, "std": 0.2, "seed": 0, **cfg.options}
+    o = {"num_points": 8000, "num_modes": 8, "radius": 3.0, "std": 0.2, "seed": 0}
+    unknown = set(cfg.options) - set(o)
+    if unknown:
+        raise DataError(f"unknown option(s) for dataset 'toy2d': {', '.join(sorted(unknown))}; "
+                        f"valid: {', '.join(sorted(o))}")
+    o.update(cfg.options)
     x, comp = sample_ring(o["num_points"], num_modes=o["num_modes"], radius=o["radius"], std=o["std"],
                           seed=o["seed"], balanced=True)
     # The component index is kept as a label (for analysis); the toy models are unconditional.
