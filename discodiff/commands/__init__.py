@@ -1,0 +1,1 @@
+"""Extra `discodiff` subcommands, each in its own module and registered in cli.py."""
