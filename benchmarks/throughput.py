@@ -1,0 +1,120 @@
+"""Training and sampling throughput of the baseline (m = 0) and DisCo-Diff at the same network size.
+
+Training images/s come from the real training loop (`train_stage1`, EMA and bookkeeping included), read from
+its stats.jsonl after a warm-up tick. Sampling images/s time `DiscoDiff.generate` (prior + Heun ODE), and the
+prior's share of sampling time is measured on its own with `sample_latents`, the prior's part of `generate`.
+
+    python benchmarks/throughput.py --preset digits                # CPU figures
+    python benchmarks/throughput.py --preset emoji --device cuda   # GPU figures
+
+Targets (issue #3): DisCo-Diff training cost at most 15% above the baseline's; the prior at most 1% of the
+total sampling time (the paper: 0.56% on ImageNet-128).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from discodiff.config import preset_config
+from discodiff.data import ArrayDataset
+from discodiff.model import DiscoDiff
+from discodiff.train.stage1 import train_stage1
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def training_images_per_s(cfg, data, device, ticks: int) -> float:
+    with tempfile.TemporaryDirectory() as run_dir:
+        cfg.train.kimg = cfg.train.tick_kimg * (ticks + 1)
+        cfg.train.snapshot_ticks = cfg.train.state_ticks = 10**9  # time the loop, not the disk
+        train_stage1(Path(run_dir), cfg, data, quiet=True)
+        rows = [json.loads(line) for line in (Path(run_dir) / "stats.jsonl").read_text().splitlines()]
+    timed = rows[1:]  # the first tick includes warm-up
+    return sum(r["images_per_s"] for r in timed) / len(timed)
+
+
+def sampling(cfg, device, num: int, steps: int, batch: int, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = DiscoDiff(cfg.model).to(device).eval()
+    seeds = list(range(num))
+    model.generate(seeds[:batch], steps=2, device=device)  # warm-up
+    total, prior = [], []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        for i in range(0, num, batch):
+            model.generate(seeds[i:i + batch], steps=steps, device=device)
+        _sync(device)
+        t1 = time.perf_counter()
+        if model.num_latents:
+            for i in range(0, num, batch):
+                model.sample_latents(seeds[i:i + batch], device=device)
+        _sync(device)
+        total.append(t1 - t0)
+        prior.append(time.perf_counter() - t1)
+    t, p = min(total), min(prior)
+    return {"images_per_s": num / t, "seconds": t, "prior_seconds": p, "prior_fraction": p / t,
+            "nfe_per_image": 2 * steps - 1}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--ticks", type=int, default=3, help="timed training ticks (after one warm-up tick)")
+    ap.add_argument("--tick-kimg", type=float, default=None, help="images per tick (default: 2 batches on CPU)")
+    ap.add_argument("--num", type=int, default=256, help="images to sample")
+    ap.add_argument("--steps", type=int, default=18, help="Heun steps (NFE = 2 * steps - 1)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(torch.get_num_threads())
+    results = {"preset": args.preset, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+               "torch": torch.__version__, "models": {}}
+    for name, m in (("baseline", 0), ("discodiff", None)):
+        cfg = preset_config(args.preset, {"model": {"num_latents": m}} if m is not None else None)
+        shape = cfg.model.data_shape
+        data = ArrayDataset(x=torch.rand(4096, *shape) * 2 - 1, kind="image" if len(shape) == 3 else "vector",
+                            name="random")  # throughput does not depend on the pixels
+        cfg.model.num_classes = 0
+        cfg.train.tick_kimg = args.tick_kimg or (2 * cfg.train.batch / 1000)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        train_ips = training_images_per_s(cfg, data, device, args.ticks)
+        sample = sampling(cfg, device, args.num, args.steps, min(args.num, 256), args.repeats)
+        params = sum(p.numel() for p in DiscoDiff(cfg.model).stage1_parameters())
+        results["models"][name] = {"num_latents": cfg.model.num_latents, "parameters_stage1": params,
+                                   "train_images_per_s": train_ips, "sampling": sample}
+        print(f"{name:10s} m={cfg.model.num_latents:<3d} params {params:>10,}  train {train_ips:9.1f} img/s  "
+              f"sample {sample['images_per_s']:9.1f} img/s ({args.steps} Heun steps)  "
+              f"prior {100 * sample['prior_fraction']:.3f}% of sampling time", flush=True)
+    b, d = results["models"]["baseline"], results["models"]["discodiff"]
+    overhead = b["train_images_per_s"] / d["train_images_per_s"] - 1
+    results["targets"] = {
+        "training_overhead": overhead, "training_overhead_ok": overhead <= 0.15,
+        "prior_fraction": d["sampling"]["prior_fraction"], "prior_fraction_ok": d["sampling"]["prior_fraction"] <= 0.01,
+    }
+    print(f"DisCo-Diff training cost vs baseline: {100 * overhead:+.1f}% (target <= +15%: "
+          f"{'PASS' if overhead <= 0.15 else 'FAIL'})")
+    print(f"prior share of sampling time: {100 * d['sampling']['prior_fraction']:.3f}% (target <= 1%: "
+          f"{'PASS' if results['targets']['prior_fraction_ok'] else 'FAIL'})")
+    out = args.out or Path(__file__).parent / "results" / f"throughput-{args.preset}-{device.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
