@@ -57,3 +57,32 @@ def _mlp_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .mlp import MLPEncoder
     kw.setdefault("input_scale", cfg.sigma_data)
     return MLPEncoder(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, **kw)
+
+
+def _image_shape(cfg: ModelConfig, what: str) -> tuple[int, int]:
+    """(channels, resolution) of square image data [C, H, W]."""
+    if len(cfg.data_shape) != 3 or cfg.data_shape[1] != cfg.data_shape[2]:
+        raise ConfigError(f"the {what} needs square images, data_shape [C, H, H]; got {list(cfg.data_shape)}")
+    return int(cfg.data_shape[0]), int(cfg.data_shape[1])
+
+
+@register_denoiser("unet")
+def _unet_denoiser(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .unet import UNet
+    channels, resolution = _image_shape(cfg, "unet network")
+    try:
+        return UNet(resolution, channels, num_classes=cfg.num_classes, num_latents=cfg.num_latents,
+                    codebook_size=cfg.codebook_size, **kw)
+    except ValueError as e:  # an option the network rejects (e.g. latent_groups not dividing m): a config error
+        raise ConfigError(f"unet network: {e}") from None
+
+
+@register_encoder("vit")
+def _vit_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .vit import ViTEncoder
+    channels, resolution = _image_shape(cfg, "vit encoder")
+    kw.setdefault("input_scale", cfg.sigma_data)
+    try:
+        return ViTEncoder(resolution, channels, cfg.num_latents, cfg.codebook_size, **kw)
+    except ValueError as e:
+        raise ConfigError(f"vit encoder: {e}") from None

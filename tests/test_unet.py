@@ -1,0 +1,272 @@
+"""The image networks: the U-Net backbone (plain, cross-attention / embedding latents, hierarchical) and the ViT
+encoder, alone and inside DisCo-Diff. Tiny models on 8-32 px so the file runs in seconds on a CPU."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from discodiff.config import ConfigError, ModelConfig
+from discodiff.edm import EDMLoss
+from discodiff.model import DiscoDiff
+from discodiff.networks import build_denoiser_net, build_encoder
+from discodiff.networks.unet import UNet
+from discodiff.networks.vit import ViTEncoder
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny, so a second thread buys nothing, while on a busy 2-core machine OpenMP's spin-waiting
+    makes two threads 5-10x slower (measured: 110 s vs 13 s for this file at load 6)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+TINY = dict(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), dropout=0.0,
+            channels_per_head=8, latent_dim=16, latent_depth=1, latent_heads=2)
+M, K = 4, 8
+
+VARIANTS = {
+    "cross_attention": {},
+    "embedding": {"latent_injection": "embedding"},
+    # decoder attention at 4 px (the middle and the 4x4 blocks) and at 8 px: two groups
+    "hierarchical": {"attn_resolutions": (8, 4), "latent_groups": 2},
+}
+
+
+def make_unet(seed=0, res=8, channels=1, num_latents=0, num_classes=0, **kw):
+    torch.manual_seed(seed)
+    return UNet(res, channels, num_classes=num_classes, num_latents=num_latents,
+                codebook_size=K if num_latents else 0, **{**TINY, **kw})
+
+
+def perturb(nets, names=None, std=0.05, seed=123):
+    """Adds the same noise, parameter by parameter name, to every net in `nets`. A fresh U-Net outputs exactly
+    zero (EDM's zero-initialised output conv and residual convs), which would make most comparisons vacuous."""
+    g = torch.Generator().manual_seed(seed)
+    params = [dict(n.named_parameters()) for n in nets]
+    with torch.no_grad():
+        for name in sorted(names if names is not None else params[0]):
+            noise = torch.randn(params[0][name].shape, generator=g) * std
+            for p in params:
+                p[name].add_(noise)
+
+
+def random_latents(batch, seed, m=M):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.one_hot(torch.randint(K, (batch, m), generator=g), K).float()
+
+
+def inputs(batch=3, res=8, channels=1, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, channels, res, res, generator=g), torch.randn(batch, generator=g)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# zero-initialised latent path
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fresh_disco_unet_equals_plain_unet(variant):
+    kw = VARIANTS[variant]
+    plain_kw = {k: v for k, v in kw.items() if not k.startswith("latent_")}
+    plain = make_unet(num_latents=0, num_classes=3, **plain_kw)
+    disco = make_unet(num_latents=M, num_classes=3, **kw)
+    # The same seed gives the plain network's weights exactly; the latent modules come on top.
+    plain_sd, disco_sd = plain.state_dict(), disco.state_dict()
+    assert set(plain_sd) < set(disco_sd)
+    for name, value in plain_sd.items():
+        assert torch.equal(value, disco_sd[name]), name
+    assert not any("latent" in name or "cross_attn" in name for name in plain_sd)  # m = 0: no latent modules
+    zero_projs = [n for n in disco_sd if n.startswith("latent_proj") or ".cross_attn.proj" in n]
+    assert zero_projs and all(disco_sd[n].abs().max() == 0 for n in zero_projs)
+
+    x, c_noise = inputs()
+    labels = torch.eye(3)[[0, 2, 1]]
+    null = torch.tensor([False, True, False])
+    with torch.no_grad():
+        assert torch.equal(plain(x, c_noise, class_labels=labels),
+                           disco(x, c_noise, class_labels=labels, latents=random_latents(3, 0), null_latent=null))
+        # ... and still after the shared weights move (the same way), i.e. not only because F starts at zero.
+        perturb([plain, disco], names=list(dict(plain.named_parameters())))
+        out = plain(x, c_noise, class_labels=labels)
+        assert out.abs().max() > 0
+        assert torch.equal(out, disco(x, c_noise, class_labels=labels, latents=random_latents(3, 1),
+                                      null_latent=null))
+        assert torch.equal(out, disco(x, c_noise, class_labels=labels))  # latents=None: the null latent
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_latents_change_output_once_projections_are_nonzero(variant):
+    net = make_unet(num_latents=M, **VARIANTS[variant])
+    perturb([net])  # every weight, the zero-initialised projections included
+    x, c_noise = inputs()
+    za, zb = random_latents(3, 0), random_latents(3, 1)
+    assert not torch.equal(za, zb)
+    with torch.no_grad():
+        out_a = net(x, c_noise, latents=za)
+        out_b = net(x, c_noise, latents=zb)
+        assert (out_a - out_b).abs().amax(dim=(1, 2, 3)).min() > 1e-6  # every sample moves
+        # the null latent: the output no longer depends on `latents`, and equals latents=None
+        all_null = torch.ones(3, dtype=torch.bool)
+        null_a = net(x, c_noise, latents=za, null_latent=all_null)
+        assert torch.equal(null_a, net(x, c_noise, latents=zb, null_latent=all_null))
+        assert torch.allclose(null_a, net(x, c_noise), atol=1e-6)
+        assert not torch.allclose(null_a, out_a)
+        # a per-sample mask: only the masked rows switch to the null output
+        mixed = net(x, c_noise, latents=za, null_latent=torch.tensor([True, False, False]))
+        assert torch.allclose(mixed[0], null_a[0], atol=1e-6) and torch.allclose(mixed[1:], out_a[1:], atol=1e-6)
+
+
+def test_class_labels_enter_through_the_embedding():
+    net = make_unet(num_classes=5)
+    perturb([net])
+    x, c_noise = inputs()
+    with torch.no_grad():
+        a = net(x, c_noise, class_labels=torch.eye(5)[[0, 0, 0]])
+        b = net(x, c_noise, class_labels=torch.eye(5)[[1, 1, 1]])
+        assert (a - b).abs().max() > 1e-6
+        # EDM's map_label is bias-free: a dropped label (all zeros) is the same as no label
+        assert torch.equal(net(x, c_noise, class_labels=torch.zeros(3, 5)), net(x, c_noise))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# shapes and resolutions
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("res,mult,attn", [(8, (1, 2), (4,)), (16, (1, 2, 2), (8,)), (28, (1, 2, 2), (14, 7)),
+                                           (28, (1, 2, 2, 2), (7,)), (32, (1, 2, 2), (8,))])
+def test_shapes(channels, res, mult, attn):
+    net = make_unet(res=res, channels=channels, num_latents=2, num_classes=2, channel_mult=mult,
+                    attn_resolutions=attn, model_channels=8)
+    perturb([net])
+    x, c_noise = inputs(batch=2, res=res, channels=channels)
+    out = net(x, c_noise, class_labels=torch.eye(2), latents=random_latents(2, 0, m=2))
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    # a scalar c_noise is broadcast over the batch
+    assert net(x, c_noise[0]).shape == x.shape
+
+
+def test_odd_resolution_levels():
+    net = make_unet(res=28, channel_mult=(1, 1, 1, 1), attn_resolutions=(7,))
+    assert net.resolutions == [28, 14, 7, 4]
+    with pytest.raises(ValueError, match="too many"):
+        make_unet(res=8, channel_mult=(1, 1, 1, 1, 1))
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="latent_injection"):
+        make_unet(num_latents=M, latent_injection="concat")
+    with pytest.raises(ValueError, match="needs latent_injection='cross_attention'"):
+        make_unet(num_latents=M, latent_injection="embedding", latent_groups=2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the hierarchical variant
+
+
+def test_hierarchical_groups_must_divide_m():
+    with pytest.raises(ValueError, match="must divide num_latents"):
+        make_unet(num_latents=5, **VARIANTS["hierarchical"])
+    with pytest.raises(ValueError, match="needs 3 decoder resolutions"):
+        make_unet(num_latents=6, attn_resolutions=(8, 4), latent_groups=3)
+
+
+def test_hierarchical_wiring():
+    net = make_unet(num_latents=M, **VARIANTS["hierarchical"])
+    assert all(b.cross_attn is None for b in net.enc.values() if hasattr(b, "cross_attn"))
+    groups = {name: b.latent_group for name, b in net.dec.items() if b.cross_attn is not None}
+    assert groups == {"4x4_in0": 0, "4x4_block0": 0, "4x4_block1": 0, "8x8_block0": 1, "8x8_block1": 1}
+    # group 0's tokens (lowest resolution) do not see group 1's latents
+    perturb([net])
+    za = random_latents(2, 0)
+    zb = za.clone()
+    zb[:, M // 2:] = random_latents(2, 5)[:, M // 2:]
+    with torch.no_grad():
+        ca, cb = net.latent_context(za, None, 2), net.latent_context(zb, None, 2)
+    assert torch.equal(ca[:, :M // 2], cb[:, :M // 2]) and not torch.equal(ca[:, M // 2:], cb[:, M // 2:])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ViT encoder
+
+
+@pytest.mark.parametrize("res,channels,patch", [(8, 1, 2), (28, 1, 8), (32, 3, 4)])
+def test_vit_shape_and_gradients(res, channels, patch):
+    torch.manual_seed(0)
+    vit = ViTEncoder(res, channels, num_latents=M, codebook_size=K, patch_size=patch, width=32, depth=2, heads=4)
+    y = torch.randn(5, channels, res, res)
+    logits = vit(y)
+    assert logits.shape == (5, M, K) and torch.isfinite(logits).all()
+    logits.square().sum().backward()
+    for name, p in vit.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert vit.patch_embed.weight.grad.abs().max() > 0
+    # each sample's logits depend on that sample's image only
+    with torch.no_grad():
+        y2 = y.clone()
+        y2[0] += 1
+        out2 = vit(y2)
+    assert not torch.allclose(out2[0], logits[0].detach()) and torch.allclose(out2[1:], logits[1:].detach(), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# inside DisCo-Diff, through the registry
+
+
+def model_config(num_latents=M, network_extra=None, **kw):
+    net = {"name": "unet", **TINY, **(network_extra or {})}
+    enc = {"name": "vit", "patch_size": 2, "width": 32, "depth": 1, "heads": 4}
+    return ModelConfig(data_shape=[1, 8, 8], num_classes=3, num_latents=num_latents, codebook_size=K,
+                       network=net, encoder=enc, prior={"depth": 1, "width": 32, "heads": 2, "dropout": 0.0}, **kw)
+
+
+def test_registry_builds_image_networks():
+    cfg = model_config()
+    assert isinstance(build_denoiser_net(cfg), UNet) and isinstance(build_encoder(cfg), ViTEncoder)
+    with pytest.raises(ConfigError, match="square images"):
+        build_denoiser_net(ModelConfig(data_shape=[2], network={"name": "unet"}))
+    with pytest.raises(ConfigError, match="must divide num_latents"):
+        build_denoiser_net(model_config(network_extra={"attn_resolutions": [8, 4], "latent_groups": 3}))
+    with pytest.raises(ConfigError, match="bad network options"):
+        build_denoiser_net(ModelConfig(data_shape=[1, 8, 8], network={"name": "unet", "widht": 3}))
+
+
+def test_discodiff_with_unet_and_vit():
+    torch.manual_seed(0)
+    plain = DiscoDiff(model_config(num_latents=0))
+    torch.manual_seed(0)
+    disco = DiscoDiff(model_config())
+    perturb([plain.denoiser, disco.denoiser], names=list(dict(plain.denoiser.named_parameters())))
+    x = torch.randn(4, 1, 8, 8)
+    sigma = torch.tensor([0.1, 0.5, 2.0, 10.0])
+    z = torch.randint(K, (4, M))
+    labels = torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        ref = plain.make_denoiser(None, labels)(x, sigma)
+        assert torch.equal(disco.make_denoiser(z, labels, guidance=0.0)(x, sigma), ref)
+        assert torch.allclose(disco.make_denoiser(z, labels, guidance=1.0)(x, sigma), ref, atol=1e-6)
+
+    # Stage-I training: finite gradients on the denoiser and the encoder. Through the zero-initialised output
+    # conv and cross-attention projections, gradients reach the latent transformer and the encoder at step 3.
+    torch.manual_seed(1)
+    model = DiscoDiff(model_config())
+    opt = torch.optim.Adam(model.stage1_parameters(), lr=3e-3)
+    loss_fn, gen = EDMLoss(), torch.Generator().manual_seed(0)
+    y, y_labels = torch.randn(8, 1, 8, 8) * 0.5, torch.randint(3, (8,))
+    for step in range(3):
+        opt.zero_grad()
+        loss = model.training_loss(y, y_labels, loss_fn=loss_fn, generator=gen)
+        assert loss.shape == (8,) and torch.isfinite(loss).all()
+        loss.mean().backward()
+        for part in (model.denoiser, model.encoder):
+            grads = [p.grad for p in part.parameters() if p.grad is not None]
+            assert grads and all(torch.isfinite(g).all() for g in grads)
+        opt.step()
+    assert any(p.grad.abs().max() > 0 for p in model.encoder.parameters())
+    assert model.denoiser.net.latent_blocks[0].attn.qkv.weight.grad.abs().max() > 0
+    # after training, the latents matter
+    with torch.no_grad():
+        za, zb = torch.zeros(4, M, dtype=torch.long), torch.full((4, M), K - 1)
+        assert not torch.equal(model.denoise(x, sigma, z=za), model.denoise(x, sigma, z=zb))
