@@ -17,18 +17,30 @@ class MLPDenoiser(nn.Module):
     then preconditions around them, D = mu(z) + EDM_s(x - mu(z)), which makes the exact denoiser of one
     Gaussian component the network's zero point. Without latents (m = 0) mu and s are single learned values,
     so the baseline has the same parameterisation.
+
+    `centre_gain` g stores the centre and log-scale tables divided by g and multiplies them back in `centre`:
+    the function is unchanged, but Adam (whose steps are about lr in parameter units) moves the centres g times
+    faster, so they reach the modes within a short toy run (see docs/toy2d.md). `latent_embedding=False`
+    feeds z to the network only through mu(z) and s(z), as in the paper's toy model
+    G = (F(z) - x) / (t^2 + sigma_1^2) + H(x, t), where H does not see z.
     """
 
     def __init__(self, dim: int, num_latents: int = 0, codebook_size: int = 0, num_classes: int = 0,
                  hidden: int = 128, depth: int = 4, emb_dim: int = 64, centred: bool = False,
-                 sigma_data: float = 0.5, centre_init_std: float = 1.0):
+                 sigma_data: float = 0.5, centre_init_std: float = 1.0, centre_gain: float = 1.0,
+                 latent_embedding: bool = True):
         super().__init__()
         if depth < 2:
             raise ValueError("an MLP denoiser needs depth >= 2")
+        if num_latents and not (latent_embedding or centred):
+            raise ValueError("latent_embedding=False needs centred=True, or the latents would not be used at all")
+        if centre_gain <= 0:
+            raise ValueError(f"centre_gain must be positive, got {centre_gain}")
         self.dim, self.num_latents, self.codebook_size = dim, num_latents, codebook_size
         self.noise_embed = nn.Sequential(PositionalEmbedding(emb_dim), nn.Linear(emb_dim, emb_dim), nn.SiLU(),
                                          nn.Linear(emb_dim, emb_dim))
-        self.latent_embed = LatentEmbedding(num_latents, codebook_size, emb_dim) if num_latents else None
+        self.latent_embed = (LatentEmbedding(num_latents, codebook_size, emb_dim)
+                             if num_latents and latent_embedding else None)
         self.class_embed = class_embedding(num_classes, emb_dim)
         self.inp = nn.Linear(dim, hidden)
         self.hidden = nn.ModuleList(nn.Linear(hidden, hidden) for _ in range(depth - 2))
@@ -37,16 +49,20 @@ class MLPDenoiser(nn.Module):
         self.act = nn.SiLU()
         self.has_centre = centred
         if centred:
-            log_s = math.log(sigma_data)
+            g, log_s = float(centre_gain), math.log(sigma_data)
+            self.centre_gain = g
             m = max(num_latents, 1)
             if num_latents:
-                self.centre_table = nn.Parameter(torch.randn(num_latents, codebook_size, dim) * centre_init_std)
-                self.log_scale_table = nn.Parameter(torch.full((num_latents, codebook_size), log_s / m))
+                self.centre_table = nn.Parameter(torch.randn(num_latents, codebook_size, dim) * centre_init_std / g)
+                self.log_scale_table = nn.Parameter(torch.full((num_latents, codebook_size), log_s / m / g))
             self.null_centre = nn.Parameter(torch.zeros(dim))
-            self.null_log_scale = nn.Parameter(torch.tensor(log_s))
+            self.null_log_scale = nn.Parameter(torch.tensor(log_s / g))
 
     def _embedding(self, c_noise, class_labels, latents, null_latent):
-        emb = self.noise_embed(c_noise)
+        # The sinusoidal features are float32; cast them to the weights' dtype so a float64 copy of the model
+        # runs end to end (the toy metrics need float64 near t = 0, see metrics/toy.py).
+        pos = self.noise_embed[0](c_noise).to(self.inp.weight.dtype)
+        emb = self.noise_embed[1:](pos)
         if self.latent_embed is not None:
             emb = emb + self.latent_embed(latents, null_latent, c_noise.shape[0]).sum(1)
         if self.class_embed is not None and class_labels is not None:
@@ -55,6 +71,7 @@ class MLPDenoiser(nn.Module):
 
     def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None):
         emb = self._embedding(c_noise, class_labels, latents, null_latent)
+        x = x.to(self.inp.weight.dtype)
         h = self.act(self.inp(x) + self.emb_proj[0](emb))
         for layer, proj in zip(self.hidden, self.emb_proj[1:]):
             h = self.act(layer(h) + proj(emb))
@@ -62,21 +79,50 @@ class MLPDenoiser(nn.Module):
 
     def centre(self, latents, null_latent):
         """(mu [B, D], log_scale [B]) for each sample; only defined when built with `centred=True`."""
+        g = self.centre_gain
         if latents is None:
-            return self.null_centre.unsqueeze(0), self.null_log_scale.reshape(1)
-        mu = torch.einsum("bmk,mkd->bd", latents.float(), self.centre_table)
-        log_s = torch.einsum("bmk,mk->b", latents.float(), self.log_scale_table)
+            return g * self.null_centre.unsqueeze(0), g * self.null_log_scale.reshape(1)
+        latents = latents.to(self.centre_table.dtype)
+        mu = g * torch.einsum("bmk,mkd->bd", latents, self.centre_table)
+        log_s = g * torch.einsum("bmk,mk->b", latents, self.log_scale_table)
         if null_latent is not None:
-            mu = torch.where(null_latent.view(-1, 1), self.null_centre, mu)
-            log_s = torch.where(null_latent, self.null_log_scale, log_s)
+            mu = torch.where(null_latent.view(-1, 1), g * self.null_centre, mu)
+            log_s = torch.where(null_latent, g * self.null_log_scale, log_s)
         return mu, log_s
 
 
+def kmeans_pp(u: torch.Tensor, k: int, candidates: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): k rows of u [N, D], each new one drawn with
+    probability proportional to its squared distance to those already chosen (the best of a few draws)."""
+    candidates = candidates or 2 + int(math.log(k))
+    chosen = [u[torch.randint(len(u), ())]]
+    d2 = (u - chosen[0]).square().sum(1)
+    for _ in range(k - 1):
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)  # fewer distinct points than k: repeat some
+        idx = torch.multinomial(weights / weights.sum(), candidates, replacement=True)
+        new_d2 = torch.minimum(d2, (u[None] - u[idx][:, None]).square().sum(-1))   # [candidates, N]
+        best = new_d2.sum(1).argmin()
+        chosen.append(u[idx[best]])
+        d2 = new_d2[best]
+    return torch.stack(chosen)
+
+
 class MLPEncoder(nn.Module):
-    """E(y): clean vector data [B, D] -> logits [B, m, k]. Sees no noise level and no class label."""
+    """E(y): clean vector data [B, D] -> logits [B, m, k]. Sees no noise level and no class label.
+
+    `prototypes=True` adds a nearest-prototype term to the MLP's logits, logits_c = MLP(u)_c - |u - p_c|^2 / (2 w^2)
+    with u = y / input_scale, learned prototypes p_c and a learned width w (initially `prototype_width`). The
+    prototypes are seeded by k-means++ on the first training batch, so the encoder starts from a partition of the
+    data into k compact regions instead of a random one; gradient descent cannot undo a bad starting partition,
+    which leaves codes dead or covering two modes (see docs/toy2d.md).
+
+    `balanced=True` standardises each code's logit over the batch (BatchNorm without affine terms) and multiplies
+    by a learned gain exp(gain_rate * u) per latent, so no code can score below the others everywhere.
+    """
 
     def __init__(self, dim: int, num_latents: int, codebook_size: int, hidden: int = 128, depth: int = 3,
-                 input_scale: float = 1.0):
+                 input_scale: float = 1.0, balanced: bool = False, gain_rate: float = 1.0,
+                 prototypes: bool = False, prototype_width: float = 0.25):
         super().__init__()
         self.num_latents, self.codebook_size, self.input_scale = num_latents, codebook_size, input_scale
         layers, width = [], dim
@@ -85,6 +131,32 @@ class MLPEncoder(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, num_latents * codebook_size))
         self.net = nn.Sequential(*layers)
+        self.norm = nn.BatchNorm1d(num_latents * codebook_size, affine=False) if balanced else None
+        self.gain_rate = gain_rate
+        self.log_gain = nn.Parameter(torch.zeros(num_latents, 1)) if balanced else None
+        self.prototypes = nn.Parameter(torch.zeros(num_latents, codebook_size, dim)) if prototypes else None
+        if prototypes:
+            self.log_precision = nn.Parameter(torch.full((num_latents, 1), -2 * math.log(prototype_width)))
+            self.register_buffer("prototypes_seeded", torch.tensor(False))
+
+    @torch.no_grad()
+    def _seed_prototypes(self, u: torch.Tensor) -> None:
+        for i in range(self.num_latents):
+            self.prototypes[i] = kmeans_pp(u.float(), self.codebook_size).to(self.prototypes.dtype)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(self.prototypes.data, 0)  # every rank starts from rank 0's seeding
+        self.prototypes_seeded.fill_(True)
 
     def forward(self, y):
-        return self.net(y.flatten(1) / self.input_scale).view(-1, self.num_latents, self.codebook_size)
+        u = y.flatten(1) / self.input_scale
+        logits = self.net(u)
+        if self.norm is not None:
+            logits = self.norm(logits).view(-1, self.num_latents, self.codebook_size)
+            logits = logits * (self.gain_rate * self.log_gain).exp()
+        logits = logits.view(-1, self.num_latents, self.codebook_size)
+        if self.prototypes is not None:
+            if self.training and not bool(self.prototypes_seeded):
+                self._seed_prototypes(u)
+            d2 = (u[:, None, None, :] - self.prototypes[None]).square().sum(-1)  # [B, m, k]
+            logits = logits - 0.5 * self.log_precision.exp() * d2
+        return logits
