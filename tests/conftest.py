@@ -34,3 +34,15 @@ def tiny_toy_overrides():
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # two workers on two cores: one thread each
+
+
+def run_cli(args, capsys):
+    """Runs `discodiff ARGS` in-process: (exit status, stdout, stderr)."""
+    import pytest as _pytest
+
+    from discodiff.cli import main
+    with _pytest.raises(SystemExit) as exc:
+        main(args)
+        raise SystemExit(0)
+    out = capsys.readouterr()
+    return exc.value.code, out.out, out.err

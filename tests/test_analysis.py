@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import run_cli
 import torch
 from torch import nn
 
@@ -16,7 +17,6 @@ from discodiff.analysis.oracle import oracle_vs_prior
 from discodiff.analysis.quality import FIDCache, reference_stats, sample_batches, sample_fid
 from discodiff.analysis.switching import latent_switching, switched_samples
 from discodiff.checkpoint import CONFIG, load_model
-from discodiff.cli import main
 from discodiff.config import preset_config
 from discodiff.data import load_dataset
 from discodiff.metrics.fid import InceptionDetector, model_to_uint8
@@ -108,14 +108,6 @@ def img_ref(runs, detector):
 
 def _model(run_dir, prior=False):
     return load_model(run_dir, need_prior=prior)[1]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _one_line_error(code, err, *needles):

@@ -4,21 +4,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli
 import torch
 
-from discodiff.cli import main
 from discodiff.data import ArrayDataset, DataError
 
 TINY = ["--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8", "--set", "model.encoder.hidden=16",
         "--set", "train.batch=32", "--set", "train.tick_kimg=0.5", "--quiet"]
-
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as exc:
-        main(args)
-        raise SystemExit(0)
-    out = capsys.readouterr()
-    return exc.value.code, out.out, out.err
 
 
 def _assert_clean_error(code, err, *needles):
