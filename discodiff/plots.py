@@ -1,5 +1,6 @@
 """Figures for the 2D toy experiment: the paper's Fig. 3 (samples and ODE trajectories) and Fig. 4 (curvature,
-turning rate and Jacobian norm against t). matplotlib is imported inside each function, so the core library does not need it."""
+turning rate and Jacobian norm against t). matplotlib is imported inside each function, so the core library
+does not need it."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -59,7 +60,8 @@ def plot_ode_profiles(path: Path, profiles: dict[str, dict]) -> Path:
     """Fig. 4: mean curvature E[kappa], mean turning rate E|dT/dt| and mean squared Jacobian norm E||grad_x G||_F^2
     against t (log-log). `profiles` maps a label (e.g. "DM, 50 steps") to the dict of `metrics.toy.ode_profile`."""
     plt = _pyplot()
-    panels = [("curvature", "mean curvature  E[kappa(x(t))]"), ("turning_rate", "mean turning rate  E|dT/dt|  (rad per unit t)"),
+    panels = [("curvature", "mean curvature  E[kappa(x(t))]"),
+              ("turning_rate", "mean turning rate  E|dT/dt|  (rad per unit t)"),
               ("jacobian_fro_sq", "E ||grad_x G(x, t)||_F^2")]
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
     for label, prof in profiles.items():

@@ -12,7 +12,8 @@ import click
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Stage-I training duration of each model, in thousands of examples (default: the toy2d preset's).")
 @click.option("--seed", type=click.IntRange(min=0), default=0, help="Seed of training and sampling.")
-@click.option("--num", "num_eval", type=click.IntRange(min=16), default=4000, help="Samples drawn per model and step count.")
+@click.option("--num", "num_eval", type=click.IntRange(min=16), default=4000,
+              help="Samples drawn per model and step count.")
 @click.option("--threads", type=click.IntRange(min=1), default=1,
               help="torch CPU threads. One is fastest for this small MLP: a second thread that shares a core with "
                    "another process stalls both (measured 500 against 20,000 examples/s).")
@@ -31,7 +32,8 @@ def demo(out_dir, kimg, seed, num_eval, threads, digits_kimg):
     files = results["files"]
     click.echo(f"\nwrote:\n  {files['metrics']}\n  {files['samples']}  (samples and ODE trajectories)\n"
                f"  {files['ode']}  (curvature and Jacobian norm against t)\n"
-               f"  {out_dir / 'baseline'}/ and {out_dir / 'discodiff'}/  (run directories: `discodiff sample --run-dir ...`)")
+               f"  {out_dir / 'baseline'}/ and {out_dir / 'discodiff'}/  "
+               f"(run directories: `discodiff sample --run-dir ...`)")
     if digits_kimg > 0:
         import os
 
