@@ -57,7 +57,8 @@ def latent_switching(model, seeds: Sequence[int], *, fractions: Sequence[float] 
     z_a is the prior's draw for each seed (what `generate` would use), z_b the prior's draw for another seed.
     Per fraction: "rms", the mean over samples of the RMS distance ||x_f - x_a|| (model space, images in [-1, 1]);
     "rms_ratio", that divided by the same at f = 1 (0: nothing moves, 1: it is the z_b sample); "closer_to_b", the
-    fraction of samples nearer x_b than x_a. "samples" [F, keep, *shape] holds the first `keep` seeds' outputs.
+    fraction of samples nearer x_b than x_a, among the seeds whose z_b differs from z_a ("same_latent_fraction" says
+    how many do not). "samples" [F, keep, *shape] holds the first `keep` seeds' outputs.
     """
     require_latents(model, "latent switching")
     require_prior(model, "latent switching")
@@ -77,15 +78,17 @@ def latent_switching(model, seeds: Sequence[int], *, fractions: Sequence[float] 
         if progress is not None:
             progress(f"switching: {i + len(chunk)}/{len(seeds)} seeds")
     da, db = torch.cat(dist_a, 1), torch.cat(dist_b, 1)
+    same = torch.cat(same_z)
     full = float(da[idx_b].mean())
+    differ = ~same if (~same).any() else torch.ones_like(same)  # a seed whose z_b is z_a cannot move
     return {
         "fractions": fractions,
         "switch_step": [switch_step(f, steps) for f in fractions],
         "switch_sigma": [float(karras_sigmas(steps)[switch_step(f, steps)]) for f in fractions],
         "rms": da.mean(1).tolist(),
         "rms_ratio": [float(v) / full if full > 0 else float("nan") for v in da.mean(1)],
-        "closer_to_b": (db < da).float().mean(1).tolist(),
+        "closer_to_b": (db < da)[:, differ].float().mean(1).tolist(),
         "num": len(seeds), "steps": steps, "sampler": sampler, "guidance": guidance,
-        "same_latent_fraction": float(torch.cat(same_z).float().mean()),
+        "same_latent_fraction": float(same.float().mean()),
         "samples": torch.cat(kept, 1),
     }

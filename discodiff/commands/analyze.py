@@ -231,6 +231,7 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
            [[f, s, sg, r, q, c] for f, s, sg, r, q, c in zip(result["fractions"], result["switch_step"],
                                                            result["switch_sigma"], result["rms"],
                                                            result["rms_ratio"], result["closer_to_b"])])
+    click.echo(f"z_b equals z_a for {100 * result['same_latent_fraction']:.1f}% of the seeds (left out of 'nearer z_b')")
     _finish(out, "switching", result, files)
 
 
