@@ -22,7 +22,8 @@ class EMA:
     @torch.no_grad()
     def update(self, module: nn.Module, batch: int, cur_nimg: int) -> None:
         beta = self.beta(batch, cur_nimg)
-        for p_ema, p in zip(self.module.parameters(), module.parameters()):
-            p_ema.lerp_(p.detach().to(p_ema.dtype), 1 - beta)
+        ema_params = list(self.module.parameters())
+        params = [p.detach().to(e.dtype) for e, p in zip(ema_params, module.parameters())]
+        torch._foreach_lerp_(ema_params, params, 1 - beta)  # one call for all tensors
         for b_ema, b in zip(self.module.buffers(), module.buffers()):
             b_ema.copy_(b)

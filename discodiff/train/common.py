@@ -18,6 +18,20 @@ def step_generator(device, *keys: int) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
+def neutralise_nonfinite(params) -> torch.Tensor | int:
+    """Zeroes the NaN and infinite entries of the parameters' gradients, in place, and returns how many there were
+    as a tensor on their device: no host sync in the training loop (the count is read once per tick).
+
+    Zeroing only the bad entries (as EDM does) keeps one bad batch element from throwing away a whole step."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return 0
+    count = torch.stack([torch.isfinite(g).logical_not_().sum() for g in grads]).sum()
+    for g in grads:
+        torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
+    return count
+
+
 class RunLog:
     """Status lines on stdout and in log.txt, machine-readable rows in stats.jsonl (rank 0 only)."""
 

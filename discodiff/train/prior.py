@@ -50,7 +50,7 @@ def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoD
     labels = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
     torch.manual_seed(p.seed)
     prior = ARPrior(m, k, cfg.model.num_classes, **cfg.model.prior).to(device)
-    opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
     if state is not None:

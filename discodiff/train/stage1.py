@@ -15,7 +15,7 @@ from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
 from ..model import DiscoDiff
-from .common import RunLog, Timer, memory_mb, progress_bar, step_generator
+from .common import RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, step_generator
 
 
 class _Stage1Loss(nn.Module):
@@ -56,7 +56,7 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
     model = DiscoDiff(cfg.model).to(device)
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
     opt = torch.optim.Adam(model.stage1_parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
-                           fused=device.type == "cuda")
+                           fused=True)  # one kernel for all tensors, on CPU as on GPU
     cur_nimg = 0
     state = latest_training_state(run_dir, "stage1")
     if state is not None:
@@ -81,7 +81,8 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
              f"{t.kimg:g} kimg, device {device}")
     timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "stage I")
     loss_sum = torch.zeros((), device=device)
-    loss_count, nonfinite, tick_start_nimg = 0, 0, cur_nimg
+    nonfinite = torch.zeros((), dtype=torch.long, device=device)
+    loss_count, tick_start_nimg = 0, cur_nimg
     while cur_nimg < total:
         opt.zero_grad(set_to_none=True)
         for r in range(rounds):
@@ -100,12 +101,7 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
         lr = t.lr * min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else t.lr
         for group in opt.param_groups:
             group["lr"] = lr
-        for p in model.stage1_parameters():
-            if p.grad is not None:
-                bad = ~torch.isfinite(p.grad)
-                if bad.any():  # neutralise, and report it in the tick line
-                    nonfinite += int(bad.sum())
-                    torch.nan_to_num_(p.grad, nan=0.0, posinf=0.0, neginf=0.0)
+        nonfinite += neutralise_nonfinite(model.stage1_parameters())
         opt.step()
         cur_nimg += t.batch
         ema.update(model, t.batch, cur_nimg)
@@ -117,13 +113,15 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
             dt = timer.lap()
             ips = (cur_nimg - tick_start_nimg) / max(dt, 1e-9)
             row = {"stage": 1, "kimg": cur_nimg / 1000, "loss": mean_loss, "images_per_s": ips, "lr": lr,
-                   "nonfinite_grads": nonfinite, "memory_mb": memory_mb(device), "seconds": timer.total()}
+                   "nonfinite_grads": int(nonfinite), "memory_mb": memory_mb(device), "seconds": timer.total()}
             log.stats(row)
             bar.clear()
+            bad = row["nonfinite_grads"]
             log.line(f"kimg {cur_nimg / 1000:8.1f}  loss {mean_loss:.4f}  {ips:8.0f} img/s  "
-                     f"mem {row['memory_mb']:.0f} MB" + (f"  non-finite grads zeroed: {nonfinite}" if nonfinite else ""))
+                     f"mem {row['memory_mb']:.0f} MB" + (f"  non-finite gradient entries zeroed: {bad}" if bad else ""))
             loss_sum.zero_()
-            loss_count, nonfinite, tick_start_nimg = 0, 0, cur_nimg
+            nonfinite.zero_()
+            loss_count, tick_start_nimg = 0, cur_nimg
             if dist.is_main() and (done or tick_idx % t.snapshot_ticks == 0):
                 save_tensors(stage1_state_dict(ema.module), Path(run_dir) / MODEL, metadata={"kimg": str(cur_nimg / 1000)})
             if world > 1 and (done or tick_idx % t.state_ticks == 0):
