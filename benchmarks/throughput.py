@@ -1,7 +1,8 @@
 """Training and sampling throughput of the baseline (m = 0) and DisCo-Diff at the same network size.
 
 Training images/s come from the real training loop (`train_stage1`, EMA and bookkeeping included), read from
-its stats.jsonl after a warm-up tick. Sampling images/s time `DiscoDiff.generate` (prior + Heun ODE), and the
+its stats.jsonl after a warm-up tick; the two models train in turns, --repeats rounds, and each keeps its median
+(a shared CPU's speed drifts by tens of percent between minutes). Sampling images/s time `DiscoDiff.generate` (prior + Heun ODE), and the
 prior's share of sampling time is measured on its own with `sample_latents`, the prior's part of `generate`.
 
     python benchmarks/throughput.py --preset digits                # CPU figures
@@ -15,14 +16,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from discodiff.config import preset_config
-from discodiff.data import ArrayDataset
+from discodiff.cli import _parse_set
+from discodiff.config import merge, preset_config
+from discodiff.data import ArrayDataset, load_dataset
 from discodiff.model import DiscoDiff
 from discodiff.train.stage1 import train_stage1
 
@@ -74,30 +77,43 @@ def main():
     ap.add_argument("--tick-kimg", type=float, default=None, help="images per tick (default: 2 batches on CPU)")
     ap.add_argument("--num", type=int, default=256, help="images to sample")
     ap.add_argument("--steps", type=int, default=18, help="Heun steps (NFE = 2 * steps - 1)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5, help="rounds of training (models alternating) and of sampling")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for both models, as `discodiff train --set`")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    overrides = _parse_set(args.sets)
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(torch.get_num_threads())
-    results = {"preset": args.preset, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+    results = {"preset": args.preset, "overrides": args.sets,
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
-               "torch": torch.__version__, "models": {}}
+               "torch": torch.__version__, "repeats": args.repeats, "models": {}}
+    cfgs, data = {}, None
     for name, m in (("baseline", 0), ("discodiff", None)):
-        cfg = preset_config(args.preset, {"model": {"num_latents": m}} if m is not None else None)
-        shape = cfg.model.data_shape
-        data = ArrayDataset(x=torch.rand(4096, *shape) * 2 - 1, kind="image" if len(shape) == 3 else "vector",
-                            name="random")  # throughput does not depend on the pixels
-        cfg.model.num_classes = 0
+        cfg = preset_config(args.preset, merge(overrides, {"model": {"num_latents": m}} if m is not None else {}))
+        if data is None:
+            data = load_dataset(cfg.data)  # the preset's own data: it fixes the image shape
+            data = ArrayDataset(x=data.x, kind=data.kind, name=data.name)  # unconditional: labels dropped
+        cfg.model.data_shape, cfg.model.num_classes = list(data.shape), 0
         cfg.train.tick_kimg = args.tick_kimg or (2 * cfg.train.batch / 1000)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        train_ips = training_images_per_s(cfg, data, device, args.ticks)
+        cfgs[name] = cfg
+    # The two models take turns, `repeats` times, and each keeps its median: a machine whose speed drifts (a shared
+    # CPU, clocks) then slows both alike instead of biasing the ratio.
+    train_ips: dict = {name: [] for name in cfgs}
+    for r in range(args.repeats):
+        for name, cfg in cfgs.items():
+            train_ips[name].append(training_images_per_s(cfg, data, device, args.ticks))
+            print(f"  round {r + 1}/{args.repeats} {name:10s} train {train_ips[name][-1]:9.1f} img/s", flush=True)
+    for name, cfg in cfgs.items():
         sample = sampling(cfg, device, args.num, args.steps, min(args.num, 256), args.repeats)
         params = sum(p.numel() for p in DiscoDiff(cfg.model).stage1_parameters())
+        ips = statistics.median(train_ips[name])
         results["models"][name] = {"num_latents": cfg.model.num_latents, "parameters_stage1": params,
-                                   "train_images_per_s": train_ips, "sampling": sample}
-        print(f"{name:10s} m={cfg.model.num_latents:<3d} params {params:>10,}  train {train_ips:9.1f} img/s  "
+                                   "train_images_per_s": ips, "train_images_per_s_rounds": train_ips[name],
+                                   "sampling": sample}
+        print(f"{name:10s} m={cfg.model.num_latents:<3d} params {params:>10,}  train {ips:9.1f} img/s (median)  "
               f"sample {sample['images_per_s']:9.1f} img/s ({args.steps} Heun steps)  "
               f"prior {100 * sample['prior_fraction']:.3f}% of sampling time", flush=True)
     b, d = results["models"]["baseline"], results["models"]["discodiff"]
