@@ -43,9 +43,11 @@ def plot_loss_vs_sigma(result: dict, path, reference: str | None = None) -> Path
     fig, axes = plt.subplots(2 if reference else 1, 1, figsize=(6.5, 6.5 if reference else 4), sharex=True,
                              squeeze=False)
     ax = axes[0, 0]
+    colour = {label: f"C{i}" for i, label in enumerate(result["curves"])}  # one colour per curve in both panels
     for label, c in result["curves"].items():
         style = "--" if c["latents"] == "null" else "-"
-        ax.errorbar(sig, c["loss"], yerr=c["stderr"], fmt=style, marker=".", capsize=2, label=label)
+        ax.errorbar(sig, c["loss"], yerr=c["stderr"], fmt=style, marker=".", capsize=2, label=label,
+                    color=colour[label])
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_ylabel("lambda(sigma) * MSE")
@@ -54,7 +56,8 @@ def plot_loss_vs_sigma(result: dict, path, reference: str | None = None) -> Path
     if reference:
         ax2 = axes[1, 0]
         for label, r in loss_ratios(result, reference).items():
-            ax2.plot(sig, r, marker=".", ls="--" if result["curves"][label]["latents"] == "null" else "-", label=label)
+            ax2.plot(sig, r, marker=".", ls="--" if result["curves"][label]["latents"] == "null" else "-", label=label,
+                     color=colour[label])
         ax2.axhline(1.0, color="0.5", lw=0.8)
         ax2.set_ylabel(f"loss / loss of {reference}")
         ax2.legend(fontsize=8)
