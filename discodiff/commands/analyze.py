@@ -231,7 +231,8 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
            [[f, s, sg, r, q, c] for f, s, sg, r, q, c in zip(result["fractions"], result["switch_step"],
                                                            result["switch_sigma"], result["rms"],
                                                            result["rms_ratio"], result["closer_to_b"])])
-    click.echo(f"z_b equals z_a for {100 * result['same_latent_fraction']:.1f}% of the seeds (left out of 'nearer z_b')")
+    click.echo(f"z_b equals z_a for {100 * result['same_latent_fraction']:.1f}% of the seeds "
+               f"(left out of 'nearer z_b')")
     _finish(out, "switching", result, files)
 
 
@@ -314,13 +315,8 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
     from ..analysis.plots import model_images, save_grid
     from ..analysis.quality import sample_batches
 
-    device = _device(device)
-    cfg, model = _load(run_dir, "oracle against prior latents", latents=True, prior=True, device=device)
-    _check_image(cfg, run_dir)
-    steps, sampler, _ = _sampling(cfg, steps, sampler, None)
-    det = _detector(detector, device)
-    _prepare_out(out)
-    ref, ref_where = _reference(cfg, det, out, ref_path)
+    cfg, model, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "oracle against prior latents", steps,
+                                                               sampler, detector, ref_path, out, device)
     data, data_cfg = _data(cfg, data_options)
     _info(f"oracle against prior latents: {num} samples each, {steps} {sampler} steps, guidance {guidance:g}")
     result = oracle_vs_prior(model, data.x, data.labels, ref, det, num=num, seed=seed, steps=steps, sampler=sampler,
@@ -343,6 +339,20 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
                f"prior's tuples occur in the data. {FID_NOTE.format(num=num)}.")
     click.echo(f"{png}: rows = images, samples with their oracle latents, samples with prior latents")
     _finish(out, "oracle", result, [png])
+
+
+def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device):
+    """The set-up shared by the FID analyses of one DisCo-Diff run: the model (with latents and a prior), its
+    sampler settings, the detector and the reference statistics.
+    Returns (cfg, model, steps, sampler, detector, reference, where the reference came from)."""
+    device = _device(device)
+    cfg, model = _load(run_dir, what, latents=True, prior=True, device=device)
+    _check_image(cfg, run_dir)
+    steps, sampler, _ = _sampling(cfg, steps, sampler, None)
+    det = _detector(detector, device)
+    _prepare_out(out)
+    ref, ref_where = _reference(cfg, det, out, ref_path)
+    return cfg, model, steps, sampler, det, ref, ref_where
 
 
 def _check_image(cfg, run_dir):
@@ -370,13 +380,8 @@ def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, o
     from ..analysis.quality import sample_batches
 
     ws = parse_floats(weights, "--weights")
-    device = _device(device)
-    cfg, model = _load(run_dir, "the guidance sweep", latents=True, prior=True, device=device)
-    _check_image(cfg, run_dir)
-    steps, sampler, _ = _sampling(cfg, steps, sampler, None)
-    det = _detector(detector, device)
-    _prepare_out(out)
-    ref, ref_where = _reference(cfg, det, out, ref_path)
+    _, model, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", steps, sampler,
+                                                             detector, ref_path, out, device)
     seeds = list(range(seed, seed + num))
     _info(f"guidance sweep over w = {', '.join(f'{w:g}' for w in ws)}: {num} samples each, {steps} {sampler} steps")
     result = guidance_sweep(model, ws, seeds, ref, det, steps=steps, sampler=sampler, batch=batch, progress=True)
