@@ -98,6 +98,27 @@ def prepare_run(run_dir: Path, cfg) -> None:
     cfg.save(run_dir / CONFIG)
 
 
+def timed(seconds: dict, key: str, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its wall time rounded into seconds[key] and logged."""
+    t0 = time.perf_counter()
+    result = fn(*args, **kwargs)
+    seconds[key] = round(time.perf_counter() - t0, 1)
+    _log(f"[images]   {key}: {seconds[key]:.0f} s")
+    return result
+
+
+def train_or_reuse(seconds: dict, key: str, what: str, run_dir: Path, stage: int, done: bool, train, *args) -> bool:
+    """Runs `train(*args)` for a stage that is not `done` (timed into seconds[key]); for a finished one, takes the
+    seconds its stats.jsonl logged. Returns `done`, i.e. whether the stage was reused."""
+    if done:
+        _log(f"[images] {what}: reusing the finished work in {run_dir}")
+        seconds[key] = _logged_seconds(run_dir, stage)
+    else:
+        _log(f"[images] {what} -> {run_dir}")
+        timed(seconds, key, train, *args)
+    return done
+
+
 def train_both(out: Path, cfgs: dict, data, seconds: dict) -> tuple[dict, dict]:
     """Stage I of both runs and stage II of DisCo-Diff, skipping what is already done.
     Returns (the EMA models, which stages were reused)."""
@@ -105,35 +126,22 @@ def train_both(out: Path, cfgs: dict, data, seconds: dict) -> tuple[dict, dict]:
     from discodiff.train.prior import train_prior
     from discodiff.train.stage1 import train_stage1
 
+    def finished(run_dir, weights, stage, kimg):
+        return (run_dir / weights).is_file() and _trained_nimg(run_dir, stage) >= kimg * 1000
+
     models, reused = {}, {}
     for name, cfg in cfgs.items():
         run_dir = out / name
         prepare_run(run_dir, cfg)
-        done = (run_dir / MODEL).is_file() and _trained_nimg(run_dir, "stage1") >= cfg.train.kimg * 1000
         # (train_stage1 resumes from the newest state; the tick lines it prints are the progress)
-        if done:
-            _log(f"[images] stage I of {name}: reusing the finished run in {run_dir}")
-            seconds[f"stage1_{name}"] = _logged_seconds(run_dir, 1)
-        else:
-            _log(f"[images] stage I of {name} (m={cfg.model.num_latents}): {cfg.train.kimg:g} kimg -> {run_dir}")
-            t0 = time.perf_counter()
-            train_stage1(run_dir, cfg, data)
-            seconds[f"stage1_{name}"] = round(time.perf_counter() - t0, 1)
-            _log(f"[images]   done in {seconds[f'stage1_{name}']:.0f} s")
-        reused[f"stage1_{name}"] = done
+        key, what = f"stage1_{name}", f"stage I of {name} (m={cfg.model.num_latents}, {cfg.train.kimg:g} kimg)"
+        done = finished(run_dir, MODEL, "stage1", cfg.train.kimg)
+        reused[key] = train_or_reuse(seconds, key, what, run_dir, 1, done, train_stage1, run_dir, cfg, data)
         _, model = load_model(run_dir)  # the EMA weights, as `discodiff train-prior` / `sample` load them
         if cfg.model.num_latents:
-            prior_done = (run_dir / PRIOR).is_file() and _trained_nimg(run_dir, "prior") >= cfg.prior_train.kimg * 1000
-            if prior_done:
-                _log(f"[images] stage II of {name}: reusing the finished prior")
-                seconds[f"prior_{name}"] = _logged_seconds(run_dir, 2)
-            else:
-                _log(f"[images] stage II of {name}: prior, {cfg.prior_train.kimg:g} kimg")
-                t0 = time.perf_counter()
-                train_prior(run_dir, cfg, data, model)
-                seconds[f"prior_{name}"] = round(time.perf_counter() - t0, 1)
-                _log(f"[images]   done in {seconds[f'prior_{name}']:.0f} s")
-            reused[f"prior_{name}"] = prior_done
+            key, what = f"prior_{name}", f"stage II of {name} (prior, {cfg.prior_train.kimg:g} kimg)"
+            done = finished(run_dir, PRIOR, "prior", cfg.prior_train.kimg)
+            reused[key] = train_or_reuse(seconds, key, what, run_dir, 2, done, train_prior, run_dir, cfg, data, model)
             _, model = load_model(run_dir, need_prior=True)
         models[name] = model
     return models, reused
@@ -222,17 +230,10 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
     from discodiff.analysis.oracle import oracle_vs_prior
     from discodiff.metrics.fid import model_to_uint8
 
-    def timed(key, fn, *a, **kw):
-        t0 = time.perf_counter()
-        r = fn(*a, **kw)
-        seconds[key] = round(time.perf_counter() - t0, 1)
-        _log(f"[images]   {key}: {seconds[key]:.0f} s")
-        return r
-
     images = model_to_uint8(data.x)
     _log(f"[images] FID reference: the {len(images)} training images (features cached in {out}); floor: "
          f"{args.num} of them against it")
-    ref, floor, reused = timed("fid_reference", reference_and_floor, images, det, out, args.num, args.seed)
+    ref, floor, reused = timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num, args.seed)
     fps = {name: fingerprint(out / name) for name in models}
     cache = disk_cache(out / "fid-cache.json", fps, args.num)
     seeds = list(range(args.seed, args.seed + args.num))
@@ -240,13 +241,14 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
     res = {"reference_reused": reused, "reference_num": len(images), "data_floor_fid": floor}
 
     _log(f"[images] FID against steps {args.steps} (Heun), {args.num} samples per FID")
-    res["nfe"] = timed("fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun", **common)
+    res["nfe"] = timed(seconds, "fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+                       **common)
     disco = models["discodiff"]
     _log(f"[images] oracle against prior latents ({args.default_steps} steps)")
-    res["oracle"] = timed("fid_oracle", oracle_vs_prior, disco, data.x, data.labels, ref, det, num=args.num,
+    res["oracle"] = timed(seconds, "fid_oracle", oracle_vs_prior, disco, data.x, data.labels, ref, det, num=args.num,
                           seed=args.seed, steps=args.default_steps, model_key="discodiff", **common)
     _log(f"[images] guidance sweep w = {args.weights} ({args.default_steps} steps)")
-    res["guidance"] = timed("fid_guidance", guidance_sweep, disco, args.weights, seeds, ref, det,
+    res["guidance"] = timed(seconds, "fid_guidance", guidance_sweep, disco, args.weights, seeds, ref, det,
                             steps=args.default_steps, model_key="discodiff", **common)
     return res
 
