@@ -2,8 +2,8 @@
 
 Training images/s come from the real training loop (`train_stage1`, EMA and bookkeeping included), read from
 its stats.jsonl after a warm-up tick; the two models train in turns, --repeats rounds, and each keeps its median
-(a shared CPU's speed drifts by tens of percent between minutes). Sampling images/s time `DiscoDiff.generate` (prior + Heun ODE), and the
-prior's share of sampling time is measured on its own with `sample_latents`, the prior's part of `generate`.
+(a shared CPU's speed drifts by tens of percent between minutes). Sampling images/s time `DiscoDiff.generate`
+(prior + Heun ODE), and the prior's share of sampling time is measured on its own with `sample_latents`, the prior's part of `generate`.
 
     python benchmarks/throughput.py --preset digits                # CPU figures
     python benchmarks/throughput.py --preset emoji --device cuda   # GPU figures
@@ -45,9 +45,8 @@ def training_images_per_s(cfg, data, device, ticks: int) -> float:
     return sum(r["images_per_s"] for r in timed) / len(timed)
 
 
-def sampling(cfg, device, num: int, steps: int, batch: int, repeats: int) -> dict:
-    torch.manual_seed(0)
-    model = DiscoDiff(cfg.model).to(device).eval()
+def sampling(model: DiscoDiff, device, num: int, steps: int, batch: int, repeats: int) -> dict:
+    model = model.to(device).eval()
     seeds = list(range(num))
     model.generate(seeds[:batch], steps=2, device=device)  # warm-up
     total, prior = [], []
@@ -84,8 +83,6 @@ def main():
     args = ap.parse_args()
     overrides = _parse_set(args.sets)
     device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(torch.get_num_threads())
     results = {"preset": args.preset, "overrides": args.sets,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -107,8 +104,10 @@ def main():
             train_ips[name].append(training_images_per_s(cfg, data, device, args.ticks))
             print(f"  round {r + 1}/{args.repeats} {name:10s} train {train_ips[name][-1]:9.1f} img/s", flush=True)
     for name, cfg in cfgs.items():
-        sample = sampling(cfg, device, args.num, args.steps, min(args.num, 256), args.repeats)
-        params = sum(p.numel() for p in DiscoDiff(cfg.model).stage1_parameters())
+        torch.manual_seed(0)
+        model = DiscoDiff(cfg.model)  # untrained: sampling speed does not depend on the weights
+        params = sum(p.numel() for p in model.stage1_parameters())
+        sample = sampling(model, device, args.num, args.steps, min(args.num, 256), args.repeats)
         ips = statistics.median(train_ips[name])
         results["models"][name] = {"num_latents": cfg.model.num_latents, "parameters_stage1": params,
                                    "train_images_per_s": ips, "train_images_per_s_rounds": train_ips[name],

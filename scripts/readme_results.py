@@ -43,7 +43,7 @@ def toy2d(d: dict) -> None:
 def images(d: dict) -> None:
     res = d["results"]
     rows = res["nfe"]["rows"]
-    print(f"| Heun steps (NFE) | EDM FID | DisCo-Diff FID | ratio |")
+    print("| Heun steps (NFE) | EDM FID | DisCo-Diff FID | ratio |")
     print("|---|---|---|---|")
     for rb, rd in zip(rows["baseline"], rows["discodiff"]):
         print(f"| {rb['steps']} ({rb['nfe']}) | {rb['fid']:.2f} | {rd['fid']:.2f} | {rd['fid'] / rb['fid']:.2f} |")
