@@ -71,14 +71,15 @@ def diversity(stats: FIDStats, ref: FIDStats) -> float:
 
 
 def sample_batches(model, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
-                   steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128):
-    """uint8 sample batches [n, C, H, W], one per `batch` seeds. `z` [N, m] fixes the latents (else the prior draws
-    them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional model). A sample
-    depends on its seed only, not on `batch` (see DiscoDiff.generate)."""
+                   steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
+                   prior_temperature: float = 1.0):
+    """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds. `z` [N, m] fixes the latents (else the
+    prior draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional model).
+    A sample depends on its seed only, not on `batch` (see DiscoDiff.generate)."""
     for i, chunk in chunks(list(seeds), batch):
         labels = generation_labels(model, chunk) if class_labels is None else class_labels[i:i + len(chunk)]
         x, _ = model.generate(chunk, z=None if z is None else z[i:i + len(chunk)], class_labels=labels, steps=steps,
-                              sampler=sampler, guidance=guidance)
+                              sampler=sampler, guidance=guidance, prior_temperature=prior_temperature)
         yield model_to_uint8(x).cpu()
 
 

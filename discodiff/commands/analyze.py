@@ -345,21 +345,16 @@ def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device):
     """The set-up shared by the FID analyses of one DisCo-Diff run: the model (with latents and a prior), its
     sampler settings, the detector and the reference statistics.
     Returns (cfg, model, steps, sampler, detector, reference, where the reference came from)."""
+    from ..analysis import require_image_model
+
     device = _device(device)
     cfg, model = _load(run_dir, what, latents=True, prior=True, device=device)
-    _check_image(cfg, run_dir)
+    require_image_model(model, "FID", str(run_dir))
     steps, sampler, _ = _sampling(cfg, steps, sampler, None)
     det = _detector(detector, device)
     _prepare_out(out)
     ref, ref_where = _reference(cfg, det, out, ref_path)
     return cfg, model, steps, sampler, det, ref, ref_where
-
-
-def _check_image(cfg, run_dir):
-    if len(cfg.model.data_shape) != 3:
-        from ..analysis import AnalysisError
-        raise AnalysisError(f"FID needs an image model, but {run_dir} models vectors of shape "
-                            f"{cfg.model.data_shape}")
 
 
 # ---- guidance sweep -----------------------------------------------------------------------------------------
@@ -413,6 +408,7 @@ def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, o
 @_common
 def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector, out, seed, device):
     """FID against the number of sampler steps (NFE = 2 steps - 1 for Heun), for each run, same noise seeds."""
+    from ..analysis import require_image_model
     from ..analysis.nfe import parse_ints, quality_vs_steps
     from ..analysis.plots import plot_fid_curves
 
@@ -420,8 +416,8 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     device = _device(device)
     names = _run_names(run_dirs)
     loaded = [_load(d, "FID against sampler steps", prior=True, device=device) for d in run_dirs]
-    for (cfg, _), d in zip(loaded, run_dirs):
-        _check_image(cfg, d)
+    for (_, m), d in zip(loaded, run_dirs):
+        require_image_model(m, "FID", str(d))
     data_names = {(c.data.name, c.data.path) for c, _ in loaded}
     if len(data_names) > 1:
         from ..analysis import AnalysisError

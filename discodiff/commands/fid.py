@@ -205,11 +205,9 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, ba
 
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
     """
-    import torch
-
+    from ..analysis.quality import sample_batches
     from ..checkpoint import load_model, load_run_config
-    from ..metrics.fid import FIDStats, InceptionDetector, accumulate_stats, fid_from_stats, model_to_uint8, \
-        stats_of_images
+    from ..metrics.fid import FIDStats, InceptionDetector, accumulate_stats, fid_from_stats, stats_of_images
 
     _check_num(num)
     _check_num(ref_num)
@@ -245,16 +243,9 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, ba
     seeds = list(range(seed, seed + num))
     _info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}, seeds {seed}.."
           f"{seed + num - 1}) and measuring them, detector {det.source}")
-
-    def batches():
-        for i in range(0, num, batch):
-            chunk = seeds[i:i + batch]
-            labels = torch.tensor(chunk, device=device) % num_classes if num_classes else None
-            x, _ = model.generate(chunk, class_labels=labels, steps=steps, sampler=sampler, guidance=guidance,
-                                  prior_temperature=s.prior_temperature, device=device)
-            yield model_to_uint8(x)
-
-    stats = accumulate_stats(batches(), det, num=num, progress=True, desc="sampling + features")
+    batches = sample_batches(model, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
+                             prior_temperature=s.prior_temperature)  # class seed % num_classes, as documented
+    stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
     value = fid_from_stats(stats, ref_stats)
     _small_n_note(num)
     _report(value, num, ref_path, ref_stats, out,
