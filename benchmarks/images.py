@@ -84,18 +84,15 @@ def _logged_seconds(run_dir: Path, stage: int) -> float | None:
 
 
 def prepare_run(run_dir: Path, cfg) -> None:
-    """Writes config.json for a new run; an existing one must hold the same model, data and seed."""
-    from discodiff.checkpoint import CONFIG, load_run_config
+    """Writes config.json for a new run; an existing one must hold the same model, data and seed, and must not have
+    trained past this benchmark's --kimg."""
     from discodiff.config import ConfigError
+    from discodiff.experiments.toy2d import check_same_run, prepare_run_dir
 
-    if (run_dir / CONFIG).exists():
-        old = load_run_config(run_dir)
-        if old.model != cfg.model or old.data != cfg.data or old.train.seed != cfg.train.seed:
-            raise ConfigError(f"{run_dir} holds a different run (model, data or seed differ); use another --out")
-        if _trained_nimg(run_dir, "stage1") > _target_nimg(cfg.train.kimg, cfg.train.batch):
-            raise ConfigError(f"{run_dir} was trained longer than --kimg {cfg.train.kimg:g}; use another --out")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG)
+    check_same_run(run_dir, cfg)
+    if _trained_nimg(run_dir, "stage1") > _target_nimg(cfg.train.kimg, cfg.train.batch):
+        raise ConfigError(f"{run_dir} was trained longer than --kimg {cfg.train.kimg:g}; use another --out")
+    prepare_run_dir(run_dir, cfg)
 
 
 def timed(seconds: dict, key: str, fn, *args, **kwargs):

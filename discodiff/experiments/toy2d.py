@@ -36,12 +36,17 @@ def model_config(name: str, *, kimg=None, prior_kimg=None, seed: int = 0, overri
     return preset_config("toy2d", merge(overrides or {}, ours))
 
 
-def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Writes config.json, as `discodiff train` does. An existing run is resumed only if it is the same model."""
+def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
+    """An existing run in run_dir may be resumed only if it has the same model, data and seed as cfg."""
     if (run_dir / CONFIG).exists():
         old = load_run_config(run_dir)
         if old.model != cfg.model or old.data != cfg.data or old.train.seed != cfg.train.seed:
             raise ConfigError(f"{run_dir} holds a different run (model, data or seed differ); use a new output folder")
+
+
+def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
+    """Writes config.json, as `discodiff train` does. An existing run is resumed only if it is the same model."""
+    check_same_run(run_dir, cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / CONFIG)
 
