@@ -185,10 +185,8 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     if grid_by_latent:
         if cfg.model.num_latents == 0:
             raise ConfigError("--grid-by-latent needs a model with latents (this one has m = 0)")
-        # one z per row, drawn by the prior with the seed of the row's first sample
-        z_rows = model.sample_latents(seeds[::cols], class_labels=class_label, temperature=prior_temperature,
-                                      device=device)
-        row_z = z_rows.repeat_interleave(cols, dim=0)[:num]
+        row_z = model.shared_latents(seeds, cols, class_labels=class_label, temperature=prior_temperature,
+                                     device=device)
     for i in tqdm(range(0, num, batch), desc="sampling", disable=not sys.stderr.isatty(), leave=False):
         callback, points = trajectory_recorder() if trajectory else (None, None)
         x, z = model.generate(seeds[i:i + batch], class_labels=class_label, steps=steps, sampler=sampler,

@@ -96,6 +96,15 @@ class DiscoDiff(nn.Module):
         uniforms = StackedGenerator(seeds, device).rand([max(self.num_latents, 1)])[:, :self.num_latents]
         return self._draw_latents(uniforms, self._labels(class_labels, len(seeds), device), temperature)
 
+    @torch.no_grad()
+    def shared_latents(self, seeds: Sequence[int], per_row: int, *, class_labels=None, temperature: float = 1.0,
+                       device=None):
+        """z [N, m] for grids whose rows share one latent (paper Fig. 2b): each run of `per_row` consecutive seeds
+        gets the prior's draw for the first seed of its run. `class_labels`: one label, or one per row."""
+        row_seeds = list(seeds)[::per_row]
+        z_rows = self.sample_latents(row_seeds, class_labels=class_labels, temperature=temperature, device=device)
+        return z_rows.repeat_interleave(per_row, dim=0)[:len(seeds)]
+
     def _labels(self, class_labels, n, device):
         if class_labels is None:
             return None

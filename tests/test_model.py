@@ -116,3 +116,13 @@ def test_sample_latents_match_generate(trained_run):
     x_given, z_given = model.generate(range(30, 40), steps=2, z=z)  # passing the same z changes nothing
     assert torch.equal(z_given, z)
     torch.testing.assert_close(x_given, model.generate(range(30, 40), steps=2)[0])
+
+
+def test_shared_latents_give_each_row_its_first_seeds_draw(trained_run):
+    _, model = load_model(trained_run, need_prior=True)
+    seeds = list(range(20, 27))  # 7 seeds in rows of 3: the last row is cut short
+    z = model.shared_latents(seeds, 3)
+    assert z.shape == (7, model.num_latents)
+    own = model.sample_latents(seeds)
+    for start in (0, 3, 6):
+        assert torch.equal(z[start:start + 3], own[start].expand_as(z[start:start + 3]))

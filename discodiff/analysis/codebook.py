@@ -104,13 +104,12 @@ def samples_by_latent(model, rows: int = 8, cols: int = 8, *, seed: int = 0, ste
     require_latents(model, "samples grouped by latent")
     seeds = list(range(seed, seed + rows * cols))
     row_seeds = seeds[::cols]
-    z_rows = model.sample_latents(row_seeds, class_labels=generation_labels(model, row_seeds))
-    z = z_rows.repeat_interleave(cols, dim=0)
     labels = generation_labels(model, row_seeds)
+    z = model.shared_latents(seeds, cols, class_labels=labels)
     labels = None if labels is None else labels.repeat_interleave(cols)  # a row keeps its class too
     out = []
     for i, chunk in chunks(seeds, batch):
         x, _ = model.generate(chunk, z=z[i:i + len(chunk)], steps=steps, sampler=sampler, guidance=guidance,
                               class_labels=None if labels is None else labels[i:i + len(chunk)])
         out.append(model_to_uint8(x).cpu())
-    return torch.cat(out), z_rows.cpu()
+    return torch.cat(out), z[::cols].cpu()

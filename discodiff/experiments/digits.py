@@ -39,7 +39,7 @@ def run_digits(out_dir: Path, *, kimg: float | None = None, prior_kimg: float | 
     seeds = list(range(seed, seed + rows * cols))
     with torch.no_grad():
         x, _ = model.generate(seeds, steps=cfg.sample.steps)
-        shared = model.sample_latents(seeds[::cols]).repeat_interleave(cols, dim=0)
+        shared = model.shared_latents(seeds, cols)
         x_shared, _ = model.generate(seeds, z=shared, steps=cfg.sample.steps)
     files = {"samples": write_image_grid(data.to_output(x), out_dir / "digits_samples.png", cols),
              "by_latent": write_image_grid(data.to_output(x_shared), out_dir / "digits_by_latent.png", cols),
