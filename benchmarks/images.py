@@ -40,37 +40,23 @@ def _log(msg: str) -> None:
 
 # ---- the two runs ----------------------------------------------------------------------------------------------
 
-def run_configs(preset: str, *, kimg=None, prior_kimg=None, seed: int = 0, data=None, overrides=None) -> dict:
-    """{"baseline": RunConfig, "discodiff": RunConfig}: the preset with m = 0 and with the preset's m; nothing else
-    differs (network, data, training images, seeds). The data fix the input shape and, for a class-conditional
-    preset, the number of classes, as `discodiff train` does."""
+def run_overrides(preset: str, *, kimg=None, prior_kimg=None, seed: int = 0, overrides=None) -> dict:
+    """{"baseline": overrides, "discodiff": overrides} of `preset`: m = 0 and the preset's m; nothing else differs
+    (network, data, training images, seeds). The training durations are always given (else the preset's), so that
+    an existing run is checked against this benchmark's budget. `resolve_run` turns them into the configs, the data
+    fixing the input shape and, for a class-conditional preset, the number of classes, as `discodiff train` does."""
     from discodiff.config import merge, preset_config
 
-    train = {"seed": seed, **({"kimg": kimg} if kimg is not None else {})}
-    prior = {"seed": seed, **({"kimg": prior_kimg} if prior_kimg is not None else {})}
-    out = {}
-    for name, model in (("baseline", {"num_latents": 0}), ("discodiff", {})):
-        cfg = preset_config(preset, merge(overrides or {}, {"model": model, "train": train, "prior_train": prior}))
-        if data is not None:
-            cfg.model.data_shape = data.shape
-            if cfg.model.num_classes:
-                cfg.model.num_classes = data.num_classes
-        out[name] = cfg
-    return out
+    base = preset_config(preset, overrides or {})
+    train = {"seed": seed, "kimg": base.train.kimg if kimg is None else kimg}
+    prior = {"seed": seed, "kimg": base.prior_train.kimg if prior_kimg is None else prior_kimg}
+    return {name: merge(overrides or {}, {"model": model, "train": train, "prior_train": prior})
+            for name, model in (("baseline", {"num_latents": 0}), ("discodiff", {}))}
 
 
 def _target_nimg(kimg: float, batch: int) -> int:
     """Images a training stage of `kimg` ends at: whole batches, so the first multiple of the batch >= kimg * 1000."""
     return -(-int(kimg * 1000) // batch) * batch
-
-
-def _trained_nimg(run_dir: Path, stage: str) -> int:
-    """Images seen by the newest complete training state of `stage` (0 when there is none)."""
-    best = 0
-    for d in (run_dir / "state").glob(f"{stage}-*"):
-        if (d / "state.json").is_file():
-            best = max(best, int(json.loads((d / "state.json").read_text()).get("nimg", 0)))
-    return best
 
 
 def _logged_seconds(run_dir: Path, stage: int) -> float | None:
@@ -83,23 +69,22 @@ def _logged_seconds(run_dir: Path, stage: int) -> float | None:
     return round(values[-1], 1) if values else None
 
 
-def prepare_run(run_dir: Path, cfg) -> None:
-    """Writes config.json for a new run; an existing one must hold the same model, data and seed, and must not have
-    trained past this benchmark's --kimg."""
+def prepare_run(run_dir: Path, cfg):
+    """Writes config.json of a run that resolve_run resolved (a new one, or an existing one with the same model,
+    data and seed), which must not have trained past this benchmark's --kimg. Returns the Run."""
     from discodiff.config import ConfigError
-    from discodiff.experiments.toy2d import check_same_run, prepare_run_dir
+    from discodiff.runs import Run
 
-    check_same_run(run_dir, cfg)
-    if _trained_nimg(run_dir, "stage1") > _target_nimg(cfg.train.kimg, cfg.train.batch):
+    if Run(run_dir, cfg).trained_nimg("stage1") > _target_nimg(cfg.train.kimg, cfg.train.batch):
         raise ConfigError(f"{run_dir} was trained longer than --kimg {cfg.train.kimg:g}; use another --out")
-    prepare_run_dir(run_dir, cfg)
+    return Run.create(run_dir, cfg)
 
 
-def timed(seconds: dict, key: str, fn, *args, **kwargs):
-    """fn(*args, **kwargs), its wall time rounded into seconds[key] and logged."""
-    t0 = time.perf_counter()
-    result = fn(*args, **kwargs)
-    seconds[key] = round(time.perf_counter() - t0, 1)
+def log_timed(seconds: dict, key: str, fn, *args, **kwargs):
+    """experiments.common.timed, and the time logged."""
+    from discodiff.experiments.common import timed
+
+    result = timed(seconds, key, fn, *args, **kwargs)
     _log(f"[images]   {key}: {seconds[key]:.0f} s")
     return result
 
@@ -112,35 +97,31 @@ def train_or_reuse(seconds: dict, key: str, what: str, run_dir: Path, stage: int
         seconds[key] = _logged_seconds(run_dir, stage)
     else:
         _log(f"[images] {what} -> {run_dir}")
-        timed(seconds, key, train, *args)
+        log_timed(seconds, key, train, *args)
     return done
 
 
 def train_both(out: Path, cfgs: dict, data, seconds: dict) -> tuple[dict, dict]:
     """Stage I of both runs and stage II of DisCo-Diff, skipping what is already done.
-    Returns (the EMA models, which stages were reused)."""
-    from discodiff.checkpoint import MODEL, PRIOR, load_model
+    Returns ({name: (EMA model, prior or None)}, which stages were reused)."""
     from discodiff.train.prior import train_prior
     from discodiff.train.stage1 import train_stage1
-
-    def finished(run_dir, weights, stage, kimg):
-        return (run_dir / weights).is_file() and _trained_nimg(run_dir, stage) >= kimg * 1000
 
     models, reused = {}, {}
     for name, cfg in cfgs.items():
         run_dir = out / name
-        prepare_run(run_dir, cfg)
+        run = prepare_run(run_dir, cfg)
         # (train_stage1 resumes from the newest state; the tick lines it prints are the progress)
         key, what = f"stage1_{name}", f"stage I of {name} (m={cfg.model.num_latents}, {cfg.train.kimg:g} kimg)"
-        done = finished(run_dir, MODEL, "stage1", cfg.train.kimg)
+        done = run.model_path.is_file() and run.trained_nimg("stage1") >= cfg.train.kimg * 1000
         reused[key] = train_or_reuse(seconds, key, what, run_dir, 1, done, train_stage1, run_dir, cfg, data)
-        _, model = load_model(run_dir)  # the EMA weights, as `discodiff train-prior` / `sample` load them
+        model = run.load_model()  # the EMA weights, as `discodiff train-prior` / `sample` load them
         if cfg.model.num_latents:
             key, what = f"prior_{name}", f"stage II of {name} (prior, {cfg.prior_train.kimg:g} kimg)"
-            done = finished(run_dir, PRIOR, "prior", cfg.prior_train.kimg)
+            # a prior fitted to older stage-I weights (prior_status "stale") is fitted again
+            done = run.prior_status() == "ok" and run.trained_nimg("prior") >= cfg.prior_train.kimg * 1000
             reused[key] = train_or_reuse(seconds, key, what, run_dir, 2, done, train_prior, run_dir, cfg, data, model)
-            _, model = load_model(run_dir, need_prior=True)
-        models[name] = model
+        models[name] = (model, run.load_prior())
     return models, reused
 
 
@@ -230,7 +211,8 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
     images = model_to_uint8(data.x)
     _log(f"[images] FID reference: the {len(images)} training images (features cached in {out}); floor: "
          f"{args.num} of them against it")
-    ref, floor, reused = timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num, args.seed)
+    ref, floor, reused = log_timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num,
+                                   args.seed)
     fps = {name: fingerprint(out / name) for name in models}
     cache = disk_cache(out / "fid-cache.json", fps, args.num)
     seeds = list(range(args.seed, args.seed + args.num))
@@ -238,15 +220,15 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
     res = {"reference_reused": reused, "reference_num": len(images), "data_floor_fid": floor}
 
     _log(f"[images] FID against steps {args.steps} (Heun), {args.num} samples per FID")
-    res["nfe"] = timed(seconds, "fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
-                       **common)
-    disco = models["discodiff"]
+    res["nfe"] = log_timed(seconds, "fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+                           **common)
+    disco, prior = models["discodiff"]
     _log(f"[images] oracle against prior latents ({args.default_steps} steps)")
-    res["oracle"] = timed(seconds, "fid_oracle", oracle_vs_prior, disco, data.x, data.labels, ref, det, num=args.num,
-                          seed=args.seed, steps=args.default_steps, model_key="discodiff", **common)
+    res["oracle"] = log_timed(seconds, "fid_oracle", oracle_vs_prior, disco, prior, data.x, data.labels, ref, det,
+                              num=args.num, seed=args.seed, steps=args.default_steps, model_key="discodiff", **common)
     _log(f"[images] guidance sweep w = {args.weights} ({args.default_steps} steps)")
-    res["guidance"] = timed(seconds, "fid_guidance", guidance_sweep, disco, args.weights, seeds, ref, det,
-                            steps=args.default_steps, model_key="discodiff", **common)
+    res["guidance"] = log_timed(seconds, "fid_guidance", guidance_sweep, disco, prior, args.weights, seeds, ref, det,
+                                steps=args.default_steps, model_key="discodiff", **common)
     return res
 
 
@@ -286,18 +268,6 @@ def format_table(res: dict, args) -> str:
     return "\n".join(lines)
 
 
-def _csv(kind, what):
-    def parse(text):
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{what} must be comma-separated numbers, got {text!r}") from None
-        if not values:
-            raise argparse.ArgumentTypeError(f"{what} is empty")
-        return values
-    return parse
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="digits")
@@ -305,9 +275,8 @@ def main(argv=None) -> int:
                                                               "(default: the preset's)")
     ap.add_argument("--prior-kimg", type=float, default=None, help="stage-II kimg (default: the preset's)")
     ap.add_argument("--num", type=int, default=500, help="samples per FID (and training images in the floor)")
-    ap.add_argument("--steps", type=_csv(int, "--steps"), default=None,
-                    help="Heun step counts (default: 4, 8 and the preset's)")
-    ap.add_argument("--weights", type=_csv(float, "--weights"), default=[0.0, 1.0, 2.0], help="guidance weights")
+    ap.add_argument("--steps", default=None, help="Heun step counts, comma-separated (default: 4, 8 and the preset's)")
+    ap.add_argument("--weights", default="0,1,2", help="guidance weights, comma-separated")
     ap.add_argument("--seed", type=int, default=0, help="training seed and first sampling seed")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both runs, as `discodiff train --set` (e.g. "
@@ -324,19 +293,30 @@ def main(argv=None) -> int:
     if args.num < 2:
         ap.error("--num must be at least 2")
 
-    from discodiff.cli import _parse_set
+    from discodiff.cli.options import parse_key_values, parse_list
     from discodiff.config import ConfigError
-    from discodiff.data import load_dataset
+    from discodiff.fileio import check_writable
     from discodiff.metrics.fid import InceptionDetector
+    from discodiff.runs import resolve_run
 
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
+    path = args.results or RESULTS / f"images-{args.preset}.json"
     start = time.perf_counter()
     seconds: dict = {}
     try:
-        settings = dict(kimg=args.kimg, prior_kimg=args.prior_kimg, seed=args.seed, overrides=_parse_set(args.sets))
-        data = load_dataset(run_configs(args.preset, **settings)["discodiff"].data)
-        cfgs = run_configs(args.preset, data=data, **settings)
+        args.steps = None if args.steps is None else parse_list(args.steps, int, "--steps")
+        args.weights = parse_list(args.weights, float, "--weights")
+        if args.steps is not None and min(args.steps) < 1:
+            raise ConfigError(f"--steps must be positive, got {args.steps}")
+        check_writable(out, folder=True)
+        check_writable(path)
+        overrides = run_overrides(args.preset, kimg=args.kimg, prior_kimg=args.prior_kimg, seed=args.seed,
+                                  overrides=parse_key_values(args.sets))
+        # both runs resolved (an existing one checked to be the same run) before anything is written
+        resolved = {name: resolve_run(out / name, preset=args.preset, overrides=o) for name, o in overrides.items()}
+        cfgs = {name: cfg for name, (cfg, _) in resolved.items()}
+        data = resolved["discodiff"][1]
         if data.kind != "image":
             raise ConfigError(f"preset {args.preset!r} is not an image preset")
         if cfgs["discodiff"].model.num_latents == 0:
@@ -346,7 +326,6 @@ def main(argv=None) -> int:
         det = InceptionDetector.from_file(args.detector)
         _log(f"images benchmark: preset {args.preset}, {cfgs['discodiff'].train.kimg:g} kimg per model, {args.num} "
              f"samples per FID, steps {args.steps}, w {args.weights}, {args.threads} threads; runs in {out}")
-        out.mkdir(parents=True, exist_ok=True)
         models, reused = train_both(out, cfgs, data, seconds)
         res = measure(out, models, data, det, args, seconds)
     except ConfigError as e:
@@ -369,7 +348,7 @@ def main(argv=None) -> int:
         "default_steps": args.default_steps, "weights": args.weights,
         "budget": {"kimg_per_model": cfg.train.kimg, "prior_kimg": cfg.prior_train.kimg, "batch": cfg.train.batch},
         "models": {name: {"num_latents": c.model.num_latents, "codebook_size": c.model.codebook_size,
-                          "parameters_stage1": sum(p.numel() for p in models[name].stage1_parameters())}
+                          "parameters_stage1": sum(p.numel() for p in models[name][0].parameters())}
                    for name, c in cfgs.items()},
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": args.threads, "device": "cpu"},
@@ -379,9 +358,8 @@ def main(argv=None) -> int:
         "table": table, "results": res, "out": str(out),
     }
     from discodiff.analysis import jsonable
-    path = args.results or RESULTS / f"images-{args.preset}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(jsonable(report), indent=2) + "\n")
+    from discodiff.fileio import write_json
+    write_json(jsonable(report), path)
     _log(f"wrote {path}; runs and caches in {out}")
     return 0 if all(ok for _, ok, _ in checks) else 1
 

@@ -2,8 +2,9 @@
 
 Training images/s come from the real training loop (`train_stage1`, EMA and bookkeeping included), read from
 its stats.jsonl after a warm-up tick; the two models train in turns, --repeats rounds, and each keeps its median
-(a shared CPU's speed drifts by tens of percent between minutes). Sampling images/s time `DiscoDiff.generate`
-(prior + Heun ODE), and the prior's share of sampling time is measured on its own with `sample_latents`, the prior's part of `generate`.
+(a shared CPU's speed drifts by tens of percent between minutes). Sampling images/s time `pipeline.generate`
+(prior + Heun ODE), and the prior's share of sampling time is measured on its own with `pipeline.sample_latents`,
+the prior's part of `generate`.
 
     python benchmarks/throughput.py --preset digits                # CPU figures
     python benchmarks/throughput.py --preset emoji --device cuda   # GPU figures
@@ -23,10 +24,14 @@ from pathlib import Path
 
 import torch
 
-from discodiff.cli import _parse_set
+from discodiff.cli.options import parse_key_values
 from discodiff.config import merge, preset_config
 from discodiff.data import ArrayDataset, load_dataset
+from discodiff.fileio import check_writable, write_json
 from discodiff.model import DiscoDiff
+from discodiff.pipeline import generate_batches, sample_latents
+from discodiff.prior import ARPrior
+from discodiff.sampling import karras_sigmas
 from discodiff.train.stage1 import train_stage1
 
 
@@ -45,25 +50,29 @@ def training_images_per_s(cfg, data, device, ticks: int) -> float:
     return sum(r["images_per_s"] for r in timed) / len(timed)
 
 
-def sampling(model: DiscoDiff, device, num: int, steps: int, batch: int, repeats: int) -> dict:
+def sampling(model: DiscoDiff, prior: ARPrior | None, device, num: int, steps: int, batch: int,
+             repeats: int) -> dict:
     model = model.to(device).eval()
+    prior = None if prior is None else prior.to(device).eval()
     seeds = list(range(num))
-    model.generate(seeds[:batch], steps=2, device=device)  # warm-up
-    total, prior = [], []
+    for _ in generate_batches(model, seeds[:batch], karras_sigmas(2, device=device), batch=batch, prior=prior):
+        pass  # warm-up
+    sigmas = karras_sigmas(steps, device=device)
+    total, prior_s = [], []
     for _ in range(repeats):
         _sync(device)
         t0 = time.perf_counter()
-        for i in range(0, num, batch):
-            model.generate(seeds[i:i + batch], steps=steps, device=device)
+        for _ in generate_batches(model, seeds, sigmas, batch=batch, prior=prior):
+            pass
         _sync(device)
         t1 = time.perf_counter()
         if model.num_latents:
             for i in range(0, num, batch):
-                model.sample_latents(seeds[i:i + batch], device=device)
+                sample_latents(model, prior, seeds[i:i + batch], device=device)
         _sync(device)
         total.append(t1 - t0)
-        prior.append(time.perf_counter() - t1)
-    t, p = min(total), min(prior)
+        prior_s.append(time.perf_counter() - t1)
+    t, p = min(total), min(prior_s)
     return {"images_per_s": num / t, "seconds": t, "prior_seconds": p, "prior_fraction": p / t,
             "nfe_per_image": 2 * steps - 1}
 
@@ -81,8 +90,9 @@ def main():
                     help="config override for both models, as `discodiff train --set`")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
-    overrides = _parse_set(args.sets)
+    overrides = parse_key_values(args.sets)
     device = torch.device(args.device)
+    out = check_writable(args.out or Path(__file__).parent / "results" / f"throughput-{args.preset}-{device.type}.json")
     results = {"preset": args.preset, "overrides": args.sets,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -106,8 +116,9 @@ def main():
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = DiscoDiff(cfg.model)  # untrained: sampling speed does not depend on the weights
-        params = sum(p.numel() for p in model.stage1_parameters())
-        sample = sampling(model, device, args.num, args.steps, min(args.num, 256), args.repeats)
+        prior = ARPrior.for_model(cfg.model) if cfg.model.num_latents else None
+        params = sum(p.numel() for p in model.parameters())
+        sample = sampling(model, prior, device, args.num, args.steps, min(args.num, 256), args.repeats)
         ips = statistics.median(train_ips[name])
         results["models"][name] = {"num_latents": cfg.model.num_latents, "parameters_stage1": params,
                                    "train_images_per_s": ips, "train_images_per_s_rounds": train_ips[name],
@@ -125,9 +136,7 @@ def main():
           f"{'PASS' if overhead <= 0.15 else 'FAIL'})")
     print(f"prior share of sampling time: {100 * d['sampling']['prior_fraction']:.3f}% (target <= 1%: "
           f"{'PASS' if results['targets']['prior_fraction_ok'] else 'FAIL'})")
-    out = args.out or Path(__file__).parent / "results" / f"throughput-{args.preset}-{device.type}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_json(results, out)
     print(f"wrote {out}")
 
 

@@ -1,13 +1,7 @@
-"""Run directories: config.json + safetensors weights, and resumable training state. Nothing is ever unpickled.
+"""Checkpoint files: safetensors weights, optimizer state as tensors + JSON, resumable training states.
 
-Layout of a run directory R:
-    R/config.json              the full RunConfig
-    R/model.safetensors        EMA weights of the denoiser and encoder (stage I), written at every snapshot
-    R/prior.safetensors        EMA weights of the prior (stage II)
-    R/state/stage1-<nimg>/     resumable stage-I state: weights.safetensors + state.json
-    R/state/prior-<nimg>/      resumable stage-II state
-    R/stats.jsonl, R/log.txt   training statistics and the human log
-Every file is written to a temporary name and moved into place, so a crash never leaves a torn checkpoint.
+Nothing is ever unpickled. Every file is written to a temporary name and moved into place, so a crash never leaves
+a torn checkpoint. What a run folder holds, and the rules of a run, are in runs.py.
 """
 from __future__ import annotations
 
@@ -15,13 +9,15 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError, RunConfig
+from .config import ConfigError
+from .fileio import OutputError, atomic_path, describe_os_error
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
@@ -34,10 +30,17 @@ class CheckpointError(ConfigError):
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    """The string metadata of a safetensors file ({} when it has none or cannot be read)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return {}
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -53,22 +56,6 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
-
-
-def write_json(obj, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def load_run_config(run_dir: Path) -> RunConfig:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {run_dir} does not exist; create one with `discodiff train`")
-    if not (run_dir / CONFIG).is_file():
-        raise CheckpointError(f"{run_dir} is not a discodiff run directory (no {CONFIG})")
-    return RunConfig.load(run_dir / CONFIG)
 
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
@@ -117,54 +104,81 @@ def optimizer_from_flat(opt: torch.optim.Optimizer, tensors: dict[str, torch.Ten
 
 def save_training_state(run_dir: Path, stage: str, nimg: int, tensors: dict[str, torch.Tensor], meta: dict,
                         keep: int = 2) -> Path:
-    """Writes R/state/<stage>-<nimg>/ atomically (built in a temporary folder, then renamed)."""
+    """Writes R/state/<stage>-<nimg>/ atomically (built in a temporary folder, then renamed); keeps the newest `keep`."""
     root = Path(run_dir) / STATE_DIR
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"{stage}-{nimg:012d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=root))
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"nimg": nimg, **meta}, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    tmp = None
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{stage}-", dir=root))
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp / "weights.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"nimg": nimg, **meta}, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except OSError as e:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise OutputError(describe_os_error(e, final)) from None
     for old in sorted(root.glob(f"{stage}-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_training_state(run_dir: Path, stage: str):
-    """(tensors, meta) of the newest complete state of `stage`, or None."""
-    root = Path(run_dir) / STATE_DIR
-    for d in sorted(root.glob(f"{stage}-*"), reverse=True):
-        if (d / "state.json").is_file() and (d / "weights.safetensors").is_file():
-            try:
-                meta = json.loads((d / "state.json").read_text())
-            except json.JSONDecodeError as e:
-                raise CheckpointError(f"corrupt training state {d / 'state.json'}: {e}") from None
-            return load_tensors(d / "weights.safetensors"), meta
+@dataclass
+class TrainingState:
+    tensors: dict[str, torch.Tensor]
+    meta: dict
+    path: Path
+    skipped: list[str] = field(default_factory=list)  # newer states that could not be read, with the reason
+
+    @property
+    def nimg(self) -> int:
+        return int(self.meta["nimg"])
+
+
+def _state_dirs(run_dir: Path, stage: str) -> list[Path]:
+    """The complete states of `stage`, newest first (a state folder appears only once complete)."""
+    return sorted((Path(run_dir) / STATE_DIR).glob(f"{stage}-*"), reverse=True)
+
+
+def _read_state(d: Path) -> TrainingState:
+    try:
+        meta = json.loads((d / "state.json").read_text())
+        int(meta["nimg"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{d / 'state.json'}: {e}") from None
+    return TrainingState(load_tensors(d / "weights.safetensors"), meta, d)
+
+
+def latest_training_state(run_dir: Path, stage: str) -> TrainingState | None:
+    """The newest readable state of `stage`, or None when there is none. An unreadable newer state (a torn disk
+    write, a corrupt file) is passed over for the older one kept for exactly this; `skipped` says which and why."""
+    skipped = []
+    dirs = _state_dirs(run_dir, stage)
+    for d in dirs:
+        try:
+            state = _read_state(d)
+        except CheckpointError as e:
+            skipped.append(f"{d.name} is unreadable ({e})")
+            continue
+        state.skipped = skipped
+        return state
+    if skipped:
+        raise CheckpointError(f"no readable training state in {Path(run_dir) / STATE_DIR}: " + "; ".join(skipped))
     return None
 
 
-def load_model(run_dir: Path, *, need_prior: bool = False, device="cpu"):
-    """(RunConfig, DiscoDiff in eval mode) from a run directory, with its stage-I EMA weights and, if trained, its prior."""
-    from .model import DiscoDiff
+def discard_training_states(run_dir: Path, stage: str) -> None:
+    for d in _state_dirs(run_dir, stage):
+        shutil.rmtree(d, ignore_errors=True)
 
-    run_dir = Path(run_dir)
-    cfg = load_run_config(run_dir)
-    if not (run_dir / MODEL).is_file():
-        raise CheckpointError(f"{run_dir} has no trained model yet; run `discodiff train --run-dir {run_dir}` first")
-    model = DiscoDiff(cfg.model)
-    tensors = load_tensors(run_dir / MODEL)
-    own = {k for k in model.state_dict() if not k.startswith("prior.")}
-    if set(tensors) != own:
-        raise CheckpointError(f"{run_dir / MODEL} does not match {run_dir / CONFIG}")
-    model.load_state_dict(tensors, strict=False)
-    if model.prior is not None:
-        if (run_dir / PRIOR).is_file():
-            load_state_into(model.prior, load_tensors(run_dir / PRIOR), run_dir / PRIOR)
-        elif need_prior:
-            raise CheckpointError(f"{run_dir} has no trained prior yet; run `discodiff train-prior --run-dir {run_dir}` "
-                                  f"(or pass latents explicitly)")
-        else:
-            model.prior = None
-    return cfg, model.to(device).eval()
+
+def newest_training_state_nimg(run_dir: Path, stage: str) -> int:
+    """Images seen by the newest training state of `stage` (0 when there is none), read from its state.json."""
+    for d in _state_dirs(run_dir, stage):
+        try:
+            return int(json.loads((d / "state.json").read_text())["nimg"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return 0

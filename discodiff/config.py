@@ -4,6 +4,8 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +91,9 @@ class RunConfig:
         return _from_dict(cls, d, "config")
 
     def save(self, path: Path) -> None:
-        Path(path).write_text(json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, indent=2) + "\n")
+        """Writes config.json atomically: a kill or a full disk leaves the previous file whole."""
+        from .fileio import atomic_write_text
+        atomic_write_text(path, json.dumps({"format_version": FORMAT_VERSION, **self.to_dict()}, indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> "RunConfig":
@@ -102,7 +106,9 @@ class RunConfig:
         version = d.pop("format_version", None)
         if version != FORMAT_VERSION:
             raise ConfigError(f"{path} is not a discodiff run config (format_version {version!r})")
-        return cls.from_dict(d)
+        cfg = cls.from_dict(d)
+        validate(cfg)
+        return cfg
 
 
 FORMAT_VERSION = 1
@@ -115,11 +121,29 @@ def _from_dict(cls, d: Any, where: str):
     unknown = set(d) - set(fields)
     if unknown:
         raise ConfigError(f"unknown key(s) in {where}: {', '.join(sorted(unknown))}")
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in d.items():
         sub = _NESTED.get((cls, name))
-        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else value
+        kwargs[name] = _from_dict(sub, value, f"{where}.{name}") if sub else _checked(value, hints[name],
+                                                                                       f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _checked(value, annotation, where: str):
+    """`value` if it has the field's type (an int is taken for a float), else a ConfigError naming the key."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    for t in options:
+        if t is type(None) and value is None:
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t in (bool, str, list, dict) and isinstance(value, t):
+            return value
+    names = " or ".join("null" if t is type(None) else t.__name__ for t in options)
+    raise ConfigError(f"{where.removeprefix('config.')} must be {names}, got {json.dumps(value)}")
 
 
 _NESTED = {(RunConfig, "model"): ModelConfig, (RunConfig, "data"): DataConfig, (RunConfig, "train"): TrainConfig,
@@ -215,18 +239,50 @@ def preset_config(name: str, overrides: dict | None = None) -> RunConfig:
     return cfg
 
 
+MAX_SEED = 2**63 - 1  # torch generators take seeds below 2**63
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
 def validate(cfg: RunConfig) -> None:
+    """Checks every value's range at once, when the config is resolved, not at its first use."""
+    from .sampling import SAMPLERS
     m = cfg.model
-    if not 0 <= m.num_latents <= 256:
-        raise ConfigError(f"--latents must be between 0 and 256, got {m.num_latents}")
-    if m.num_latents and not 2 <= m.codebook_size <= 65536:
-        raise ConfigError(f"--codebook must be between 2 and 65536, got {m.codebook_size}")
-    if m.tau <= 0:
-        raise ConfigError(f"Gumbel temperature must be positive, got {m.tau}")
-    if not 0 <= m.p_null < 1 or not 0 <= m.p_class_drop < 1:
-        raise ConfigError("dropout probabilities must lie in [0, 1)")
+    _require(0 <= m.num_latents <= 256, f"--latents (model.num_latents) must be between 0 and 256, got {m.num_latents}")
+    _require(not m.num_latents or 2 <= m.codebook_size <= 65536,
+             f"--codebook (model.codebook_size) must be between 2 and 65536, got {m.codebook_size}")
+    _require(m.num_classes >= 0, f"model.num_classes must be >= 0, got {m.num_classes}")
+    _require(len(m.data_shape) in (1, 3) and all(isinstance(n, int) and n > 0 for n in m.data_shape),
+             f"model.data_shape must be [D] or [C, H, W] of positive ints, got {m.data_shape}")
+    for key in ("tau", "sigma_data", "P_std"):
+        _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
+    for key in ("p_null", "p_class_drop"):
+        _require(0 <= getattr(m, key) < 1, f"model.{key} must lie in [0, 1), got {getattr(m, key)}")
+    for key in ("network", "encoder"):
+        _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
     t = cfg.train
-    if t.kimg < 0 or t.batch < 1 or (t.batch_gpu is not None and t.batch_gpu < 1):
-        raise ConfigError("training duration must be >= 0 and batch sizes >= 1")
-    if cfg.sample.sampler not in ("euler", "heun", "edm"):
-        raise ConfigError(f"unknown sampler {cfg.sample.sampler!r}; choose euler, heun or edm")
+    _require(t.kimg >= 0, f"train.kimg must be >= 0, got {t.kimg}")
+    _require(t.batch >= 1, f"train.batch must be >= 1, got {t.batch}")
+    _require(t.batch_gpu is None or t.batch_gpu >= 1, f"train.batch_gpu must be >= 1, got {t.batch_gpu}")
+    _require(t.lr > 0, f"the learning rate (train.lr) must be positive, got {t.lr}")
+    _require(0 <= t.seed <= MAX_SEED, f"train.seed must lie in [0, 2**63), got {t.seed}")
+    for key in ("lr_rampup_kimg",):
+        _require(getattr(t, key) >= 0, f"train.{key} must be >= 0, got {getattr(t, key)}")
+    for key in ("ema_halflife_kimg", "tick_kimg"):
+        _require(getattr(t, key) > 0, f"train.{key} must be positive, got {getattr(t, key)}")
+    _require(t.ema_rampup is None or t.ema_rampup > 0, f"train.ema_rampup must be positive or null, got {t.ema_rampup}")
+    for key in ("snapshot_ticks", "state_ticks"):
+        _require(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
+    p = cfg.prior_train
+    _require(p.kimg >= 0, f"prior_train.kimg must be >= 0, got {p.kimg}")
+    _require(p.batch >= 1, f"prior_train.batch must be >= 1, got {p.batch}")
+    for key in ("lr", "tau", "tick_kimg"):
+        _require(getattr(p, key) > 0, f"prior_train.{key} must be positive, got {getattr(p, key)}")
+    _require(0 <= p.seed <= MAX_SEED, f"prior_train.seed must lie in [0, 2**63), got {p.seed}")
+    s = cfg.sample
+    _require(s.steps >= 1, f"sample.steps must be >= 1, got {s.steps}")
+    _require(s.sampler in SAMPLERS, f"unknown sampler {s.sampler!r}; choose from: {', '.join(SAMPLERS)}")
+    _require(s.prior_temperature > 0, f"sample.prior_temperature must be positive, got {s.prior_temperature}")

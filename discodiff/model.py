@@ -1,17 +1,21 @@
-"""DisCo-Diff as one object: the denoiser D(x, sigma, z, c), the encoder E(y) and the prior p(z | c)."""
+"""The stage-I model of DisCo-Diff: the denoiser D(x, sigma, z, c) and the encoder E(y), trained together.
+
+The prior p(z | c) is a separate object (`prior.ARPrior`), trained and saved on its own in stage II; sampling
+(`pipeline.generate`) takes both.
+"""
 from __future__ import annotations
 
-from typing import Sequence
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import Denoiser, EDMLoss
 from .latents import gumbel_softmax, null_mask, one_hot
 from .networks import build_denoiser_net, build_encoder
-from .prior import ARPrior
-from .sampling import SAMPLERS, StackedGenerator, guided, karras_sigmas
+from .sampling import guided
 
 
 class DiscoDiff(nn.Module):
@@ -19,9 +23,19 @@ class DiscoDiff(nn.Module):
         super().__init__()
         self.config = cfg
         self.denoiser = Denoiser(build_denoiser_net(cfg), cfg.sigma_data)
-        m = cfg.num_latents
-        self.encoder = build_encoder(cfg) if m else None
-        self.prior = ARPrior(m, cfg.codebook_size, cfg.num_classes, **cfg.prior) if m else None
+        self.encoder = build_encoder(cfg) if cfg.num_latents else None
+
+    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        """The weights as one safetensors file (atomically); the run's config.json holds `self.config`."""
+        save_tensors(self.state_dict(), path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: Path, cfg: ModelConfig) -> "DiscoDiff":
+        """A model of configuration `cfg` with the weights in `path`; weights of another network or shape are
+        refused with one line (CheckpointError)."""
+        model = cls(cfg)
+        load_state_into(model, load_tensors(path), path)
+        return model
 
     @property
     def num_latents(self) -> int:
@@ -90,65 +104,10 @@ class DiscoDiff(nn.Module):
         return d
 
     @torch.no_grad()
-    def sample_latents(self, seeds: Sequence[int], *, class_labels=None, temperature: float = 1.0, device=None):
-        """z [N, m] from the prior, exactly the latents `generate` draws for the same seeds (the first m uniforms)."""
-        device = torch.device(device) if device is not None else next(self.parameters()).device
-        uniforms = StackedGenerator(seeds, device).rand([max(self.num_latents, 1)])[:, :self.num_latents]
-        return self._draw_latents(uniforms, self._labels(class_labels, len(seeds), device), temperature)
-
-    @torch.no_grad()
-    def shared_latents(self, seeds: Sequence[int], per_row: int, *, class_labels=None, temperature: float = 1.0,
-                       device=None):
-        """z [N, m] for grids whose rows share one latent (paper Fig. 2b): each run of `per_row` consecutive seeds
-        gets the prior's draw for the first seed of its run. `class_labels`: one label, or one per row."""
-        row_seeds = list(seeds)[::per_row]
-        z_rows = self.sample_latents(row_seeds, class_labels=class_labels, temperature=temperature, device=device)
-        return z_rows.repeat_interleave(per_row, dim=0)[:len(seeds)]
-
-    def _labels(self, class_labels, n, device):
-        if class_labels is None:
-            return None
-        return torch.as_tensor(class_labels, device=device).long().reshape(-1).expand(n)
-
-    def _draw_latents(self, uniforms, class_labels, temperature):
-        if self.num_latents == 0:
-            return torch.zeros(len(uniforms), 0, dtype=torch.long, device=uniforms.device)
-        if self.prior is None:
-            raise RuntimeError("this model has no prior; train one with `discodiff train-prior`")
-        return self.prior.sample(uniforms, class_labels, temperature=temperature)
-
-    @torch.no_grad()
-    def generate(self, seeds: Sequence[int], *, class_labels=None, z=None, steps: int = 50,
-                 sampler: str = "heun", guidance: float = 0.0, class_guidance: float = 0.0,
-                 prior_temperature: float = 1.0, sigma_min: float = 0.002, sigma_max: float = 80.0,
-                 rho: float = 7.0, S_churn: float = 0.0, S_min: float = 0.0, S_max: float = float("inf"),
-                 S_noise: float = 1.0, callback=None, device=None):
-        """Draws one sample per seed; returns (x in model space [N, *shape], z [N, m]).
-
-        `callback(i, x)` is called with i = -1 and the initial noise, then after every step i = 0..steps-1.
-        Each seed drives its own generator, in this order: the m uniforms for the prior, the initial noise,
-        then any churn noise. A sample therefore depends on its seed only, not on the batch it is drawn in.
-        """
-        device = torch.device(device) if device is not None else next(self.parameters()).device
-        gen = StackedGenerator(seeds, device)
-        m = self.num_latents
-        uniforms = gen.rand([max(m, 1)])[:, :m]  # drawn even when z is given, so the noise stays the same
-        class_labels = self._labels(class_labels, len(seeds), device)
-        z = self._draw_latents(uniforms, class_labels, prior_temperature) if z is None else z.to(device)
-        sigmas = karras_sigmas(steps, sigma_min, sigma_max, rho, device=device)
-        noise = gen.randn(self.config.data_shape) * sigmas[0].float()
-        denoise = self.make_denoiser(z if m else None, class_labels, guidance=guidance,
-                                     class_guidance=class_guidance)
-        if callback is not None:
-            callback(-1, noise)
-        if sampler == "edm":
-            x = SAMPLERS["edm"](denoise, noise, sigmas, S_churn=S_churn, S_min=S_min, S_max=S_max,
-                                S_noise=S_noise, randn_like=gen.randn_like, callback=callback)
-        else:
-            x = SAMPLERS[sampler](denoise, noise, sigmas, callback=callback)
-        return x, z
-
-    def stage1_parameters(self):
-        """Everything trained in stage I: the denoiser and the encoder (not the prior)."""
-        mods = [self.denoiser] + ([self.encoder] if self.encoder is not None else [])
-        return [p for mod in mods for p in mod.parameters()]
+    def encode_all(self, y: torch.Tensor, batch: int = 512) -> torch.Tensor:
+        """Encoder logits [N, m, k] (float32) of a whole dataset, in batches, in eval mode."""
+        was_training = self.training
+        self.eval()
+        logits = torch.cat([self.encoder(y[i:i + batch]).float() for i in range(0, len(y), batch)])
+        self.train(was_training)
+        return logits

@@ -1,6 +1,8 @@
 """Stage II: an autoregressive transformer prior p(z) = prod_i p(z_i | z_<i [, c]) over the m latent tokens."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -98,3 +100,20 @@ class ARPrior(nn.Module):
     def nll(self, z: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per token (nats); exp of it is the token perplexity."""
         return self(z, class_labels)[1]
+
+    @classmethod
+    def for_model(cls, cfg) -> "ARPrior":
+        """The prior that a model of configuration `cfg` (a ModelConfig with m >= 1) is sampled with."""
+        return cls(cfg.num_latents, cfg.codebook_size, cfg.num_classes, **cfg.prior)
+
+    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        """The weights as one safetensors file (atomically); `metadata` records what it was trained on."""
+        from .checkpoint import save_tensors
+        save_tensors(self.state_dict(), path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: Path, cfg) -> "ARPrior":
+        from .checkpoint import load_state_into, load_tensors
+        prior = cls.for_model(cfg)
+        load_state_into(prior, load_tensors(path), path)
+        return prior

@@ -6,7 +6,9 @@ is dx/dt = (x - D(x, t)) / t (EDM eq. 1 with beta = 0).
 """
 from __future__ import annotations
 
+import inspect
 import math
+from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
@@ -77,12 +79,37 @@ def sample_edm_stochastic(denoise: Denoise, noise: torch.Tensor, sigmas: torch.T
     return x
 
 
-SAMPLERS = {"euler": sample_euler, "heun": sample_heun, "edm": sample_edm_stochastic}
+@dataclass(frozen=True)
+class SamplerInfo:
+    """What the rest of the library needs to know of a sampler besides its function."""
+    fn: Callable[..., torch.Tensor]
+    nfe: Callable[[int], int]           # network evaluations for a number of steps (guidance doubles it)
+    description: str
+
+
+# The one registry of sampler names: the CLI's choices, the config's check and the NFE counts all read it.
+SAMPLERS: dict[str, SamplerInfo] = {
+    "heun": SamplerInfo(sample_heun, lambda n: 2 * n - 1, "EDM's deterministic 2nd-order sampler (Alg. 1)"),
+    "euler": SamplerInfo(sample_euler, lambda n: n, "1st-order Euler steps"),
+    "edm": SamplerInfo(sample_edm_stochastic, lambda n: 2 * n - 1, "EDM's stochastic sampler with churn (Alg. 2)"),
+}
+
+
+def get_sampler(name: str) -> SamplerInfo:
+    if name not in SAMPLERS:
+        from .config import ConfigError
+        raise ConfigError(f"unknown sampler {name!r}; choose from: {', '.join(SAMPLERS)}")
+    return SAMPLERS[name]
 
 
 def nfe(sampler: str, num_steps: int) -> int:
     """Network evaluations of a sampler run (without guidance, which doubles it)."""
-    return num_steps if sampler == "euler" else 2 * num_steps - 1
+    return get_sampler(sampler).nfe(num_steps)
+
+
+def takes_noise_source(sampler: Callable) -> bool:
+    """Whether a sampler draws noise of its own (a `randn_like` argument), which the caller must then seed."""
+    return "randn_like" in inspect.signature(sampler).parameters
 
 
 def guided(denoise_cond: Denoise, denoise_uncond: Denoise, w: float) -> Denoise:
@@ -102,7 +129,10 @@ class StackedGenerator:
 
     def __init__(self, seeds: Sequence[int], device="cpu"):
         self.device = torch.device(device)
-        self.generators = [torch.Generator(self.device).manual_seed(int(s) % (1 << 63)) for s in seeds]
+        bad = [s for s in seeds if not 0 <= int(s) < 1 << 63]
+        if bad:  # torch would wrap them round and silently repeat other seeds' samples
+            raise ValueError(f"seeds must lie in [0, 2**63), got {bad[0]}")
+        self.generators = [torch.Generator(self.device).manual_seed(int(s)) for s in seeds]
 
     def randn(self, shape: Sequence[int], dtype=torch.float32) -> torch.Tensor:
         return torch.stack([torch.randn(tuple(shape), generator=g, device=self.device, dtype=dtype)

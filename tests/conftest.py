@@ -70,3 +70,14 @@ def save_tiny_detector(path, kernel: int = 8):
     """TinyNet as a TorchScript file, as a user's --detector would be; returns the path."""
     torch.jit.script(TinyNet(kernel=kernel)).save(str(path))
     return path
+
+
+TINY_TOY = ["--set", "model.network.hidden=32", "--set", "model.network.emb_dim=16", "--set", "model.encoder.hidden=32",
+            "--set", "model.prior.depth=1", "--set", "model.prior.width=32", "--set", "model.prior.heads=2",
+            "--set", "train.batch=64", "--set", "train.tick_kimg=1", "--quiet"]
+
+
+def train_tiny_toy(run_dir, *extra, kimg=2):
+    """`discodiff train` of a tiny toy2d run, in-process; raises SystemExit on failure."""
+    from discodiff.cli import main
+    main(["train", "--preset", "toy2d", "--run-dir", str(run_dir), "--kimg", str(kimg), *TINY_TOY, *extra])

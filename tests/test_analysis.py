@@ -9,16 +9,19 @@ import torch
 
 from discodiff.analysis import AnalysisError, jsonable
 from discodiff.analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
-from discodiff.analysis.guidance import guidance_sweep, parse_floats
+from discodiff.analysis.guidance import guidance_sweep
 from discodiff.analysis.loss_sigma import loss_ratios, loss_vs_sigma
-from discodiff.analysis.nfe import parse_ints, quality_vs_steps
+from discodiff.analysis.nfe import quality_vs_steps
 from discodiff.analysis.oracle import oracle_vs_prior
 from discodiff.analysis.quality import FIDCache, reference_stats, sample_batches, sample_fid
 from discodiff.analysis.switching import latent_switching, switched_samples
-from discodiff.checkpoint import CONFIG, load_model
+from discodiff.cli.options import parse_list
 from discodiff.config import preset_config
 from discodiff.data import load_dataset
 from discodiff.metrics.fid import InceptionDetector, model_to_uint8
+from discodiff.pipeline import generate, sample_latents
+from discodiff.runs import Run
+from discodiff.sampling import karras_sigmas
 from discodiff.train.prior import train_prior
 from discodiff.train.stage1 import train_stage1
 
@@ -52,8 +55,7 @@ def _train(run_dir, preset, overrides, m=None, prior=True):
     cfg = preset_config(preset, over)
     data = load_dataset(cfg.data)
     cfg.model.data_shape = data.shape
-    run_dir.mkdir(parents=True)
-    cfg.save(run_dir / CONFIG)
+    Run.create(run_dir, cfg)
     model = train_stage1(run_dir, cfg, data, quiet=True)
     if prior and cfg.model.num_latents:
         train_prior(run_dir, cfg, data, model.eval(), quiet=True)
@@ -82,14 +84,19 @@ def detector(detector_file):
 
 @pytest.fixture(scope="module")
 def img_ref(runs, detector):
-    cfg, _ = load_model(runs["img"])
-    data = load_dataset(cfg.data)
+    data = load_dataset(Run(runs["img"]).config.data)
     ref, _ = reference_stats(model_to_uint8(data.x[:200]), detector)
     return ref, data
 
 
-def _model(run_dir, prior=False):
-    return load_model(run_dir, need_prior=prior)[1]
+def _model(run_dir):
+    return Run(run_dir).load_model()
+
+
+def _with_prior(run_dir):
+    """(model, prior) of a run, as `discodiff sample` loads them."""
+    run = Run(run_dir)
+    return run.load_model(), run.load_prior()
 
 
 def _one_line_error(code, err, *needles):
@@ -128,15 +135,15 @@ def test_loss_vs_sigma_same_noise_any_batch_and_baseline(runs):
 # ---- latent switching --------------------------------------------------------------------------------------------
 
 def test_switching_with_f0_changes_nothing_and_f1_is_the_other_latent(runs):
-    model = _model(runs["toy"], prior=True)
+    model, prior = _with_prior(runs["toy"])
     seeds = list(range(12))
-    z_a = model.sample_latents(seeds)
+    z_a = sample_latents(model, prior, seeds)
     z_b = (z_a + 1) % model.config.codebook_size
     xs = switched_samples(model, seeds, z_a, z_b, [0.0, 0.5, 1.0], steps=6)
     assert xs.shape == (3, 12, 2)
-    assert torch.equal(xs[0], model.generate(seeds, z=z_a, steps=6)[0])
-    assert torch.equal(xs[2], model.generate(seeds, z=z_b, steps=6)[0])
-    res = latent_switching(model, seeds, fractions=[0.25, 0.5], steps=6, batch=5, keep=3)
+    assert torch.equal(xs[0], generate(model, seeds, karras_sigmas(6), z=z_a)[0])
+    assert torch.equal(xs[2], generate(model, seeds, karras_sigmas(6), z=z_b)[0])
+    res = latent_switching(model, prior, seeds, fractions=[0.25, 0.5], steps=6, batch=5, keep=3)
     assert res["fractions"] == [0.0, 0.25, 0.5, 1.0] and res["switch_step"] == [6, 4, 3, 0]
     assert res["rms"][0] == 0.0 and res["rms_ratio"][-1] == pytest.approx(1.0)
     assert res["samples"].shape == (4, 3, 2) and res["num"] == 12
@@ -150,13 +157,14 @@ def test_switching_with_f0_changes_nothing_and_f1_is_the_other_latent(runs):
 def test_latent_analyses_refuse_a_plain_model(runs, detector, img_ref):
     base, img0 = _model(runs["toy0"]), _model(runs["img0"])
     ref, data = img_ref
-    for call in (lambda: latent_switching(base, [0, 1]), lambda: codebook_analysis(base, torch.zeros(4, 2)),
-                 lambda: oracle_vs_prior(img0, data.x, None, ref, detector, num=4),
-                 lambda: guidance_sweep(img0, [0.0], [0, 1], ref, detector)):
+    for call in (lambda: latent_switching(base, None, [0, 1]),
+                 lambda: codebook_analysis(base, None, torch.zeros(4, 2)),
+                 lambda: oracle_vs_prior(img0, None, data.x, None, ref, detector, num=4),
+                 lambda: guidance_sweep(img0, None, [0.0], [0, 1], ref, detector)):
         with pytest.raises(AnalysisError, match=r"m = 0"):
             call()
     with pytest.raises(AnalysisError, match="no trained prior"):
-        latent_switching(_model(runs["noprior"]), [0, 1])
+        latent_switching(_model(runs["noprior"]), None, [0, 1])
 
 
 @pytest.mark.parametrize("command", ["switching", "codebook", "oracle", "guidance"])
@@ -176,17 +184,17 @@ def test_cli_errors(runs, tmp_path, capsys):
     _one_line_error(code, err, "--weights")
     code, _, err = run_cli(["analyze", "codebook", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path)], capsys)
     _one_line_error(code, err, "does not exist")
-    with pytest.raises(AnalysisError):
-        parse_ints("4,0", "--steps")
-    assert parse_floats("0, 0.5,2", "w") == [0.0, 0.5, 2.0]
+    with pytest.raises(AnalysisError):  # a step count of 0 is refused before any sampling
+        quality_vs_steps({"img": (_model(runs["img"]), None)}, [4, 0], [0, 1], None, None)
+    assert parse_list("0, 0.5,2", float, "w") == [0.0, 0.5, 2.0]
 
 
 # ---- codebook --------------------------------------------------------------------------------------------------
 
 def test_codebook_report_and_grids(runs):
-    model = _model(runs["img"], prior=True)
+    model, prior = _with_prior(runs["img"])
     data = load_dataset(preset_config("digits").data)
-    res = codebook_analysis(model, data.x[:300], prior_samples=200)
+    res = codebook_analysis(model, prior, data.x[:300], prior_samples=200)
     enc, k, m = res["encoder"], model.config.codebook_size, model.num_latents
     assert enc["num"] == 300 and len(enc["perplexity"]) == m
     assert all(sum(c) == 300 for c in enc["counts"]) and all(len(c) == k for c in enc["counts"])
@@ -196,37 +204,37 @@ def test_codebook_report_and_grids(runs):
     assert res["z"].shape == (300, m) and len(res["confidence"]) == m
     grid, codes = images_by_code(model_to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
     assert grid.shape == (5 * len(codes), 1, 8, 8) and 1 <= len(codes) <= 3
-    samples, z_rows = samples_by_latent(model, 2, 3, steps=2)
+    samples, z_rows = samples_by_latent(model, prior, 2, 3, steps=2)
     assert samples.shape == (6, 1, 8, 8) and samples.dtype == torch.uint8 and z_rows.shape == (2, m)
 
 
 # ---- FID-based analyses ----------------------------------------------------------------------------------------
 
 def test_guidance_zero_is_plain_conditional_sampling(runs):
-    model = _model(runs["img"], prior=True)
+    model, prior = _with_prior(runs["img"])
     seeds = list(range(5))
-    plain = model_to_uint8(model.generate(seeds, steps=3)[0])
-    assert torch.equal(next(sample_batches(model, seeds, steps=3, guidance=0.0)), plain)
-    z = model.sample_latents(seeds)
-    assert torch.equal(next(sample_batches(model, seeds, z=z, steps=3, guidance=0.0)), plain)
+    plain = model_to_uint8(generate(model, seeds, karras_sigmas(3), prior=prior)[0])
+    assert torch.equal(next(sample_batches(model, prior, seeds, steps=3, guidance=0.0)), plain)
+    z = sample_latents(model, prior, seeds)
+    assert torch.equal(next(sample_batches(model, prior, seeds, z=z, steps=3, guidance=0.0)), plain)
 
 
 def test_oracle_guidance_and_nfe_results(runs, detector, img_ref):
     ref, data = img_ref
-    model, base = _model(runs["img"], prior=True), _model(runs["img0"])
+    (model, prior), base = _with_prior(runs["img"]), _model(runs["img0"])
     cache = FIDCache()
-    o = oracle_vs_prior(model, data.x, data.labels, ref, detector, num=6, steps=2, cache=cache, model_key="d")
+    o = oracle_vs_prior(model, prior, data.x, data.labels, ref, detector, num=6, steps=2, cache=cache, model_key="d")
     assert {"oracle", "prior", "gap", "prior_tuples_seen_in_data"} <= set(o) and o["num"] == 6
     assert o["gap"] == pytest.approx(o["prior"]["fid"] - o["oracle"]["fid"])
     assert o["oracle"]["fid"] >= 0 and o["prior"]["nfe"] == 3
-    g = guidance_sweep(model, [0.0, 1.0], list(range(6)), ref, detector, steps=2, cache=cache, model_key="d")
+    g = guidance_sweep(model, prior, [0.0, 1.0], list(range(6)), ref, detector, steps=2, cache=cache, model_key="d")
     assert [r["guidance"] for r in g["rows"]] == [0.0, 1.0] and g["rows"][1]["network_passes"] == 6
     assert g["rows"][0]["fid"] == o["prior"]["fid"]  # same seeds, latents and steps: the same samples
     n = len(cache)
-    q = quality_vs_steps({"base": base, "d": model}, [1, 2], list(range(6)), ref, detector, cache=cache)
+    q = quality_vs_steps({"base": (base, None), "d": (model, prior)}, [1, 2], list(range(6)), ref, detector, cache=cache)
     assert [r["nfe"] for r in q["rows"]["base"]] == [1, 3]
     assert len(cache) == n + 3  # d at 2 steps was measured already
-    again = sample_fid(base, list(range(6)), ref, detector, steps=1, cache=FIDCache())
+    again = sample_fid(base, None, list(range(6)), ref, detector, steps=1, cache=FIDCache())
     assert again["fid"] == pytest.approx(q["rows"]["base"][0]["fid"], rel=1e-9)
     json.dumps(jsonable({"o": o, "g": g, "q": q}))
 

@@ -4,10 +4,23 @@ import pickle
 import pytest
 import torch
 
-from discodiff.checkpoint import CheckpointError, load_model, load_tensors
+from discodiff.checkpoint import CheckpointError, load_tensors
 from discodiff.cli import main
 from discodiff.config import preset_config
 from discodiff.model import DiscoDiff
+from discodiff.pipeline import generate, sample_latents, sampler_from_name, shared_latents
+from discodiff.runs import Run
+from discodiff.sampling import karras_sigmas
+
+
+def _load(run_dir):
+    """(model, prior) as `discodiff sample` loads them."""
+    run = Run(run_dir)
+    return run.load_model(), run.load_prior()
+
+
+def _generate(model, prior, seeds, steps, **kw):
+    return generate(model, list(seeds), karras_sigmas(steps), prior=prior, **kw)
 
 
 def _train(run_dir, overrides_args=(), kimg=2):
@@ -26,7 +39,7 @@ def trained_run(tmp_path_factory):
 
 
 def test_guidance_zero_is_conditional_and_guidance_changes_output(trained_run):
-    _, model = load_model(trained_run, need_prior=True)
+    model, _ = _load(trained_run)
     x, sigma, z = torch.randn(8, 2), torch.full((8,), 2.0), torch.randint(8, (8, 1))
     cond = model.denoise(x, sigma, z=z)
     torch.testing.assert_close(model.make_denoiser(z, guidance=0.0)(x, sigma), cond)
@@ -35,27 +48,28 @@ def test_guidance_zero_is_conditional_and_guidance_changes_output(trained_run):
 
 
 def test_same_seed_same_samples_whatever_the_batch(trained_run):
-    _, model = load_model(trained_run, need_prior=True)
-    x_all, z_all = model.generate(range(10, 22), steps=8)
-    x_a, z_a = model.generate(range(10, 15), steps=8)
-    x_b, z_b = model.generate(range(15, 22), steps=8)
+    model, prior = _load(trained_run)
+    x_all, z_all = _generate(model, prior, range(10, 22), 8)
+    x_a, z_a = _generate(model, prior, range(10, 15), 8)
+    x_b, z_b = _generate(model, prior, range(15, 22), 8)
     torch.testing.assert_close(torch.cat([x_a, x_b]), x_all, rtol=1e-5, atol=1e-5)
     assert torch.equal(torch.cat([z_a, z_b]), z_all)
-    x_one, _ = model.generate([17], steps=8)  # any sample can be drawn again alone
+    x_one, _ = _generate(model, prior, [17], 8)  # any sample can be drawn again alone
     torch.testing.assert_close(x_one[0], x_all[7], rtol=1e-5, atol=1e-5)
-    x_churn1, _ = model.generate(range(10, 14), steps=8, sampler="edm", S_churn=10)
-    x_churn2, _ = model.generate(range(12, 14), steps=8, sampler="edm", S_churn=10)
+    churn = sampler_from_name("edm", S_churn=10)
+    x_churn1, _ = _generate(model, prior, range(10, 14), 8, sampler=churn)
+    x_churn2, _ = _generate(model, prior, range(12, 14), 8, sampler=churn)
     torch.testing.assert_close(x_churn1[2:], x_churn2, rtol=1e-5, atol=1e-5)
 
 
 def test_save_load_gives_identical_outputs(trained_run, tmp_path):
-    cfg, model = load_model(trained_run, need_prior=True)
+    model, prior = _load(trained_run)
     x, sigma = torch.randn(5, 2), torch.rand(5) * 3
     z = torch.randint(8, (5, 1))
-    _, again = load_model(trained_run, need_prior=True)
+    again, prior_again = _load(trained_run)
     assert torch.equal(model.denoise(x, sigma, z=z), again.denoise(x, sigma, z=z))
     assert torch.equal(model.encode(x), again.encode(x))
-    assert torch.equal(model.generate(range(4), steps=4)[0], again.generate(range(4), steps=4)[0])
+    assert torch.equal(_generate(model, prior, range(4), 4)[0], _generate(again, prior_again, range(4), 4)[0])
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path):
@@ -74,9 +88,9 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path):
 def test_baseline_has_no_latent_modules(tmp_path):
     cfg = preset_config("toy2d", {"model": {"num_latents": 0}})
     model = DiscoDiff(cfg.model)
-    assert model.encoder is None and model.prior is None
+    assert model.encoder is None
     assert not any("latent" in k or "centre_table" in k for k in model.state_dict())
-    x, _ = model.generate(range(3), steps=3)
+    x, _ = _generate(model, None, range(3), 3)
     assert x.shape == (3, 2) and torch.isfinite(x).all()
 
 
@@ -101,28 +115,28 @@ def test_pickled_files_are_refused_without_running_them(trained_run, tmp_path, m
             from discodiff.checkpoint import latest_training_state
             latest_training_state(run, "stage1")
         else:
-            load_model(run, need_prior=True)
+            _load(run)
     torch_save = run / "model.safetensors"
     torch.save({"x": _Evil()}, torch_save)
     with pytest.raises(CheckpointError):
-        load_model(run)
+        Run(run).load_model()
     assert not (tmp_path / "PWNED").exists()
 
 
 def test_sample_latents_match_generate(trained_run):
-    _, model = load_model(trained_run, need_prior=True)
-    _, z = model.generate(range(30, 40), steps=2)
-    assert torch.equal(model.sample_latents(range(30, 40)), z)
-    x_given, z_given = model.generate(range(30, 40), steps=2, z=z)  # passing the same z changes nothing
+    model, prior = _load(trained_run)
+    _, z = _generate(model, prior, range(30, 40), 2)
+    assert torch.equal(sample_latents(model, prior, range(30, 40)), z)
+    x_given, z_given = _generate(model, prior, range(30, 40), 2, z=z)  # passing the same z changes nothing
     assert torch.equal(z_given, z)
-    torch.testing.assert_close(x_given, model.generate(range(30, 40), steps=2)[0])
+    torch.testing.assert_close(x_given, _generate(model, prior, range(30, 40), 2)[0])
 
 
 def test_shared_latents_give_each_row_its_first_seeds_draw(trained_run):
-    _, model = load_model(trained_run, need_prior=True)
+    model, prior = _load(trained_run)
     seeds = list(range(20, 27))  # 7 seeds in rows of 3: the last row is cut short
-    z = model.shared_latents(seeds, 3)
+    z = shared_latents(model, prior, seeds, 3)
     assert z.shape == (7, model.num_latents)
-    own = model.sample_latents(seeds)
+    own = sample_latents(model, prior, seeds)
     for start in (0, 3, 6):
         assert torch.equal(z[start:start + 3], own[start].expand_as(z[start:start + 3]))

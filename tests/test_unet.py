@@ -252,7 +252,7 @@ def test_discodiff_with_unet_and_vit():
     # conv and cross-attention projections, gradients reach the latent transformer and the encoder at step 3.
     torch.manual_seed(1)
     model = DiscoDiff(model_config())
-    opt = torch.optim.Adam(model.stage1_parameters(), lr=3e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     loss_fn, gen = EDMLoss(), torch.Generator().manual_seed(0)
     y, y_labels = torch.randn(8, 1, 8, 8) * 0.5, torch.randint(3, (8,))
     for step in range(3):

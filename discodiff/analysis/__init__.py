@@ -1,8 +1,8 @@
 """Analyses of trained runs: the paper's section 7 figures and its Table 3 ablations, at laptop scale.
 
-One small module per analysis, each a set of pure functions that take models and data and return plain dicts
-(and tensors, for pictures); `discodiff analyze ...` (discodiff/commands/analyze.py) wraps them, writes the JSON
-and the figures, and docs/analysis.md says what each one measures and what the paper found.
+One small module per analysis, each a set of pure functions that take models (with their priors, where they
+sample) and data and return plain dicts (and tensors, for pictures); `discodiff analyze ...` (discodiff/cli/analyze.py)
+wraps them, writes the JSON and the figures, and docs/analysis.md says what each one measures and what the paper found.
 
 - `loss_sigma`: the weighted denoising loss at fixed noise levels, oracle latents against the baseline (Fig. 7a);
 - `switching`: swap z for another one late in sampling and measure how much the output moves (Fig. 7b);

@@ -15,15 +15,16 @@ import torch
 
 from ..latents import codebook_usage, gumbel_softmax
 from ..metrics.fid import model_to_uint8
-from .common import chunks, generation_labels, require_latents
+from ..pipeline import generate_batches, sample_latents, sampler_from_name, shared_latents
+from ..sampling import karras_sigmas
+from .common import chunks, generation_labels, require_latents, require_prior
 
 
-@torch.no_grad()
 def encoder_logits(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
     """The encoder's logits [N, m, k] of every image, on the CPU."""
     require_latents(model, "the encoder's latents")
     device = next(model.parameters()).device
-    return torch.cat([model.encode_logits(xb.to(device)).float().cpu() for _, xb in chunks(x, batch)])
+    return model.encode_all(x.to(device), batch).cpu()
 
 
 def encoder_latents(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
@@ -62,11 +63,12 @@ def marginal_tv(a: dict, b: dict) -> list[float]:
 
 
 @torch.no_grad()
-def codebook_analysis(model, x: torch.Tensor, *, prior_samples: int = 0, seed: int = 0, batch: int = 512) -> dict:
+def codebook_analysis(model, prior, x: torch.Tensor, *, prior_samples: int = 0, seed: int = 0,
+                      batch: int = 512) -> dict:
     """Usage reports over the images `x`: "encoder" of the argmax latents, "encoder_sampled" of z ~ Cat(softmax E(y))
     (what stage II fits the prior to), "confidence" the mean top probability of each latent; with `prior_samples`
-    > 0 and a prior, "prior" of that many draws from the prior, and "prior_vs_encoder_tv", the per-latent total
-    variation between the prior's marginals and the sampled encoder latents' (0 for a perfect prior)."""
+    > 0 and a `prior` (not None), "prior" of that many draws from it, and "prior_vs_encoder_tv", the per-latent
+    total variation between the prior's marginals and the sampled encoder latents' (0 for a perfect prior)."""
     logits = encoder_logits(model, x, batch)
     k = model.config.codebook_size
     z = logits.argmax(-1)
@@ -74,9 +76,9 @@ def codebook_analysis(model, x: torch.Tensor, *, prior_samples: int = 0, seed: i
     z_sampled = gumbel_softmax(logits, 1.0, hard=True, generator=g).argmax(-1)
     out = {"encoder": usage_report(z, k), "encoder_sampled": usage_report(z_sampled, k),
            "confidence": logits.softmax(-1).amax(-1).mean(0).tolist(), "z": z}
-    if prior_samples and model.prior is not None:
+    if prior_samples and prior is not None:
         seeds = list(range(seed, seed + prior_samples))
-        zp = torch.cat([model.sample_latents(c, class_labels=generation_labels(model, c)).cpu()
+        zp = torch.cat([sample_latents(model, prior, c, class_labels=generation_labels(model, c)).cpu()
                         for _, c in chunks(seeds, 4096)])
         out["prior"] = usage_report(zp, k)
         out["prior_vs_encoder_tv"] = marginal_tv(out["encoder_sampled"], out["prior"])
@@ -97,19 +99,20 @@ def images_by_code(images: torch.Tensor, z: torch.Tensor, position: int, cols: i
 
 
 @torch.no_grad()
-def samples_by_latent(model, rows: int = 8, cols: int = 8, *, seed: int = 0, steps: int = 18, sampler: str = "heun",
-                      guidance: float = 0.0, batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 samples [rows * cols, ...]: row r shares one z (the prior's draw for its first seed), the columns differ
+def samples_by_latent(model, prior, rows: int = 8, cols: int = 8, *, seed: int = 0, steps: int = 18,
+                      sampler: str = "heun", guidance: float = 0.0,
+                      batch: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 samples [rows * cols, ...]: row r shares one z (`prior`'s draw for its first seed), the columns differ
     in their noise only, as `discodiff sample --grid-by-latent` does. Returns (images, z of each row [rows, m])."""
     require_latents(model, "samples grouped by latent")
+    require_prior(model, prior, "samples grouped by latent")
     seeds = list(range(seed, seed + rows * cols))
     row_seeds = seeds[::cols]
     labels = generation_labels(model, row_seeds)
-    z = model.shared_latents(seeds, cols, class_labels=labels)
+    z = shared_latents(model, prior, seeds, cols, class_labels=labels)
     labels = None if labels is None else labels.repeat_interleave(cols)  # a row keeps its class too
-    out = []
-    for i, chunk in chunks(seeds, batch):
-        x, _ = model.generate(chunk, z=z[i:i + len(chunk)], steps=steps, sampler=sampler, guidance=guidance,
-                              class_labels=None if labels is None else labels[i:i + len(chunk)])
-        out.append(model_to_uint8(x).cpu())
+    sigmas = karras_sigmas(steps, device=next(model.parameters()).device)
+    out = [model_to_uint8(x).cpu()
+           for _, x, _ in generate_batches(model, seeds, sigmas, batch=batch, z=z, class_labels=labels,
+                                           sampler=sampler_from_name(sampler), guidance=guidance)]
     return torch.cat(out), z[::cols].cpu()

@@ -8,6 +8,11 @@ import numpy as np
 import torch
 
 from ..config import ConfigError
+from ..sampling import SAMPLERS, takes_noise_source
+
+# The registered samplers that draw no noise of their own (the ODE solvers), for the analyses that need a
+# deterministic sampler: latent switching continues a trajectory, and FID against steps measures the ODE's error.
+ODE_SAMPLERS = tuple(name for name, info in SAMPLERS.items() if not takes_noise_source(info.fn))
 
 
 class AnalysisError(ConfigError):
@@ -21,8 +26,9 @@ def require_latents(model, what: str, where: str = "this run") -> None:
                             f"model (m = 0)")
 
 
-def require_prior(model, what: str, where: str = "this run") -> None:
-    if model.num_latents and model.prior is None:
+def require_prior(model, prior, what: str, where: str = "this run") -> None:
+    """Sampling a model with latents needs its prior (stage II); `prior` as Run.load_prior gives it (None for m = 0)."""
+    if prior is None and model.num_latents:
         raise AnalysisError(f"{what} needs latents from the prior, and {where} has no trained prior yet; run "
                             f"`discodiff train-prior --run-dir {where}`")
 

@@ -9,30 +9,19 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from .common import AnalysisError, require_image_model, require_latents, require_prior
+from .common import require_image_model, require_latents, require_prior
 from .quality import FIDCache, sample_fid
 
 
-def parse_floats(text: str, what: str) -> list[float]:
-    """'0,0.5,1' -> [0.0, 0.5, 1.0], with a one-line error for anything else."""
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise AnalysisError(f"{what} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise AnalysisError(f"{what} is empty")
-    return values
-
-
-def guidance_sweep(model, weights: Sequence[float], seeds: Sequence[int], ref, detector, *, steps: int = 18,
+def guidance_sweep(model, prior, weights: Sequence[float], seeds: Sequence[int], ref, detector, *, steps: int = 18,
                    sampler: str = "heun", batch: int = 128, progress: bool = False, cache: FIDCache | None = None,
                    model_key=None) -> dict:
-    """One FID row per guidance weight: {"rows": [{"guidance", "fid", "diversity", "nfe", "network_passes", ...}],
-    "best": the row with the lowest FID}."""
+    """One FID row per guidance weight, latents from `prior`: {"rows": [{"guidance", "fid", "diversity", "nfe",
+    "network_passes", ...}], "best": the row with the lowest FID}."""
     require_latents(model, "the guidance sweep")
-    require_prior(model, "the guidance sweep")
+    require_prior(model, prior, "the guidance sweep")
     require_image_model(model, "the guidance sweep")
-    rows = [sample_fid(model, seeds, ref, detector, steps=steps, sampler=sampler, guidance=w, batch=batch,
+    rows = [sample_fid(model, prior, seeds, ref, detector, steps=steps, sampler=sampler, guidance=w, batch=batch,
                        progress=progress, desc=f"guidance w={w:g}", cache=cache, model_key=model_key)
             for w in weights]
     return {"rows": rows, "best": min(rows, key=lambda r: r["fid"]), "num": len(seeds), "steps": steps,

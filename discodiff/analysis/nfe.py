@@ -13,29 +13,22 @@ from .common import AnalysisError, require_image_model, require_prior
 from .quality import FIDCache, sample_fid
 
 
-def parse_ints(text: str, what: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise AnalysisError(f"{what} must be comma-separated whole numbers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise AnalysisError(f"{what} must list positive whole numbers, got {text!r}")
-    return values
-
-
-def quality_vs_steps(models: Mapping[str, object], steps: Sequence[int], seeds: Sequence[int], ref, detector, *,
+def quality_vs_steps(models: Mapping[str, tuple], steps: Sequence[int], seeds: Sequence[int], ref, detector, *,
                      sampler: str = "heun", guidance: float = 0.0, batch: int = 128, progress: bool = False,
                      cache: FIDCache | None = None) -> dict:
-    """{"rows": {name: [{"steps", "nfe", "fid", "diversity", ...} per step count]}, ...}. The guidance weight
-    applies to models with latents only (a baseline has nothing to guide)."""
+    """{"rows": {name: [{"steps", "nfe", "fid", "diversity", ...} per step count]}, ...} for `models`
+    {name: (model, prior)} (prior None for a baseline, m = 0). The guidance weight applies to models with latents
+    only (a baseline has nothing to guide)."""
     if not models:
         raise AnalysisError("quality against steps needs at least one run")
-    for name, model in models.items():
+    if not steps or min(steps) < 1:
+        raise AnalysisError(f"sampler step counts must be positive whole numbers, got {list(steps)}")
+    for name, (model, prior) in models.items():
         require_image_model(model, "FID against sampler steps", name)
-        require_prior(model, "FID against sampler steps", name)
-    rows = {name: [sample_fid(model, seeds, ref, detector, steps=n, sampler=sampler,
+        require_prior(model, prior, "FID against sampler steps", name)
+    rows = {name: [sample_fid(model, prior, seeds, ref, detector, steps=n, sampler=sampler,
                               guidance=guidance if model.num_latents else 0.0, batch=batch, progress=progress,
                               desc=f"{name}, {n} steps", cache=cache, model_key=name)
                    for n in steps]
-            for name, model in models.items()}
+            for name, (model, prior) in models.items()}
     return {"rows": rows, "steps": list(steps), "sampler": sampler, "guidance": guidance, "num": len(seeds)}

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import torch
 
+from ..pipeline import sample_latents
 from .codebook import encoder_latents
 from .common import pick_images, require_image_model, require_latents, require_prior
 from .quality import FIDCache, sample_fid
 
 
-def oracle_vs_prior(model, x: torch.Tensor, labels: torch.Tensor | None, ref, detector, *, num: int, seed: int = 0,
-                    steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
+def oracle_vs_prior(model, prior, x: torch.Tensor, labels: torch.Tensor | None, ref, detector, *, num: int,
+                    seed: int = 0, steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
                     progress: bool = False, cache: FIDCache | None = None, model_key=None) -> dict:
     """FID of `num` samples with oracle latents of `num` images of `x` (a seeded random subset) and of `num` samples
-    with prior latents, both from noise seeds seed .. seed + num - 1. A class-conditional model gets each image's
-    class in both rows, so only the latents differ. Also reports how many of the prior's tuples z occur among the
-    encoder's tuples of all of `x` (1: the prior only replays latents it has seen)."""
+    with latents from `prior`, both from noise seeds seed .. seed + num - 1. A class-conditional model gets each
+    image's class in both rows, so only the latents differ. Also reports how many of the prior's tuples z occur among
+    the encoder's tuples of all of `x` (1: the prior only replays latents it has seen)."""
     require_latents(model, "oracle against prior latents")
-    require_prior(model, "oracle against prior latents")
+    require_prior(model, prior, "oracle against prior latents")
     require_image_model(model, "oracle against prior latents")
     idx = pick_images(len(x), num, seed)
     use_labels = labels if (labels is not None and model.config.num_classes) else None
@@ -32,13 +33,13 @@ def oracle_vs_prior(model, x: torch.Tensor, labels: torch.Tensor | None, ref, de
     seeds = list(range(seed, seed + num))
     common = dict(steps=steps, sampler=sampler, guidance=guidance, batch=batch, progress=progress, cache=cache,
                   model_key=model_key, class_labels=cls)
-    oracle = sample_fid(model, seeds, ref, detector, z=z_oracle, latents=f"oracle (images seed {seed})",
+    oracle = sample_fid(model, prior, seeds, ref, detector, z=z_oracle, latents=f"oracle (images seed {seed})",
                         desc="oracle latents", **common)
-    prior = sample_fid(model, seeds, ref, detector, latents="prior", desc="prior latents", **common)
-    z_prior = model.sample_latents(seeds, class_labels=cls).cpu()
+    from_prior = sample_fid(model, prior, seeds, ref, detector, latents="prior", desc="prior latents", **common)
+    z_prior = sample_latents(model, prior, seeds, class_labels=cls).cpu()
     seen = {tuple(r) for r in encoder_latents(model, x, batch=512).tolist()}
-    return {"oracle": oracle, "prior": prior, "gap": prior["fid"] - oracle["fid"],
-            "ratio": prior["fid"] / oracle["fid"] if oracle["fid"] > 0 else float("nan"),
+    return {"oracle": oracle, "prior": from_prior, "gap": from_prior["fid"] - oracle["fid"],
+            "ratio": from_prior["fid"] / oracle["fid"] if oracle["fid"] > 0 else float("nan"),
             "prior_tuples_seen_in_data": sum(tuple(r) in seen for r in z_prior.tolist()) / num,
             "oracle_prior_agreement": float((z_prior == z_oracle).float().mean()),
             "num": num, "seed": seed, "steps": steps, "sampler": sampler, "guidance": guidance,

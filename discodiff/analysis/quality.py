@@ -23,8 +23,9 @@ import torch
 
 from ..metrics.fid import (FIDStats, accumulate_stats, fid_from_stats, iter_batches, model_to_uint8,
                            stats_of_images)
-from ..sampling import nfe
-from .common import AnalysisError, chunks, generation_labels, require_image_model, require_prior
+from ..pipeline import generate_batches, sampler_from_name
+from ..sampling import karras_sigmas, nfe
+from .common import AnalysisError, generation_labels, require_image_model, require_prior
 
 REF_NOTE_SUFFIX = ".json"
 DETECTOR_BATCH = 32
@@ -70,16 +71,18 @@ def diversity(stats: FIDStats, ref: FIDStats) -> float:
     return float(np.trace(stats.sigma) / np.trace(ref.sigma))
 
 
-def sample_batches(model, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
+def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
                    steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
                    prior_temperature: float = 1.0):
-    """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds. `z` [N, m] fixes the latents (else the
-    prior draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional model).
-    A sample depends on its seed only, not on `batch` (see DiscoDiff.generate)."""
-    for i, chunk in chunks(list(seeds), batch):
-        labels = generation_labels(model, chunk) if class_labels is None else class_labels[i:i + len(chunk)]
-        x, _ = model.generate(chunk, z=None if z is None else z[i:i + len(chunk)], class_labels=labels, steps=steps,
-                              sampler=sampler, guidance=guidance, prior_temperature=prior_temperature)
+    """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds. `z` [N, m] fixes the latents (else
+    `prior` draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional
+    model). A sample depends on its seed only, not on `batch` (see pipeline.generate)."""
+    seeds = list(seeds)
+    device = next(model.parameters()).device
+    labels = generation_labels(model, seeds) if class_labels is None else class_labels
+    for _, x, _ in generate_batches(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
+                                    class_labels=labels, sampler=sampler_from_name(sampler), prior=prior,
+                                    guidance=guidance, prior_temperature=prior_temperature):
         yield model_to_uint8(x).cpu()
 
 
@@ -88,23 +91,25 @@ class FIDCache(dict):
     samples twice (the benchmark's oracle, guidance and nfe rows share settings)."""
 
 
-def sample_fid(model, seeds: Sequence[int], ref: FIDStats, detector, *, z: torch.Tensor | None = None,
+def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z: torch.Tensor | None = None,
                latents: str = "prior", class_labels=None, steps: int = 18, sampler: str = "heun",
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
                cache: FIDCache | None = None, model_key=None) -> dict:
-    """FID (and diversity) of one sample per seed. `latents` names where `z` came from ("prior" when z is None),
-    for the record and the cache key; `model_key` tells models apart in the cache (default: the object's id)."""
+    """FID (and diversity) of one sample per seed, latents from `prior` unless `z` is given. `latents` names where
+    `z` came from ("prior" when z is None), for the record and the cache key; `model_key` tells models apart in the
+    cache (default: the ids of the model and the prior)."""
     require_image_model(model, "FID")
     if z is None:
-        require_prior(model, "sampling")
+        require_prior(model, prior, "sampling")
     if len(seeds) < 2:
         raise AnalysisError(f"FID needs at least 2 samples, got {len(seeds)}")
-    key = (model_key if model_key is not None else id(model), tuple(seeds), latents, steps, sampler, float(guidance),
+    who = model_key if model_key is not None else (id(model), id(prior))
+    key = (who, tuple(seeds), latents, steps, sampler, float(guidance),
            None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()))
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
-    batches = (piece for images in sample_batches(model, seeds, z=z, class_labels=class_labels, steps=steps,
+    batches = (piece for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
                                                   sampler=sampler, guidance=guidance, batch=batch)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)

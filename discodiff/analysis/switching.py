@@ -15,8 +15,9 @@ from typing import Sequence
 
 import torch
 
+from ..pipeline import generate, sample_latents
 from ..sampling import SAMPLERS, karras_sigmas, trajectory_recorder
-from .common import AnalysisError, chunks, generation_labels, require_latents, require_prior, rms
+from .common import ODE_SAMPLERS, AnalysisError, chunks, generation_labels, require_latents, require_prior, rms
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 OTHER_SEED_OFFSET = 1_000_000_007  # z_b for seed s is the prior's draw for seed s + this
@@ -33,42 +34,44 @@ def switch_step(fraction: float, steps: int) -> int:
 def switched_samples(model, seeds: Sequence[int], z_a: torch.Tensor, z_b: torch.Tensor, fractions: Sequence[float],
                      *, steps: int, sampler: str = "heun", guidance: float = 0.0, class_labels=None) -> torch.Tensor:
     """Samples [F, N, *shape]: for each fraction f, z_a for the first steps and z_b for the last f of them."""
-    if sampler not in ("heun", "euler"):
-        raise AnalysisError(f"latent switching needs a deterministic sampler (heun or euler), got {sampler!r}")
+    if sampler not in ODE_SAMPLERS:  # a switched tail continues the z_a trajectory: only an ODE solver reproduces it
+        raise AnalysisError(f"latent switching needs a deterministic sampler ({' or '.join(ODE_SAMPLERS)}), got "
+                            f"{sampler!r}")
+    fn = SAMPLERS[sampler].fn
+    device = next(model.parameters()).device
+    sigmas = karras_sigmas(steps, device=device)
     callback, points = trajectory_recorder()  # points[i] is the state after i steps (points[0]: the noise)
-    x_a, _ = model.generate(seeds, z=z_a, steps=steps, sampler=sampler, guidance=guidance, class_labels=class_labels,
-                            callback=callback)
-    device = x_a.device
-    sigmas = karras_sigmas(steps, device=device)  # the discretisation generate() used (its defaults)
+    x_a, _ = generate(model, seeds, sigmas, sampler=fn, z=z_a, guidance=guidance, class_labels=class_labels,
+                      callback=callback)
     labels = None if class_labels is None else torch.as_tensor(class_labels, device=device)
     denoise_b = model.make_denoiser(z_b.to(device), labels, guidance=guidance)
     out = []
     for f in fractions:
         s = switch_step(f, steps)
-        out.append(x_a if s == steps else SAMPLERS[sampler](denoise_b, points[s], sigmas[s:]))
+        out.append(x_a if s == steps else fn(denoise_b, points[s], sigmas[s:]))
     return torch.stack(out)
 
 
-def latent_switching(model, seeds: Sequence[int], *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
+def latent_switching(model, prior, seeds: Sequence[int], *, fractions: Sequence[float] = DEFAULT_FRACTIONS,
                      steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
                      keep: int = 8, progress=None) -> dict:
     """How far the output moves when the latent is switched for the last fraction f of the steps.
 
-    z_a is the prior's draw for each seed (what `generate` would use), z_b the prior's draw for another seed.
+    z_a is `prior`'s draw for each seed (what `generate` would use), z_b its draw for another seed.
     Per fraction: "rms", the mean over samples of the RMS distance ||x_f - x_a|| (model space, images in [-1, 1]);
     "rms_ratio", that divided by the same at f = 1 (0: nothing moves, 1: it is the z_b sample); "closer_to_b", the
     fraction of samples nearer x_b than x_a, among the seeds whose z_b differs from z_a ("same_latent_fraction" says
     how many do not). "samples" [F, keep, *shape] holds the first `keep` seeds' outputs.
     """
     require_latents(model, "latent switching")
-    require_prior(model, "latent switching")
+    require_prior(model, prior, "latent switching")
     fractions = sorted({float(f) for f in fractions} | {0.0, 1.0})
     idx_a, idx_b = fractions.index(0.0), fractions.index(1.0)
     dist_a, dist_b, same_z, kept = [], [], [], []
     for i, chunk in chunks(list(seeds), batch):
         labels = generation_labels(model, chunk)
-        z_a = model.sample_latents(chunk, class_labels=labels)
-        z_b = model.sample_latents([s + OTHER_SEED_OFFSET for s in chunk], class_labels=labels)
+        z_a = sample_latents(model, prior, chunk, class_labels=labels)
+        z_b = sample_latents(model, prior, [s + OTHER_SEED_OFFSET for s in chunk], class_labels=labels)
         xs = switched_samples(model, chunk, z_a, z_b, fractions, steps=steps, sampler=sampler, guidance=guidance,
                               class_labels=labels)
         dist_a.append(torch.stack([rms(x, xs[idx_a]) for x in xs]).cpu())  # [F, n]

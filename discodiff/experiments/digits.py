@@ -7,40 +7,38 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
-from ..checkpoint import load_model, write_json
 from ..config import preset_config
-from ..data import load_dataset
 from ..data.grid import write_image_grid
+from ..fileio import check_writable, write_json
+from ..pipeline import generate, shared_latents
+from ..runs import Run, resolve_run
+from ..sampling import karras_sigmas
 from ..train.prior import train_prior
 from ..train.stage1 import train_stage1
-from .toy2d import prepare_run_dir
 
 
 def run_digits(out_dir: Path, *, kimg: float | None = None, prior_kimg: float | None = None, seed: int = 0,
                rows: int = 8, cols: int = 8, quiet: bool = False) -> dict:
     """Trains the `digits` preset in out_dir/digits and writes two grids: samples with latents from the prior,
     and rows of samples that share one z (paper Fig. 2b). Returns the timings and the files written."""
-    out_dir = Path(out_dir)
+    out_dir = check_writable(Path(out_dir), folder=True)
     run_dir = out_dir / "digits"
-    overrides = {"train": {"seed": seed, **({"kimg": kimg} if kimg else {})},
-                 "prior_train": {"seed": seed, **({"kimg": prior_kimg} if prior_kimg else {})}}
-    cfg = preset_config("digits", overrides)
-    data = load_dataset(cfg.data)
-    cfg.model.data_shape = data.shape
-    prepare_run_dir(run_dir, cfg)
+    preset = preset_config("digits")  # the training durations are always given, so a resumed run trains to them
+    overrides = {"train": {"seed": seed, "kimg": kimg or preset.train.kimg},
+                 "prior_train": {"seed": seed, "kimg": prior_kimg or preset.prior_train.kimg}}
+    cfg, data = resolve_run(run_dir, preset="digits", overrides=overrides)
+    run = Run.create(run_dir, cfg)
     t0 = time.perf_counter()
     train_stage1(run_dir, cfg, data, quiet=quiet)
     t1 = time.perf_counter()
-    _, model = load_model(run_dir)
-    report = train_prior(run_dir, cfg, data, model, quiet=quiet)
+    model = run.load_model()  # the EMA weights, as `discodiff train-prior` loads them
+    _, report = train_prior(run_dir, cfg, data, model, quiet=quiet)
     t2 = time.perf_counter()
+    prior = run.load_prior()  # as `discodiff sample` loads it
     seeds = list(range(seed, seed + rows * cols))
-    with torch.no_grad():
-        x, _ = model.generate(seeds, steps=cfg.sample.steps)
-        shared = model.shared_latents(seeds, cols)
-        x_shared, _ = model.generate(seeds, z=shared, steps=cfg.sample.steps)
+    sigmas = karras_sigmas(cfg.sample.steps)
+    x, _ = generate(model, seeds, sigmas, prior=prior)
+    x_shared, _ = generate(model, seeds, sigmas, z=shared_latents(model, prior, seeds, cols))
     files = {"samples": write_image_grid(data.to_output(x), out_dir / "digits_samples.png", cols),
              "by_latent": write_image_grid(data.to_output(x_shared), out_dir / "digits_by_latent.png", cols),
              "run_dir": run_dir}

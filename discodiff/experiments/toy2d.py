@@ -2,7 +2,8 @@
 
 Both models use the `toy2d` preset, the same network, the same budget and the same seeds; they differ only in
 m (0 for the baseline, 1 latent with k = 8 codes for DisCo-Diff). Everything goes through the library's own
-API, the functions the CLI calls: train_stage1, train_prior, load_model and DiscoDiff.generate.
+API, the functions the CLI calls: resolve_run and Run.create, train_stage1, train_prior, Run.load_model and
+Run.load_prior, and pipeline.generate.
 """
 from __future__ import annotations
 
@@ -14,49 +15,38 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import CONFIG, load_model, load_run_config, write_json
-from ..config import ConfigError, RunConfig, merge, preset_config
-from ..data import load_dataset
+from ..config import merge, preset_config
+from ..fileio import check_writable, write_json
 from ..metrics import toy as tm
+from ..pipeline import generate
+from ..runs import Run, resolve_run
 from ..sampling import karras_sigmas, trajectory_recorder
 from ..train.prior import train_prior
 from ..train.stage1 import train_stage1
+from .common import timed
 
 MODELS = {"baseline": {"num_latents": 0}, "discodiff": {"num_latents": 1, "codebook_size": 8}}
 LABELS = {"baseline": "DM", "discodiff": "DisCo-Diff"}
 STRAIGHT_T_MAX = 3.0  # straightness is also measured on the path's last part, t <= the ring's radius
 
 
-def model_config(name: str, *, kimg=None, prior_kimg=None, seed: int = 0, overrides: dict | None = None) -> RunConfig:
-    """The toy2d preset for one of the two models; only m (and k) differ between them. `overrides` (a nested
-    config dict, as `--set` builds) applies to both models, for ablations."""
-    train = {"seed": seed, **({"kimg": kimg} if kimg is not None else {})}
-    prior = {"seed": seed, **({"kimg": prior_kimg} if prior_kimg is not None else {})}
-    ours = {"model": MODELS[name], "train": train, "prior_train": prior}
-    return preset_config("toy2d", merge(overrides or {}, ours))
+def model_overrides(name: str, *, kimg=None, prior_kimg=None, seed: int = 0, overrides: dict | None = None) -> dict:
+    """The nested overrides of the toy2d preset for one of the two models; only m (and k) differ between them.
+    `overrides` (a nested config dict, as `--set` builds) applies to both models, for ablations. The training
+    durations are always given (`kimg` / `prior_kimg`, else the preset's), so a resumed run trains to them."""
+    ours = {"model": MODELS[name], "train": {"seed": seed}, "prior_train": {"seed": seed}}
+    base = preset_config("toy2d", merge(overrides or {}, ours))
+    ours["train"]["kimg"] = base.train.kimg if kimg is None else kimg
+    ours["prior_train"]["kimg"] = base.prior_train.kimg if prior_kimg is None else prior_kimg
+    return merge(overrides or {}, ours)
 
 
-def check_same_run(run_dir: Path, cfg: RunConfig) -> None:
-    """An existing run in run_dir may be resumed only if it has the same model, data and seed as cfg."""
-    if (run_dir / CONFIG).exists():
-        old = load_run_config(run_dir)
-        if old.model != cfg.model or old.data != cfg.data or old.train.seed != cfg.train.seed:
-            raise ConfigError(f"{run_dir} holds a different run (model, data or seed differ); use a new output folder")
-
-
-def prepare_run_dir(run_dir: Path, cfg: RunConfig) -> None:
-    """Writes config.json, as `discodiff train` does. An existing run is resumed only if it is the same model."""
-    check_same_run(run_dir, cfg)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / CONFIG)
-
-
-def sample_with_trajectories(model, steps: int, seeds) -> dict:
+def sample_with_trajectories(model, prior, steps: int, seeds) -> dict:
     """Heun samples, their latents and every point the sampler visited (traj [steps + 1, N, 2])."""
     callback, points = trajectory_recorder()
-    x, z = model.generate(seeds, steps=steps, sampler="heun", callback=callback)
-    return {"x": x.float(), "z": z, "traj": torch.stack(points).float(),
-            "sigmas": karras_sigmas(steps, device=x.device)}
+    sigmas = karras_sigmas(steps, device=next(model.parameters()).device)
+    x, z = generate(model, seeds, sigmas, prior=prior, callback=callback)
+    return {"x": x.float(), "z": z, "traj": torch.stack(points).float(), "sigmas": sigmas}
 
 
 def evaluate(model, samples: dict, *, seed: int, w2_floor: float) -> dict:
@@ -81,11 +71,12 @@ def evaluate(model, samples: dict, *, seed: int, w2_floor: float) -> dict:
     return out
 
 
-@torch.no_grad()
 def encoder_purity(model, data) -> dict:
-    """Purity of the encoder's argmax code on the training data against the true component labels."""
-    z = model.encode(data.x)
-    return tm.latent_purity(z.cpu().numpy(), data.labels.cpu().numpy())
+    """Purity of the encoder's argmax code on the data against the true component labels (with the codes used and
+    the modes covered, tm.latent_purity), and "confidence", the encoder's mean top probability."""
+    logits = model.encode_all(data.x.to(next(model.parameters()).device)).cpu()
+    purity = tm.latent_purity(logits.argmax(-1).numpy(), data.labels.cpu().numpy())
+    return {**purity, "confidence": float(logits.softmax(-1).amax(-1).mean())}
 
 
 def run_toy2d(out_dir, *, kimg=None, prior_kimg=None, seed: int = 0, steps=(50, 10), num_eval: int = 4000,
@@ -93,50 +84,48 @@ def run_toy2d(out_dir, *, kimg=None, prior_kimg=None, seed: int = 0, steps=(50, 
     """Trains both models into out_dir/{baseline,discodiff}, evaluates them, draws the figures; returns the results
     (also written to out_dir/metrics.json). `kimg` / `prior_kimg` default to the preset's budgets; `overrides`
     changes the preset for both models (ablations, docs/toy2d.md)."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = check_writable(Path(out_dir), folder=True)
     log = (lambda msg: None) if quiet else (lambda msg: print(msg, flush=True))
     seconds: dict[str, float] = {}
     start = time.perf_counter()
 
-    def timed(key, fn, *args, **kw):
-        t0 = time.perf_counter()
-        result = fn(*args, **kw)
-        seconds[key] = round(time.perf_counter() - t0, 2)
-        return result
-
-    cfgs = {name: model_config(name, kimg=kimg, prior_kimg=prior_kimg, seed=seed, overrides=overrides)
-            for name in MODELS}
-    data = load_dataset(cfgs["baseline"].data)
+    # Both runs are resolved (and an existing one checked to be the same run) before anything is written.
+    resolved = {name: resolve_run(out_dir / name, preset="toy2d",
+                                  overrides=model_overrides(name, kimg=kimg, prior_kimg=prior_kimg, seed=seed,
+                                                            overrides=overrides))
+                for name in MODELS}
+    cfgs = {name: cfg for name, (cfg, _) in resolved.items()}
+    data = resolved["baseline"][1]
     for name, cfg in cfgs.items():
         run_dir = out_dir / name
-        prepare_run_dir(run_dir, cfg)
+        Run.create(run_dir, cfg)
         log(f"[toy2d] stage I: {LABELS[name]} (m={cfg.model.num_latents}), {cfg.train.kimg:g} kimg -> {run_dir}")
-        model = timed(f"stage1_{name}", train_stage1, run_dir, cfg, data, quiet=True)
+        model = timed(seconds, f"stage1_{name}", train_stage1, run_dir, cfg, data, quiet=True)
         if cfg.model.num_latents:
             log(f"[toy2d] stage II: prior of {LABELS[name]}, {cfg.prior_train.kimg:g} kimg")
-            timed(f"prior_{name}", train_prior, run_dir, cfg, data, model, quiet=True)
+            timed(seconds, f"prior_{name}", train_prior, run_dir, cfg, data, model, quiet=True)
         log(f"[toy2d]   done in {seconds[f'stage1_{name}'] + seconds.get(f'prior_{name}', 0):.1f} s")
 
     seeds = list(range(seed * 1_000_000, seed * 1_000_000 + num_eval))
     log(f"[toy2d] sampling-floor W2 of {num_eval} true points")
-    w2_floor = timed("w2_floor", tm.sampling_floor, num_eval, seed)
+    w2_floor = timed(seconds, "w2_floor", tm.sampling_floor, num_eval, seed)
     results: dict = {"models": {}, "w2_floor": w2_floor}
     figures_input: dict = {}
     for name in MODELS:
-        _, model = load_model(out_dir / name, need_prior=True)  # what `discodiff sample` loads
+        run = Run(out_dir / name)
+        model, prior = run.load_model(), run.load_prior()  # what `discodiff sample` loads
         results["models"][name] = {}
         if model.num_latents:
             results["encoder_purity_on_data"] = encoder_purity(model, data)
         for n in steps:
             log(f"[toy2d] {LABELS[name]}: {num_eval} samples with {n} Heun steps, then metrics")
-            samples = timed(f"sample_{name}_{n}", sample_with_trajectories, model, n, seeds)
-            results["models"][name][str(n)] = timed(f"metrics_{name}_{n}", evaluate, model, samples, seed=seed,
-                                                     w2_floor=w2_floor)
+            samples = timed(seconds, f"sample_{name}_{n}", sample_with_trajectories, model, prior, n, seeds)
+            results["models"][name][str(n)] = timed(seconds, f"metrics_{name}_{n}", evaluate, model, samples,
+                                                     seed=seed, w2_floor=w2_floor)
             figures_input[(name, n)] = samples
 
     log("[toy2d] figures")
-    results["files"] = timed("plots", draw_figures, out_dir, data.x.numpy(), figures_input, results, steps)
+    results["files"] = timed(seconds, "plots", draw_figures, out_dir, data.x.numpy(), figures_input, results, steps)
     seconds["total"] = round(time.perf_counter() - start, 2)
     results.update(seconds=seconds, num_eval=num_eval, seed=seed, steps=list(steps), overrides=overrides or {},
                    kimg={name: cfg.train.kimg for name, cfg in cfgs.items()},

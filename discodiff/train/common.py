@@ -10,6 +10,11 @@ import numpy as np
 import torch
 
 from .. import dist
+from ..config import ConfigError
+
+
+class TrainingDivergedError(ConfigError):
+    """Training produced non-finite weights, or a loss that stayed non-finite; the message says what was kept."""
 
 
 def step_generator(device, *keys: int) -> torch.Generator:
@@ -30,6 +35,45 @@ def neutralise_nonfinite(params) -> torch.Tensor | int:
     for g in grads:
         torch.nan_to_num_(g, nan=0.0, posinf=0.0, neginf=0.0)
     return count
+
+
+def all_finite(module: torch.nn.Module) -> bool:
+    """Whether every weight of `module` is finite (one host sync)."""
+    return bool(torch.stack([p.detach().isfinite().all() for p in module.parameters()]).all())
+
+
+class DivergenceGuard:
+    """Decides at each tick whether training is still sound. Non-finite weights stop it at once; a non-finite loss
+    stops it when it lasts `patience` ticks (a single bad batch is survivable: its gradients were zeroed). A tick
+    that is not sound saves nothing, so the last good snapshot and training state stay as they were."""
+
+    def __init__(self, what: str, last_saved_nimg: int | None, patience: int = 2):
+        self.what, self.last_saved, self.patience, self.bad_ticks = what, last_saved_nimg, patience, 0
+
+    def saved(self, nimg: int) -> None:
+        self.last_saved = nimg
+
+    def healthy(self, nimg: int, mean_loss: float, *modules: torch.nn.Module) -> bool:
+        weights_ok = all(all_finite(m) for m in modules)
+        self.bad_ticks = 0 if np.isfinite(mean_loss) else self.bad_ticks + 1
+        if weights_ok and self.bad_ticks == 0:
+            return True
+        if weights_ok and self.bad_ticks < self.patience:
+            return False
+        problem = ("the weights became NaN or infinite" if not weights_ok
+                   else f"the loss stayed non-finite ({mean_loss}) for {self.bad_ticks} ticks")
+        kept = (f"the last good training state (kimg {self.last_saved / 1000:g}) and snapshot are kept"
+                if self.last_saved is not None else "nothing was saved from this run")
+        raise TrainingDivergedError(f"{self.what} diverged at kimg {nimg / 1000:g}: {problem}; {kept}. Lower the "
+                                    f"learning rate (--lr) and run the same command again to resume")
+
+
+def resume_line(what: str, state) -> str:
+    """The log line of a resumed stage, naming the newer states that could not be read and were passed over."""
+    line = f"resuming {what} from {state.nimg / 1000:.1f} kimg"
+    if state.skipped:
+        line += f" ({state.path.name}; passed over: {'; '.join(state.skipped)})"
+    return line
 
 
 class RunLog:

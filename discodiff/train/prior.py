@@ -5,27 +5,23 @@ those logits with Gumbel-Softmax at tau = 0.01, i.e. z ~ Cat(softmax(logits)), a
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
 import torch
 
 from .. import dist
-from ..checkpoint import (PRIOR, latest_training_state, load_state_into, optimizer_from_flat, optimizer_to_flat,
-                          prefixed, save_tensors, save_training_state, with_prefix, write_json)
+from ..checkpoint import (discard_training_states, latest_training_state, load_state_into, optimizer_from_flat,
+                          optimizer_to_flat, prefixed, save_training_state, with_prefix)
 from ..config import RunConfig
 from ..data import ArrayDataset
+from ..fileio import write_json
 from ..latents import codebook_usage, gumbel_softmax
 from ..model import DiscoDiff
 from ..prior import ARPrior
-from .common import RunLog, Timer, progress_bar, step_generator
-
-
-@torch.no_grad()
-def encode_dataset(model: DiscoDiff, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """Encoder logits [N, m, k] of the whole dataset (computed once, then sampled from)."""
-    model.eval()
-    return torch.cat([model.encode_logits(x[i:i + batch]).float() for i in range(0, len(x), batch)])
+from ..runs import STAGE1_HASH_KEY, Run
+from .common import RunLog, Timer, progress_bar, resume_line, step_generator
 
 
 def marginal_perplexity(z: torch.Tensor, codebook_size: int) -> float:
@@ -41,24 +37,38 @@ def prior_perplexity(prior, z: torch.Tensor, labels, batch: int = 1024) -> float
     return math.exp(nll / len(z))
 
 
-def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoDiff, *, quiet: bool = False) -> dict:
-    """Trains (or resumes) the prior of `model` (whose encoder must be the stage-I EMA encoder); returns a report."""
+def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoDiff, *,
+                quiet: bool = False) -> tuple[ARPrior, dict]:
+    """Trains (or resumes) the prior of `model`, which must be the run's stage-I EMA model (model.safetensors);
+    returns (the prior, a report). The prior file records which stage-I weights it was fitted to, and a training
+    state fitted to other weights is discarded rather than resumed."""
+    run = Run(run_dir, cfg)
+    with run.lock() if dist.is_main() else contextlib.nullcontext():
+        return _train_prior(run, data, model, quiet=quiet)
+
+
+def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool) -> tuple[ARPrior, dict]:
+    run_dir, cfg = run.path, run.config
     device = next(model.parameters()).device
     p, log = cfg.prior_train, RunLog(run_dir, quiet)
     m, k = cfg.model.num_latents, cfg.model.codebook_size
-    logits = encode_dataset(model, data.x.to(device))
+    stage1 = run.stage1_sha256()
+    logits = model.encode_all(data.x.to(device))
     labels = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
     torch.manual_seed(p.seed)
-    prior = ARPrior(m, k, cfg.model.num_classes, **cfg.model.prior).to(device)
+    prior = ARPrior.for_model(cfg.model).to(device)
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
+    if state is not None and state.meta.get(STAGE1_HASH_KEY) != stage1:
+        log.line("the prior's training state belongs to older stage-I weights: fitting the prior afresh")
+        discard_training_states(run_dir, "prior")
+        state = None
     if state is not None:
-        tensors, meta = state
-        load_state_into(prior, prefixed(tensors, "prior."), run_dir)
-        optimizer_from_flat(opt, prefixed(tensors, "optim."), meta["optimizer"])
-        cur_nimg = int(meta["nimg"])
-        log.line(f"resuming the prior from {cur_nimg / 1000:.1f} kimg")
+        load_state_into(prior, prefixed(state.tensors, "prior."), state.path)
+        optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
+        cur_nimg = state.nimg
+        log.line(resume_line("the prior", state))
     total, tick_nimg = int(p.kimg * 1000), max(int(p.tick_kimg * 1000), 1)
     log.line(f"stage II: prior with {sum(q.numel() for q in prior.parameters()):,} parameters over m={m} latents, "
              f"k={k}, {len(data)} encoded examples, {p.kimg:g} kimg")
@@ -87,10 +97,9 @@ def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoD
             optim_tensors, optim_meta = optimizer_to_flat(opt)
             save_training_state(run_dir, "prior", cur_nimg,
                                 {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim.")},
-                                {"optimizer": optim_meta})
+                                {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1})
     bar.close()
-    save_tensors(prior.state_dict(), Path(run_dir) / PRIOR)
-    model.prior = prior.eval()
+    prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, "kimg": str(cur_nimg / 1000)})
     # The report: the prior's token perplexity on fresh encoder samples, beside the marginal's.
     g = step_generator(device, p.seed, 1, 0)
     z_eval = gumbel_softmax(logits, p.tau, hard=True, generator=g).argmax(-1)
@@ -99,5 +108,5 @@ def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoD
               "codebook": codebook_usage(z_eval, k), "kimg": cur_nimg / 1000, "seconds": timer.total()}
     write_json(report, Path(run_dir) / "prior_report.json")
     log.line(f"prior done: token perplexity {report['prior_perplexity']:.3f} vs marginal "
-             f"{report['marginal_perplexity']:.3f} (codebook size {k}); weights in {Path(run_dir) / PRIOR}")
-    return report
+             f"{report['marginal_perplexity']:.3f} (codebook size {k}); weights in {run.prior_path}")
+    return prior, report

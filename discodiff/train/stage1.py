@@ -9,31 +9,26 @@ from torch import nn
 
 from .. import dist
 from ..checkpoint import (MODEL, latest_training_state, load_state_into, optimizer_from_flat, optimizer_to_flat,
-                          prefixed, save_tensors, save_training_state, with_prefix)
+                          prefixed, save_training_state, with_prefix)
 from ..config import ConfigError, RunConfig
 from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
 from ..model import DiscoDiff
-from .common import RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, step_generator
+from ..runs import Run
+from .common import (DivergenceGuard, RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, resume_line,
+                     step_generator)
 
 
 class _Stage1Loss(nn.Module):
-    """What DDP wraps: exactly the stage-I parameters (denoiser + encoder), not the prior."""
+    """What DDP wraps: the model (denoiser + encoder) and its stage-I loss."""
 
     def __init__(self, model: DiscoDiff, loss_fn: EDMLoss):
         super().__init__()
-        self.denoiser, self.encoder = model.denoiser, model.encoder
-        object.__setattr__(self, "_model", model)  # not a submodule: its prior takes no part in stage I
-        self.loss_fn = loss_fn
+        self.model, self.loss_fn = model, loss_fn
 
     def forward(self, y, class_labels, generator):
-        return self._model.training_loss(y, class_labels, loss_fn=self.loss_fn, generator=generator)
-
-
-def stage1_state_dict(model: DiscoDiff) -> dict[str, torch.Tensor]:
-    """The inference weights of stage I: denoiser.* and encoder.* (the prior lives in prior.safetensors)."""
-    return {k: v for k, v in model.state_dict().items() if not k.startswith("prior.")}
+        return self.model.training_loss(y, class_labels, loss_fn=self.loss_fn, generator=generator)
 
 
 def micro_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
@@ -47,25 +42,31 @@ def micro_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
 
 def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bool = False,
                  progress: bool | None = None) -> DiscoDiff:
-    """Trains (or resumes) stage I in `run_dir` until cfg.train.kimg; returns the EMA model."""
+    """Trains (or resumes) stage I in `run_dir` until cfg.train.kimg; returns the EMA model. The folder is locked
+    against a second training process meanwhile (rank 0 holds the lock)."""
     dist.init()
+    run = Run(run_dir, cfg)
+    with run.lock() if dist.is_main() else contextlib.nullcontext():
+        return _train_stage1(run_dir, cfg, data, quiet=quiet)
+
+
+def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bool) -> DiscoDiff:
     device, rank, world = dist.device(), dist.rank(), dist.world_size()
     t, log = cfg.train, RunLog(run_dir, quiet)
     micro, rounds = micro_batch(cfg, world)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = DiscoDiff(cfg.model).to(device)
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
-    opt = torch.optim.Adam(model.stage1_parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
+    opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=True)  # one kernel for all tensors, on CPU as on GPU
     cur_nimg = 0
     state = latest_training_state(run_dir, "stage1")
     if state is not None:
-        tensors, meta = state
-        load_state_into(model, prefixed(tensors, "model."), run_dir)
-        load_state_into(ema.module, prefixed(tensors, "ema."), run_dir)
-        optimizer_from_flat(opt, prefixed(tensors, "optim."), meta["optimizer"])
-        cur_nimg = int(meta["nimg"])
-        log.line(f"resuming stage I from {cur_nimg / 1000:.1f} kimg")
+        load_state_into(model, prefixed(state.tensors, "model."), state.path)
+        load_state_into(ema.module, prefixed(state.tensors, "ema."), state.path)
+        optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
+        cur_nimg = state.nimg
+        log.line(resume_line("stage I", state))
     loss_fn = EDMLoss(cfg.model.P_mean, cfg.model.P_std, cfg.model.sigma_data)
     module = _Stage1Loss(model, loss_fn)
     ddp = (nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
@@ -76,13 +77,14 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
                 else contextlib.nullcontext())
     total = int(t.kimg * 1000)
     tick_nimg, tick_idx = max(int(t.tick_kimg * 1000), 1), cur_nimg // max(int(t.tick_kimg * 1000), 1)
-    log.line(f"stage I: {sum(p.numel() for p in model.stage1_parameters()):,} parameters, m={model.num_latents} "
+    log.line(f"stage I: {sum(p.numel() for p in model.parameters()):,} parameters, m={model.num_latents} "
              f"k={cfg.model.codebook_size}, {len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
              f"{t.kimg:g} kimg, device {device}")
     timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "stage I")
     loss_sum = torch.zeros((), device=device)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
     loss_count, tick_start_nimg = 0, cur_nimg
+    guard = DivergenceGuard("stage I", state.nimg if state is not None else None)
     while cur_nimg < total:
         opt.zero_grad(set_to_none=True)
         for r in range(rounds):
@@ -101,7 +103,7 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
         lr = t.lr * min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else t.lr
         for group in opt.param_groups:
             group["lr"] = lr
-        nonfinite += neutralise_nonfinite(model.stage1_parameters())
+        nonfinite += neutralise_nonfinite(model.parameters())
         opt.step()
         cur_nimg += t.batch
         ema.update(model, t.batch, cur_nimg)
@@ -122,8 +124,12 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
             loss_sum.zero_()
             nonfinite.zero_()
             loss_count, tick_start_nimg = 0, cur_nimg
+            # Stops on weights that are no longer finite, or a loss that stays so; a bad tick saves nothing, so the
+            # last good snapshot and training states are never overwritten.
+            if not guard.healthy(cur_nimg, mean_loss, model, ema.module):
+                continue
             if dist.is_main() and (done or tick_idx % t.snapshot_ticks == 0):
-                save_tensors(stage1_state_dict(ema.module), Path(run_dir) / MODEL, metadata={"kimg": str(cur_nimg / 1000)})
+                ema.module.save(Path(run_dir) / MODEL, metadata={"kimg": str(cur_nimg / 1000)})
             if world > 1 and (done or tick_idx % t.state_ticks == 0):
                 dist.check_replicas_identical(model)
             if dist.is_main() and (done or tick_idx % t.state_ticks == 0):
@@ -131,10 +137,11 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
                 tensors = {**with_prefix(model.state_dict(), "model."), **with_prefix(ema.module.state_dict(), "ema."),
                            **with_prefix(optim_tensors, "optim.")}
                 save_training_state(run_dir, "stage1", cur_nimg, tensors, {"optimizer": optim_meta})
+                guard.saved(cur_nimg)
             dist.barrier()
     bar.close()
     if dist.is_main() and not (Path(run_dir) / MODEL).exists():
-        save_tensors(stage1_state_dict(ema.module), Path(run_dir) / MODEL)
+        ema.module.save(Path(run_dir) / MODEL)
     if world > 1:
         log.line(f"replicas identical on all {world} processes")
     log.line(f"stage I done at {cur_nimg / 1000:.1f} kimg in {timer.total():.1f} s; weights in {Path(run_dir) / MODEL}")

@@ -25,7 +25,11 @@ def demo(out_dir, kimg, seed, num_eval, threads, digits_kimg):
     import torch
 
     from ..experiments.toy2d import run_toy2d
+    from ..fileio import check_writable
+    from .options import require_module
 
+    require_module("matplotlib", "plots", "discodiff demo")  # the figures: refused now, not after the training
+    check_writable(out_dir, folder=True)
     torch.set_num_threads(threads)
     click.echo(f"discodiff demo: toy 2D experiment into {out_dir}/")
     results = run_toy2d(out_dir, kimg=kimg, seed=seed, num_eval=num_eval)

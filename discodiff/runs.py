@@ -1,0 +1,247 @@
+"""A run: one folder that holds a model's configuration, its weights and its training state.
+
+This module owns the rules of a run, and every entry point (the CLI, the demo, the experiments, the benchmarks)
+goes through it:
+- `resolve_run` turns a preset or an existing run, overrides and data into a validated RunConfig and the dataset.
+  A new run takes its input shape and class count from the data. An existing run is resumed: only its training
+  duration and schedule (`train`, `prior_train`) and its sampling defaults (`sample`) may change, never its model,
+  its data or its seed.
+- `Run` opens the folder: config.json written atomically and only once the model builds, a lock that keeps a
+  second training process out, and loading of the model and of a prior that belongs to the current stage-I weights.
+
+Layout of a run folder R (checkpoint.py writes and reads the files):
+    R/config.json              the full RunConfig
+    R/model.safetensors        EMA weights of the denoiser and encoder (stage I), written at every snapshot
+    R/prior.safetensors        the prior (stage II); its metadata names the model.safetensors it was fitted to
+    R/state/stage1-<nimg>/     resumable stage-I state (the newest two are kept)
+    R/state/prior-<nimg>/      resumable stage-II state
+    R/stats.jsonl, R/log.txt   training statistics and the human log
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+from pathlib import Path
+
+from .checkpoint import CONFIG, MODEL, PRIOR, CheckpointError, newest_training_state_nimg
+from .config import ConfigError, DataConfig, PRESETS, RunConfig, merge, preset_config, validate
+
+LOCK = ".lock"
+STAGE1_HASH_KEY = "stage1_sha256"
+# What may change when a run is resumed; everything else (the model, the data, the seed) makes another run.
+RESUMABLE_SECTIONS = ("train", "prior_train", "sample")
+
+
+class RunLockedError(CheckpointError):
+    """Another process is training in this run folder."""
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def differences(old: RunConfig, new: RunConfig) -> list[str]:
+    """The keys whose change would make `new` another run than `old` (model, data, training seed)."""
+    a, b = old.to_dict(), new.to_dict()
+    changed = [f"{sec}.{k}" for sec in ("model", "data") for k in b[sec] if b[sec][k] != a[sec].get(k)]
+    if old.train.seed != new.train.seed:
+        changed.append("train.seed")
+    return changed
+
+
+def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | None = None,
+                data: DataConfig | None = None, cond: bool | None = None):
+    """(RunConfig, ArrayDataset) for training in `run_dir`: a new run from `preset` + `overrides` (+ `data` instead
+    of the preset's data; `cond` to switch class conditioning), or the run already there with `overrides` applied.
+    Validates everything, including that the model builds, before anything is written."""
+    from .data import load_dataset
+    from .model import DiscoDiff
+
+    run_dir = Path(run_dir)
+    overrides = dict(overrides or {})
+    if data is not None:  # --set data.options.* still apply to a user's data
+        options = {**data.options, **overrides.get("data", {}).get("options", {})}
+        overrides["data"] = {"name": data.name, "path": data.path, "options": options}
+    new_run = not (run_dir / CONFIG).exists()
+    if new_run:
+        if preset is None:
+            raise ConfigError(f"{run_dir} is not a run directory yet: name a --preset ({', '.join(sorted(PRESETS))})")
+        if data is not None:  # a user's data replace the preset's data section whole: its options were for its own
+            cfg = preset_config(preset, {k: v for k, v in overrides.items() if k != "data"})
+            cfg.data = DataConfig(**overrides["data"])
+        else:
+            cfg = preset_config(preset, overrides)
+    else:
+        old = Run(run_dir).config
+        if preset is not None and preset != old.preset:
+            raise ConfigError(f"{run_dir} was created with preset {old.preset!r}, not {preset!r}")
+        cfg = RunConfig.from_dict(merge(old.to_dict(), overrides))
+        changed = differences(old, cfg)
+        if changed:
+            raise ConfigError(f"{run_dir} already holds a run with different {', '.join(changed)}; use a new --run-dir "
+                              f"(only {', '.join(RESUMABLE_SECTIONS)} settings can change on resume)")
+        validate(cfg)
+    dataset = load_dataset(cfg.data)
+    if new_run:  # the data decide the model's input shape and, when conditioning, its number of classes
+        cfg.model.data_shape = dataset.shape
+        wants_classes = bool(cfg.model.num_classes) if cond is None else cond
+        if wants_classes and dataset.labels is None:
+            raise ConfigError(f"class conditioning needs labels, and dataset {cfg.data.name!r} has none; use --uncond")
+        cfg.model.num_classes = dataset.num_classes if wants_classes else 0
+        validate(cfg)
+        DiscoDiff(cfg.model)  # a configuration whose network cannot be built fails here, before any file exists
+    else:
+        check_data_matches(cfg, dataset, run_dir)
+        if cond is not None and cond != bool(cfg.model.num_classes):
+            raise ConfigError(f"{run_dir} was trained {'with' if cfg.model.num_classes else 'without'} class "
+                              f"conditioning; --{'cond' if cond else 'uncond'} cannot change that on resume")
+    return cfg, dataset
+
+
+def check_data_matches(cfg: RunConfig, dataset, where) -> None:
+    """The data of a resumed run must still fit its model: the same shape, and the same classes if conditional."""
+    if list(cfg.model.data_shape) != list(dataset.shape):
+        raise ConfigError(f"the data now have shape {dataset.shape}, but {where} was trained on {cfg.model.data_shape}")
+    if cfg.model.num_classes:
+        if dataset.labels is None:
+            raise ConfigError(f"{where} is class-conditional, but its data now have no labels")
+        if dataset.num_classes != cfg.model.num_classes:
+            raise ConfigError(f"{where} was trained on {cfg.model.num_classes} classes, but its data now have "
+                              f"{dataset.num_classes}")
+
+
+class Run:
+    """An existing (or, with `create`, a new) run folder and its configuration."""
+
+    def __init__(self, path: Path, config: RunConfig | None = None):
+        self.path = Path(path)
+        if config is None:
+            if not self.path.is_dir():
+                raise CheckpointError(f"run directory {self.path} does not exist; create one with `discodiff train`")
+            if not (self.path / CONFIG).is_file():
+                raise CheckpointError(f"{self.path} is not a discodiff run directory (no {CONFIG})")
+            config = RunConfig.load(self.path / CONFIG)
+        self.config = config
+
+    @classmethod
+    def create(cls, path: Path, config: RunConfig) -> "Run":
+        """Writes config.json (atomically) into `path`, made if needed; resolve_run has checked the config."""
+        from .fileio import OutputError, describe_os_error
+        path = Path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(describe_os_error(e, path)) from None
+        run = cls(path, config)
+        run.save_config()
+        return run
+
+    def save_config(self) -> None:
+        self.config.save(self.path / CONFIG)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+    @property
+    def prior_path(self) -> Path:
+        return self.path / PRIOR
+
+    def trained_nimg(self, stage: str) -> int:
+        """Images seen by the newest training state of `stage` ("stage1" or "prior"); 0 when there is none."""
+        return newest_training_state_nimg(self.path, stage)
+
+    def stage1_sha256(self) -> str:
+        return file_sha256(self.model_path)
+
+    # ---- loading ---------------------------------------------------------------------------------------------
+
+    def load_model(self, device="cpu"):
+        """The stage-I EMA model (denoiser + encoder) in eval mode."""
+        from .model import DiscoDiff
+        if not self.model_path.is_file():
+            raise CheckpointError(f"{self.path} has no trained model yet; run `discodiff train --run-dir {self.path}` "
+                                  f"first")
+        return DiscoDiff.load(self.model_path, self.config.model).to(device).eval()
+
+    def prior_status(self) -> str:
+        """"none" (a plain model needs none), "missing", "stale" (fitted to other stage-I weights) or "ok"."""
+        from .checkpoint import read_metadata
+        if self.config.model.num_latents == 0:
+            return "none"
+        if not self.prior_path.is_file():
+            return "missing"
+        recorded = read_metadata(self.prior_path).get(STAGE1_HASH_KEY)
+        return "ok" if self.model_path.is_file() and recorded == self.stage1_sha256() else "stale"
+
+    def load_prior(self, device="cpu"):
+        """The prior in eval mode (None for a plain model, m = 0). A missing prior, or one fitted to other stage-I
+        weights than the current model.safetensors, is refused with one line that names `discodiff train-prior`."""
+        from .prior import ARPrior
+        status = self.prior_status()
+        if status == "none":
+            return None
+        if status == "missing":
+            raise CheckpointError(f"{self.path} has no trained prior yet; run `discodiff train-prior --run-dir "
+                                  f"{self.path}` (or pass latents explicitly)")
+        if status == "stale":
+            raise CheckpointError(f"the prior in {self.path} was fitted to older stage-I weights (training continued "
+                                  f"since); run `discodiff train-prior --run-dir {self.path}` to fit it again")
+        return ARPrior.load(self.prior_path, self.config.model).to(device).eval()
+
+    # ---- one training process at a time ------------------------------------------------------------------------
+
+    def lock(self):
+        """See `run_lock`."""
+        return run_lock(self.path)
+
+
+_HELD: dict[Path, int] = {}  # run folders this process has locked, with the nesting depth
+
+
+@contextlib.contextmanager
+def run_lock(path: Path):
+    """Holds R/.lock (made with its folder if needed) while a process writes the run; a second process gets a
+    RunLockedError at once instead of interleaving its writes with ours. Re-entrant within a process, so the CLI can
+    lock before it writes config.json and the trainer inside it can lock again. The lock goes with the process, so a
+    killed run leaves nothing to clean up."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover (not POSIX): no lock
+        yield
+        return
+    from .fileio import OutputError, describe_os_error
+    key = Path(path).resolve()
+    if key in _HELD:
+        _HELD[key] += 1
+        try:
+            yield
+        finally:
+            _HELD[key] -= 1
+        return
+    try:
+        key.mkdir(parents=True, exist_ok=True)
+        fd = os.open(key / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise OutputError(describe_os_error(e, key / LOCK)) from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunLockedError(f"another discodiff process (pid {holder}) is training in {path}; wait for it to "
+                                 f"finish or use another --run-dir") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        _HELD[key] = 1
+        try:
+            yield
+        finally:
+            del _HELD[key]
+    finally:
+        os.close(fd)  # closing releases the lock
