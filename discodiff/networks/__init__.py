@@ -8,13 +8,13 @@ from torch import nn
 
 from ..config import ConfigError, ModelConfig
 
-DENOISERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
+BACKBONES: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 ENCODERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 
 
-def register_denoiser(name: str):
+def register_backbone(name: str):
     def deco(fn):
-        DENOISERS[name] = fn
+        BACKBONES[name] = fn
         return fn
     return deco
 
@@ -37,18 +37,19 @@ def _build(registry: dict, spec: dict, cfg: ModelConfig, what: str) -> nn.Module
         raise ConfigError(f"bad {what} options {spec}: {e}") from None
 
 
-def build_denoiser_net(cfg: ModelConfig) -> nn.Module:
-    return _build(DENOISERS, cfg.network, cfg, "network")
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    """The backbone F of the denoiser D (edm.py's notation) named by cfg.network."""
+    return _build(BACKBONES, cfg.network, cfg, "network")
 
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:
     return _build(ENCODERS, cfg.encoder, cfg, "encoder")
 
 
-@register_denoiser("mlp")
-def _mlp_denoiser(cfg: ModelConfig, kw: dict) -> nn.Module:
-    from .mlp import MLPDenoiser
-    return MLPDenoiser(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
+@register_backbone("mlp")
+def _mlp_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .mlp import MLPBackbone
+    return MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
                        sigma_data=cfg.sigma_data, **kw)
 
 
@@ -66,8 +67,8 @@ def _image_shape(cfg: ModelConfig, what: str) -> tuple[int, int]:
     return int(cfg.data_shape[0]), int(cfg.data_shape[1])
 
 
-@register_denoiser("unet")
-def _unet_denoiser(cfg: ModelConfig, kw: dict) -> nn.Module:
+@register_backbone("unet")
+def _unet_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .unet import UNet
     channels, resolution = _image_shape(cfg, "unet network")
     try:

@@ -1,4 +1,4 @@
-"""Networks for vector data [B, D]: a conditional MLP denoiser backbone and an MLP encoder."""
+"""Networks for vector data [B, D]: a conditional MLP backbone F of the denoiser and an MLP encoder."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ from ..latents import LatentEmbedding
 from .layers import PositionalEmbedding, class_embedding
 
 
-class MLPDenoiser(nn.Module):
+class MLPBackbone(nn.Module):
     """F(x_in, c_noise, z, c): an MLP whose every hidden layer receives an embedding of sigma, z and class.
 
     With `centred=True` it also names a learned centre mu(z) and scale s(z) per latent value; `edm.Denoiser`
@@ -31,7 +31,7 @@ class MLPDenoiser(nn.Module):
                  latent_embedding: bool = True):
         super().__init__()
         if depth < 2:
-            raise ValueError("an MLP denoiser needs depth >= 2")
+            raise ValueError("an MLP backbone needs depth >= 2")
         if num_latents and not (latent_embedding or centred):
             raise ValueError("latent_embedding=False needs centred=True, or the latents would not be used at all")
         if centre_gain <= 0:
