@@ -9,7 +9,7 @@ from torch import nn
 from .config import ModelConfig
 from .edm import Denoiser, EDMLoss
 from .latents import gumbel_softmax, null_mask, one_hot
-from .networks import build_backbone, build_encoder
+from .networks import build_denoiser, build_encoder
 from .prior import ARPrior
 from .sampling import SAMPLERS, StackedGenerator, guided, karras_sigmas
 
@@ -18,7 +18,7 @@ class DiscoDiff(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.denoiser = Denoiser(build_backbone(cfg), cfg.sigma_data)
+        self.denoiser = build_denoiser(cfg)
         m = cfg.num_latents
         self.encoder = build_encoder(cfg) if m else None
         self.prior = ARPrior(m, cfg.codebook_size, cfg.num_classes, **cfg.prior) if m else None

@@ -7,6 +7,7 @@ from typing import Callable
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
+from ..edm import Denoiser
 
 BACKBONES: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 ENCODERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
@@ -40,6 +41,16 @@ def _build(registry: dict, spec: dict, cfg: ModelConfig, what: str) -> nn.Module
 def build_backbone(cfg: ModelConfig) -> nn.Module:
     """The backbone F of the denoiser D (edm.py's notation) named by cfg.network."""
     return _build(BACKBONES, cfg.network, cfg, "network")
+
+
+def build_denoiser(cfg: ModelConfig) -> Denoiser:
+    """The denoiser D around the backbone F: EDM's preconditioning, or, for the toy MLP built with centred=True,
+    the centred one (networks.mlp.CentredDenoiser)."""
+    from .mlp import CentredDenoiser, MLPBackbone
+    net = build_backbone(cfg)
+    if isinstance(net, MLPBackbone) and net.centred:
+        return CentredDenoiser(net, cfg.sigma_data)
+    return Denoiser(net, cfg.sigma_data)
 
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:

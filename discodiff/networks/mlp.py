@@ -6,6 +6,7 @@ import math
 import torch
 from torch import nn
 
+from ..edm import Denoiser, edm_scalings
 from ..latents import LatentEmbedding
 from .layers import PositionalEmbedding, class_embedding
 
@@ -13,10 +14,10 @@ from .layers import PositionalEmbedding, class_embedding
 class MLPBackbone(nn.Module):
     """F(x_in, c_noise, z, c): an MLP whose every hidden layer receives an embedding of sigma, z and class.
 
-    With `centred=True` it also names a learned centre mu(z) and scale s(z) per latent value; `edm.Denoiser`
-    then preconditions around them, D = mu(z) + EDM_s(x - mu(z)), which makes the exact denoiser of one
-    Gaussian component the network's zero point. Without latents (m = 0) mu and s are single learned values,
-    so the baseline has the same parameterisation.
+    With `centred=True` it also names a learned centre mu(z) and scale s(z) per latent value; `CentredDenoiser`
+    (which `networks.build_denoiser` puts around it) then preconditions around them, D = mu(z) + EDM_s(x - mu(z)),
+    which makes the exact denoiser of one Gaussian component the network's zero point. Without latents (m = 0)
+    mu and s are single learned values, so the baseline has the same parameterisation.
 
     `centre_gain` g stores the centre and log-scale tables divided by g and multiplies them back in `centre`:
     the function is unchanged, but Adam (whose steps are about lr in parameter units) moves the centres g times
@@ -47,7 +48,7 @@ class MLPBackbone(nn.Module):
         self.emb_proj = nn.ModuleList(nn.Linear(emb_dim, hidden) for _ in range(depth - 1))
         self.out = nn.Linear(hidden, dim)
         self.act = nn.SiLU()
-        self.has_centre = centred
+        self.centred = centred
         if centred:
             g, log_s = float(centre_gain), math.log(sigma_data)
             self.centre_gain = g
@@ -89,6 +90,25 @@ class MLPBackbone(nn.Module):
             mu = torch.where(null_latent.view(-1, 1), g * self.null_centre, mu)
             log_s = torch.where(null_latent, g * self.null_log_scale, log_s)
         return mu, log_s
+
+
+class CentredDenoiser(Denoiser):
+    """EDM preconditioning around the centre of a centred `MLPBackbone`: D = mu + EDM_s(x - mu), where
+    (mu, log s) = net.centre(z) and EDM_s is `edm.Denoiser` with s in place of sigma_data.
+
+    With F = 0 this is the exact denoiser of the Gaussian N(mu, s^2 I), the reparameterisation of the paper's toy
+    experiment (paper-spec section 8). `sigma_data` is kept for the interface but not used here.
+    """
+
+    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None):
+        sigma, s = self.noise_levels(x, sigma)
+        mu, log_scale = self.net.centre(latents, null_latent)
+        scale = log_scale.exp().reshape(-1, *([1] * (x.ndim - 1)))
+        c_skip, c_out, c_in, _ = edm_scalings(s, scale)
+        c_noise = sigma.log() / 4
+        x0 = x - mu
+        f = self.net(c_in * x0, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent)
+        return mu + c_skip * x0 + c_out * f.to(torch.float32)
 
 
 def kmeans_pp(u: torch.Tensor, k: int, candidates: int | None = None) -> torch.Tensor:
