@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
@@ -55,6 +56,18 @@ def build_denoiser(cfg: ModelConfig) -> Denoiser:
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:
     return _build(ENCODERS, cfg.encoder, cfg, "encoder")
+
+
+def init_encoder_from_data(encoder: nn.Module | None, y) -> None:
+    """The encoder's data-dependent initialisation (the k-means++ prototypes of the MLP encoder) on y, the first
+    training batch of a fresh run; a no-op for encoders without one (no `init_from_data` method) or without an
+    encoder. Under DDP every rank then takes rank 0's parameters, so all start from the same initialisation."""
+    init = getattr(encoder, "init_from_data", None)
+    if init is None or not init(y):
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for p in encoder.parameters():
+            torch.distributed.broadcast(p.data, 0)
 
 
 @register_backbone("mlp")

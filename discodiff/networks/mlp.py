@@ -132,7 +132,7 @@ class MLPEncoder(nn.Module):
 
     `prototypes=True` adds a nearest-prototype term to the MLP's logits, logits_c = MLP(u)_c - |u - p_c|^2 / (2 w^2)
     with u = y / input_scale, learned prototypes p_c and a learned width w (initially `prototype_width`). The
-    prototypes are seeded by k-means++ on the first training batch, so the encoder starts from a partition of the
+    prototypes are seeded by k-means++ on the first training batch (`init_from_data`), so the encoder starts from a partition of the
     data into k compact regions instead of a random one; gradient descent cannot undo a bad starting partition,
     which leaves codes dead or covering two modes (see docs/toy2d.md).
 
@@ -160,12 +160,17 @@ class MLPEncoder(nn.Module):
             self.register_buffer("prototypes_seeded", torch.tensor(False))
 
     @torch.no_grad()
-    def _seed_prototypes(self, u: torch.Tensor) -> None:
+    def init_from_data(self, y: torch.Tensor) -> bool:
+        """Seeds the prototypes by k-means++ on the clean batch y; returns whether it did. A no-op without
+        prototypes or once seeded (`prototypes_seeded` records it, so a resumed or loaded encoder keeps its own).
+        The trainer calls this on the first training batch, through `networks.init_encoder_from_data`."""
+        if self.prototypes is None or bool(self.prototypes_seeded):
+            return False
+        u = y.flatten(1) / self.input_scale
         for i in range(self.num_latents):
             self.prototypes[i] = kmeans_pp(u.float(), self.codebook_size).to(self.prototypes.dtype)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(self.prototypes.data, 0)  # every rank starts from rank 0's seeding
         self.prototypes_seeded.fill_(True)
+        return True
 
     def forward(self, y):
         u = y.flatten(1) / self.input_scale
@@ -175,8 +180,6 @@ class MLPEncoder(nn.Module):
             logits = logits * (self.gain_rate * self.log_gain).exp()
         logits = logits.view(-1, self.num_latents, self.codebook_size)
         if self.prototypes is not None:
-            if self.training and not bool(self.prototypes_seeded):
-                self._seed_prototypes(u)
             d2 = (u[:, None, None, :] - self.prototypes[None]).square().sum(-1)  # [B, m, k]
             logits = logits - 0.5 * self.log_precision.exp() * d2
         return logits
