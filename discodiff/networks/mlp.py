@@ -61,7 +61,7 @@ class MLPBackbone(nn.Module):
 
     def _embedding(self, c_noise, class_labels, latents, null_latent):
         # The sinusoidal features are float32; cast them to the weights' dtype so a float64 copy of the model
-        # runs end to end (the toy metrics need float64 near t = 0, see metrics/toy.py).
+        # runs end to end (the ODE metrics need float64 near t = 0, see metrics/ode.py).
         pos = self.noise_embed[0](c_noise).to(self.inp.weight.dtype)
         emb = self.noise_embed[1:](pos)
         if self.latent_embed is not None:
