@@ -32,12 +32,10 @@ def _broadcast(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 class Denoiser(nn.Module):
-    """EDM preconditioning around a backbone F(x_in, c_noise, class_labels, latents, null_latent).
+    """EDM preconditioning around a backbone F(x_in, c_noise, class_labels, latents, null_latent):
+    D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)).
 
-    Backbones with `has_centre = True` name a per-latent centre and scale (`net.centre(latents, null_latent)` returning
-    mu [B, *shape] and log_scale [B]) are preconditioned around that centre: D = mu + EDM_s(x - mu), where
-    EDM_s uses s in place of sigma_data. With F = 0 this is the exact denoiser of the Gaussian N(mu, s^2 I),
-    the reparameterisation of the paper's toy experiment (paper-spec section 8).
+    (The toy MLP's centred variant, D = mu(z) + EDM_s(z)(x - mu(z)), is `networks.mlp.CentredDenoiser`.)
     """
 
     def __init__(self, net: nn.Module, sigma_data: float = 0.5):
@@ -45,22 +43,21 @@ class Denoiser(nn.Module):
         self.net = net
         self.sigma_data = float(sigma_data)
 
-    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None):
+    @staticmethod
+    def noise_levels(x: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor]:
+        """sigma (a number or [B]) as float32 [B] on x's device, and reshaped to broadcast against x."""
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.ndim == 0:
             sigma = sigma.expand(x.shape[0])
         sigma = sigma.to(torch.float32)
-        if getattr(self.net, "has_centre", False):
-            mu, log_scale = self.net.centre(latents, null_latent)
-            scale = _broadcast(log_scale.exp(), x)
-        else:
-            mu, scale = 0.0, self.sigma_data
-        s = _broadcast(sigma, x)
-        c_skip, c_out, c_in, _ = edm_scalings(s, scale)
+        return sigma, _broadcast(sigma, x)
+
+    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None):
+        sigma, s = self.noise_levels(x, sigma)
+        c_skip, c_out, c_in, _ = edm_scalings(s, self.sigma_data)
         c_noise = sigma.log() / 4
-        x0 = x - mu
-        f = self.net(c_in * x0, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent)
-        return mu + c_skip * x0 + c_out * f.to(torch.float32)
+        f = self.net(c_in * x, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent)
+        return c_skip * x + c_out * f.to(torch.float32)
 
 
 class EDMLoss:

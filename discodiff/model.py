@@ -12,9 +12,9 @@ from torch import nn
 
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
-from .edm import Denoiser, EDMLoss
+from .edm import EDMLoss
 from .latents import gumbel_softmax, null_mask, one_hot
-from .networks import build_denoiser_net, build_encoder
+from .networks import build_denoiser, build_encoder
 from .sampling import guided
 
 
@@ -22,7 +22,7 @@ class DiscoDiff(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
-        self.denoiser = Denoiser(build_denoiser_net(cfg), cfg.sigma_data)
+        self.denoiser = build_denoiser(cfg)
         self.encoder = build_encoder(cfg) if cfg.num_latents else None
 
     def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:

@@ -7,33 +7,40 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .networks.layers import TransformerBlock
 
-class CausalSelfAttention(nn.Module):
+
+class _Block(TransformerBlock):
+    """The shared transformer layer, causal, with dropout on the attention weights and the MLP output (not its
+    hidden layer), stored under the names and in the order of the prior's original block: ln1, ln2, attn, mlp.
+    So prior.safetensors files and resumable prior states (whose optimizer moments follow the parameter order)
+    written before the layer was shared still load."""
+
+    _LEGACY = {"norm1.": "ln1.", "norm2.": "ln2."}
+
     def __init__(self, width: int, heads: int, dropout: float):
-        super().__init__()
-        if width % heads:
-            raise ValueError(f"prior width {width} is not divisible by {heads} heads")
-        self.heads, self.dropout = heads, dropout
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
+        super().__init__(width, heads, dropout=dropout, causal=True, attn_dropout=dropout, hidden_dropout=False)
+        for name in ("attn", "mlp"):  # parameter order ln1, ln2, attn, mlp
+            self._modules[name] = self._modules.pop(name)
+        self._register_state_dict_hook(self._save_legacy_names)
+        self._register_load_state_dict_pre_hook(self._load_legacy_names)
 
-    def forward(self, x):
-        B, T, C = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
-        return self.proj(y.transpose(1, 2).reshape(B, T, C))
+    @classmethod
+    def _save_legacy_names(cls, module, state_dict, prefix, local_metadata):
+        own = [k for k in state_dict if k.startswith(prefix)]  # this block's entries, in parameter order
+        for k in own:
+            v, rest = state_dict.pop(k), k[len(prefix):]
+            for new, old in cls._LEGACY.items():
+                if rest.startswith(new):
+                    rest = old + rest[len(new):]
+            state_dict[prefix + rest] = v
 
-
-class Block(nn.Module):
-    def __init__(self, width: int, heads: int, dropout: float):
-        super().__init__()
-        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
-        self.attn = CausalSelfAttention(width, heads, dropout)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout))
-
-    def forward(self, x):
-        x = x + self.attn(self.ln1(x))
-        return x + self.mlp(self.ln2(x))
+    @classmethod
+    def _load_legacy_names(cls, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                           error_msgs):
+        for new, old in cls._LEGACY.items():
+            for k in [k for k in state_dict if k.startswith(prefix + old)]:
+                state_dict[prefix + new + k[len(prefix + old):]] = state_dict.pop(k)
 
 
 class ARPrior(nn.Module):
@@ -49,7 +56,7 @@ class ARPrior(nn.Module):
         self.start = nn.Embedding(num_classes + 1, width)
         self.token = nn.Embedding(codebook_size, width)
         self.pos = nn.Parameter(torch.zeros(num_latents, width))
-        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(depth))
+        self.blocks = nn.ModuleList(_Block(width, heads, dropout) for _ in range(depth))
         self.ln_f = nn.LayerNorm(width)
         self.head = nn.Linear(width, codebook_size)
         nn.init.normal_(self.pos, std=0.02)

@@ -426,19 +426,19 @@ def test_cli_gen(tmp_path, capsys, monkeypatch, tiny_detector_file, fake_image_d
     """`fid gen` on a tiny image run (a flattening MLP registered for the test), without and with --ref."""
     from discodiff.checkpoint import CONFIG, MODEL, save_tensors
     from discodiff.model import DiscoDiff
-    from discodiff.networks import DENOISERS
-    from discodiff.networks.mlp import MLPDenoiser
+    from discodiff.networks import BACKBONES
+    from discodiff.networks.mlp import MLPBackbone
 
     class Flat(nn.Module):
         def __init__(self, cfg, kw):
             super().__init__()
-            self.inner = MLPDenoiser(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
+            self.inner = MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
                                      sigma_data=cfg.sigma_data, **kw)
 
         def forward(self, x, c_noise, **cond):
             return self.inner(x.flatten(1), c_noise, **cond).view_as(x)
 
-    monkeypatch.setitem(DENOISERS, "fid-test-flat", Flat)
+    monkeypatch.setitem(BACKBONES, "fid-test-flat", Flat)
     cfg = RunConfig(preset="fid-test", data=DataConfig(name="fid-test"),
                     model=ModelConfig(data_shape=[1, 8, 8], num_latents=0, num_classes=2,
                                       network={"name": "fid-test-flat", "hidden": 16, "depth": 2, "emb_dim": 8}))

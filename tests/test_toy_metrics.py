@@ -1,4 +1,5 @@
-"""Analytic checks of the toy-2D metrics (discodiff/metrics/toy.py). Fast: closed-form denoisers, no training."""
+"""Analytic checks of the toy-2D metrics (discodiff/metrics/toy.py) and of the ODE-path metrics (metrics/ode.py).
+Fast: closed-form denoisers, no training."""
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 
 from discodiff.data.toy import ring_means
+from discodiff.metrics import ode
 from discodiff.metrics import toy as tm
 from discodiff.sampling import karras_sigmas, sample_heun, trajectory_recorder
 
@@ -121,9 +123,9 @@ def test_exact_component_denoiser_gives_pure_latents_and_straight_paths():
     mode, _ = tm.nearest_mode(x)
     assert tm.latent_purity(z.numpy(), mode)["purity"] > 0.99
     # Each trajectory is mu + sqrt(s^2 + t^2) * (unit direction): a straight line to its component's mean.
-    assert tm.straightness(traj).min() == pytest.approx(1.0, abs=1e-4)
-    prof = tm.ode_profile(component_denoiser(z, means), traj, sigmas)
-    mix = tm.ode_profile(mixture_denoiser(means), traj, sigmas)
+    assert ode.straightness(traj).min() == pytest.approx(1.0, abs=1e-4)
+    prof = ode.ode_profile(component_denoiser(z, means), traj, sigmas)
+    mix = ode.ode_profile(mixture_denoiser(means), traj, sigmas)
     assert max(prof["curvature"]) < 1e-2
     assert np.mean(mix["curvature"]) > 10 * np.mean(prof["curvature"])   # the unconditional ODE bends
 
@@ -134,7 +136,7 @@ def test_curvature_of_a_straight_ode_is_zero():
     mu = torch.tensor([[1.0, -2.0]])
     point_mass = lambda x, sigma: mu.expand_as(x)                    # D = mu: G = (x - mu) / t, radial lines
     x = torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    assert tm.curvature(point_mass, x, 0.7).abs().max() < 1e-6
+    assert ode.curvature(point_mass, x, 0.7).abs().max() < 1e-6
 
 
 def rotation_denoiser(x, sigma):
@@ -146,7 +148,7 @@ def rotation_denoiser(x, sigma):
 def test_curvature_of_circles_is_one_over_the_radius():
     r = torch.tensor([0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
     x = torch.stack([r, torch.zeros_like(r)], dim=1)
-    kappa = tm.curvature(rotation_denoiser, x, 1.0)
+    kappa = ode.curvature(rotation_denoiser, x, 1.0)
     assert torch.allclose(kappa, 1 / r, rtol=1e-3)
 
 
@@ -155,30 +157,30 @@ def test_jacobian_norm_matches_closed_forms():
     t = 0.5
     # D = mu gives G = (x - mu) / t, so grad G = I / t and ||grad G||_F^2 = 2 / t^2.
     point_mass = lambda x, sigma: torch.zeros_like(x) + 1.0
-    assert torch.allclose(tm.jacobian_frobenius_sq(point_mass, x, t), torch.full((32,), 2 / t**2))
+    assert torch.allclose(ode.jacobian_frobenius_sq(point_mass, x, t), torch.full((32,), 2 / t**2))
     # The rotation field: grad G = R, whose squared Frobenius norm is 2, independent of x.
-    assert torch.allclose(tm.jacobian_frobenius_sq(rotation_denoiser, x, t), torch.full((32,), 2.0), atol=1e-5)
+    assert torch.allclose(ode.jacobian_frobenius_sq(rotation_denoiser, x, t), torch.full((32,), 2.0), atol=1e-5)
     # A linear denoiser D = A x: grad G = (I - A) / t.
     A = torch.tensor([[0.3, -1.2], [0.4, 0.1]])
     expected = ((torch.eye(2) - A) / t).square().sum()
-    got = tm.jacobian_frobenius_sq(lambda x, sigma: x @ A.T, x, t)
+    got = ode.jacobian_frobenius_sq(lambda x, sigma: x @ A.T, x, t)
     assert torch.allclose(got, expected.expand(32), rtol=1e-5)
 
 
 def test_straightness():
     line = np.linspace(0, 1, 11)[:, None, None] * np.array([[[3.0, 4.0]]])
-    assert tm.straightness(line) == pytest.approx([1.0])
+    assert ode.straightness(line) == pytest.approx([1.0])
     angle = np.linspace(0, math.pi, 2001)
     semicircle = np.stack([np.cos(angle), np.sin(angle)], -1)[:, None, :]
-    assert tm.straightness(semicircle)[0] == pytest.approx(2 / math.pi, rel=1e-4)   # chord 2 / arc pi
+    assert ode.straightness(semicircle)[0] == pytest.approx(2 / math.pi, rel=1e-4)   # chord 2 / arc pi
 
 
 def test_straightness_of_the_late_part_of_a_path():
     # A path that runs straight in from far away, then turns a right angle: whole-path ratio ~1, late part 1/sqrt(2).
     sigmas = np.array([80.0, 2.0, 1.0, 0.0])
     traj = np.array([[80.0, 0.0], [2.0, 0.0], [1.0, 0.0], [1.0, 1.0]])[:, None, :]
-    assert tm.straightness(traj)[0] > 0.98
-    assert tm.straightness(traj, sigmas, t_max=2.0)[0] == pytest.approx(math.sqrt(2) / 2)
+    assert ode.straightness(traj)[0] > 0.98
+    assert ode.straightness(traj, sigmas, t_max=2.0)[0] == pytest.approx(math.sqrt(2) / 2)
 
 
 def test_ode_profile_runs_on_a_float64_copy_of_a_toy_model():
@@ -192,7 +194,7 @@ def test_ode_profile_runs_on_a_float64_copy_of_a_toy_model():
     z = torch.arange(16).remainder(8).view(-1, 1)
     x, traj, sigmas = run_heun(model.make_denoiser(z), 16, steps=4)
     model64 = copy.deepcopy(model).double()
-    prof = tm.ode_profile(model64.make_denoiser(z), traj, sigmas)
+    prof = ode.ode_profile(model64.make_denoiser(z), traj, sigmas)
     assert len(prof["t"]) == 4 and all(np.isfinite(prof["curvature"])) and all(np.isfinite(prof["jacobian_fro_sq"]))
     # The float64 copy computes the same function as the float32 model.
     d32 = model.denoise(x, torch.full((16,), 0.5), z=z)
@@ -204,8 +206,8 @@ def test_turning_rate_and_total_turning():
     # Circles: the tangent turns by |G| / r = 1 radian per unit t at every radius; straight lines never turn.
     r = torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64)
     x = torch.stack([r, torch.zeros_like(r)], dim=1)
-    assert torch.allclose(tm.turning_rate(rotation_denoiser, x, 1.0), torch.ones(3, dtype=torch.float64), rtol=1e-3)
+    assert torch.allclose(ode.turning_rate(rotation_denoiser, x, 1.0), torch.ones(3, dtype=torch.float64), rtol=1e-3)
     profile = {"t": [3.0, 2.0, 1.0, 0.5], "turning_rate": [1.0, 1.0, 1.0, 1.0]}
-    assert tm.total_turning(profile) == pytest.approx(2.5)
+    assert ode.total_turning(profile) == pytest.approx(2.5)
     mu = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
-    assert tm.turning_rate(lambda x, s: mu.expand_as(x), x, 0.7).abs().max() < 1e-6
+    assert ode.turning_rate(lambda x, s: mu.expand_as(x), x, 0.7).abs().max() < 1e-6

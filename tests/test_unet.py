@@ -8,7 +8,7 @@ import torch
 from discodiff.config import ConfigError, ModelConfig
 from discodiff.edm import EDMLoss
 from discodiff.model import DiscoDiff
-from discodiff.networks import build_denoiser_net, build_encoder
+from discodiff.networks import build_backbone, build_encoder
 from discodiff.networks.unet import UNet
 from discodiff.networks.vit import ViTEncoder
 
@@ -224,13 +224,13 @@ def model_config(num_latents=M, network_extra=None, **kw):
 
 def test_registry_builds_image_networks():
     cfg = model_config()
-    assert isinstance(build_denoiser_net(cfg), UNet) and isinstance(build_encoder(cfg), ViTEncoder)
+    assert isinstance(build_backbone(cfg), UNet) and isinstance(build_encoder(cfg), ViTEncoder)
     with pytest.raises(ConfigError, match="square images"):
-        build_denoiser_net(ModelConfig(data_shape=[2], network={"name": "unet"}))
+        build_backbone(ModelConfig(data_shape=[2], network={"name": "unet"}))
     with pytest.raises(ConfigError, match="must divide num_latents"):
-        build_denoiser_net(model_config(network_extra={"attn_resolutions": [8, 4], "latent_groups": 3}))
+        build_backbone(model_config(network_extra={"attn_resolutions": [8, 4], "latent_groups": 3}))
     with pytest.raises(ConfigError, match="bad network options"):
-        build_denoiser_net(ModelConfig(data_shape=[1, 8, 8], network={"name": "unet", "widht": 3}))
+        build_backbone(ModelConfig(data_shape=[1, 8, 8], network={"name": "unet", "widht": 3}))
 
 
 def test_discodiff_with_unet_and_vit():

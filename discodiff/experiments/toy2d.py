@@ -17,6 +17,7 @@ import torch
 
 from ..config import merge, preset_config
 from ..fileio import check_writable, write_json
+from ..metrics import ode
 from ..metrics import toy as tm
 from ..pipeline import generate
 from ..runs import Run, resolve_run
@@ -54,16 +55,16 @@ def evaluate(model, samples: dict, *, seed: int, w2_floor: float) -> dict:
     x, z, traj = samples["x"], samples["z"], samples["traj"]
     out = tm.sample_metrics(x, seed, w2_floor=w2_floor)
     for key, t_max in (("straightness", None), (f"straightness_t_le_{STRAIGHT_T_MAX:g}", STRAIGHT_T_MAX)):
-        s = tm.straightness(traj, samples["sigmas"], t_max)
+        s = ode.straightness(traj, samples["sigmas"], t_max)
         out[key] = {"mean": float(s.mean()), "p10": float(np.percentile(s, 10)), "min": float(s.min())}
     # The ODE metrics run on a float64 copy: near t = 0, G = (x - D) / t cancels digits, and float32 rounding
-    # alone would read as curvatures of ~1e3 (metrics/toy.py, ode_profile).
+    # alone would read as curvatures of ~1e3 (metrics/ode.py, ode_profile).
     model64 = copy.deepcopy(model).double()
     denoise = model64.make_denoiser(z if model.num_latents else None)
-    prof = tm.ode_profile(denoise, traj, samples["sigmas"], dtype=torch.float64)
+    prof = ode.ode_profile(denoise, traj, samples["sigmas"], dtype=torch.float64)
     out["ode"] = prof
     out["mean_curvature"] = float(np.mean(prof["curvature"]))   # the mean of E[kappa] over the sampler's t grid
-    out["total_turning"] = tm.total_turning(prof)
+    out["total_turning"] = ode.total_turning(prof)
     out["mean_jacobian_fro_sq"] = float(np.mean(prof["jacobian_fro_sq"]))
     if model.num_latents:
         mode, _ = tm.nearest_mode(x)

@@ -4,17 +4,19 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import torch
 from torch import nn
 
 from ..config import ConfigError, ModelConfig
+from ..edm import Denoiser
 
-DENOISERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
+BACKBONES: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 ENCODERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 
 
-def register_denoiser(name: str):
+def register_backbone(name: str):
     def deco(fn):
-        DENOISERS[name] = fn
+        BACKBONES[name] = fn
         return fn
     return deco
 
@@ -37,18 +39,41 @@ def _build(registry: dict, spec: dict, cfg: ModelConfig, what: str) -> nn.Module
         raise ConfigError(f"bad {what} options {spec}: {e}") from None
 
 
-def build_denoiser_net(cfg: ModelConfig) -> nn.Module:
-    return _build(DENOISERS, cfg.network, cfg, "network")
+def build_backbone(cfg: ModelConfig) -> nn.Module:
+    """The backbone F of the denoiser D (edm.py's notation) named by cfg.network."""
+    return _build(BACKBONES, cfg.network, cfg, "network")
+
+
+def build_denoiser(cfg: ModelConfig) -> Denoiser:
+    """The denoiser D around the backbone F: EDM's preconditioning, or, for the toy MLP built with centred=True,
+    the centred one (networks.mlp.CentredDenoiser)."""
+    from .mlp import CentredDenoiser, MLPBackbone
+    net = build_backbone(cfg)
+    if isinstance(net, MLPBackbone) and net.centred:
+        return CentredDenoiser(net, cfg.sigma_data)
+    return Denoiser(net, cfg.sigma_data)
 
 
 def build_encoder(cfg: ModelConfig) -> nn.Module:
     return _build(ENCODERS, cfg.encoder, cfg, "encoder")
 
 
-@register_denoiser("mlp")
-def _mlp_denoiser(cfg: ModelConfig, kw: dict) -> nn.Module:
-    from .mlp import MLPDenoiser
-    return MLPDenoiser(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
+def init_encoder_from_data(encoder: nn.Module | None, y) -> None:
+    """The encoder's data-dependent initialisation (the k-means++ prototypes of the MLP encoder) on y, the first
+    training batch of a fresh run; a no-op for encoders without one (no `init_from_data` method) or without an
+    encoder. Under DDP every rank then takes rank 0's parameters, so all start from the same initialisation."""
+    init = getattr(encoder, "init_from_data", None)
+    if init is None or not init(y):
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for p in encoder.parameters():
+            torch.distributed.broadcast(p.data, 0)
+
+
+@register_backbone("mlp")
+def _mlp_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .mlp import MLPBackbone
+    return MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
                        sigma_data=cfg.sigma_data, **kw)
 
 
@@ -66,8 +91,8 @@ def _image_shape(cfg: ModelConfig, what: str) -> tuple[int, int]:
     return int(cfg.data_shape[0]), int(cfg.data_shape[1])
 
 
-@register_denoiser("unet")
-def _unet_denoiser(cfg: ModelConfig, kw: dict) -> nn.Module:
+@register_backbone("unet")
+def _unet_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .unet import UNet
     channels, resolution = _image_shape(cfg, "unet network")
     try:

@@ -1,10 +1,11 @@
-"""Small building blocks shared by the backbones."""
+"""Small building blocks shared by the networks (backbones, encoders and the prior)."""
 from __future__ import annotations
 
 import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 
 class PositionalEmbedding(nn.Module):
@@ -37,3 +38,49 @@ def class_embedding(num_classes: int, dim: int) -> nn.Linear | None:
     layer = nn.Linear(num_classes, dim, bias=False)
     nn.init.normal_(layer.weight, std=1 / math.sqrt(num_classes))
     return layer
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention over tokens [B, N, D].
+
+    `mask` [N, N] (per call) is boolean, True = may attend; `causal=True` lets token i attend only to tokens <= i
+    (then no mask may be given); `dropout` drops attention weights, in training only.
+    """
+
+    def __init__(self, dim: int, heads: int, *, causal: bool = False, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by {heads} heads")
+        self.heads, self.causal, self.dropout = heads, causal, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        B, N, D = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=self.causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, N, D))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm transformer layer (attention + GELU MLP, both residual): stable without warm-up.
+
+    Used by the ViT encoder, the U-Net's latent-token encoder and (causal) the autoregressive prior.
+    `dropout` follows the MLP's output, and also its hidden layer when `hidden_dropout`; `attn_dropout` drops
+    attention weights; `causal` masks attention to earlier tokens.
+    """
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0, *,
+                 causal: bool = False, attn_dropout: float = 0.0, hidden_dropout: bool = True):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, heads, causal=causal, dropout=attn_dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), *([nn.Dropout(dropout)] if hidden_dropout else []),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))

@@ -1,4 +1,4 @@
-"""Networks for vector data [B, D]: a conditional MLP denoiser backbone and an MLP encoder."""
+"""Networks for vector data [B, D]: a conditional MLP backbone F of the denoiser and an MLP encoder."""
 from __future__ import annotations
 
 import math
@@ -6,17 +6,18 @@ import math
 import torch
 from torch import nn
 
+from ..edm import Denoiser, edm_scalings
 from ..latents import LatentEmbedding
 from .layers import PositionalEmbedding, class_embedding
 
 
-class MLPDenoiser(nn.Module):
+class MLPBackbone(nn.Module):
     """F(x_in, c_noise, z, c): an MLP whose every hidden layer receives an embedding of sigma, z and class.
 
-    With `centred=True` it also names a learned centre mu(z) and scale s(z) per latent value; `edm.Denoiser`
-    then preconditions around them, D = mu(z) + EDM_s(x - mu(z)), which makes the exact denoiser of one
-    Gaussian component the network's zero point. Without latents (m = 0) mu and s are single learned values,
-    so the baseline has the same parameterisation.
+    With `centred=True` it also names a learned centre mu(z) and scale s(z) per latent value; `CentredDenoiser`
+    (which `networks.build_denoiser` puts around it) then preconditions around them, D = mu(z) + EDM_s(x - mu(z)),
+    which makes the exact denoiser of one Gaussian component the network's zero point. Without latents (m = 0)
+    mu and s are single learned values, so the baseline has the same parameterisation.
 
     `centre_gain` g stores the centre and log-scale tables divided by g and multiplies them back in `centre`:
     the function is unchanged, but Adam (whose steps are about lr in parameter units) moves the centres g times
@@ -31,7 +32,7 @@ class MLPDenoiser(nn.Module):
                  latent_embedding: bool = True):
         super().__init__()
         if depth < 2:
-            raise ValueError("an MLP denoiser needs depth >= 2")
+            raise ValueError("an MLP backbone needs depth >= 2")
         if num_latents and not (latent_embedding or centred):
             raise ValueError("latent_embedding=False needs centred=True, or the latents would not be used at all")
         if centre_gain <= 0:
@@ -47,7 +48,7 @@ class MLPDenoiser(nn.Module):
         self.emb_proj = nn.ModuleList(nn.Linear(emb_dim, hidden) for _ in range(depth - 1))
         self.out = nn.Linear(hidden, dim)
         self.act = nn.SiLU()
-        self.has_centre = centred
+        self.centred = centred
         if centred:
             g, log_s = float(centre_gain), math.log(sigma_data)
             self.centre_gain = g
@@ -60,7 +61,7 @@ class MLPDenoiser(nn.Module):
 
     def _embedding(self, c_noise, class_labels, latents, null_latent):
         # The sinusoidal features are float32; cast them to the weights' dtype so a float64 copy of the model
-        # runs end to end (the toy metrics need float64 near t = 0, see metrics/toy.py).
+        # runs end to end (the ODE metrics need float64 near t = 0, see metrics/ode.py).
         pos = self.noise_embed[0](c_noise).to(self.inp.weight.dtype)
         emb = self.noise_embed[1:](pos)
         if self.latent_embed is not None:
@@ -91,6 +92,25 @@ class MLPDenoiser(nn.Module):
         return mu, log_s
 
 
+class CentredDenoiser(Denoiser):
+    """EDM preconditioning around the centre of a centred `MLPBackbone`: D = mu + EDM_s(x - mu), where
+    (mu, log s) = net.centre(z) and EDM_s is `edm.Denoiser` with s in place of sigma_data.
+
+    With F = 0 this is the exact denoiser of the Gaussian N(mu, s^2 I), the reparameterisation of the paper's toy
+    experiment (paper-spec section 8). `sigma_data` is kept for the interface but not used here.
+    """
+
+    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None):
+        sigma, s = self.noise_levels(x, sigma)
+        mu, log_scale = self.net.centre(latents, null_latent)
+        scale = log_scale.exp().reshape(-1, *([1] * (x.ndim - 1)))
+        c_skip, c_out, c_in, _ = edm_scalings(s, scale)
+        c_noise = sigma.log() / 4
+        x0 = x - mu
+        f = self.net(c_in * x0, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent)
+        return mu + c_skip * x0 + c_out * f.to(torch.float32)
+
+
 def kmeans_pp(u: torch.Tensor, k: int, candidates: int | None = None) -> torch.Tensor:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): k rows of u [N, D], each new one drawn with
     probability proportional to its squared distance to those already chosen (the best of a few draws)."""
@@ -112,7 +132,7 @@ class MLPEncoder(nn.Module):
 
     `prototypes=True` adds a nearest-prototype term to the MLP's logits, logits_c = MLP(u)_c - |u - p_c|^2 / (2 w^2)
     with u = y / input_scale, learned prototypes p_c and a learned width w (initially `prototype_width`). The
-    prototypes are seeded by k-means++ on the first training batch, so the encoder starts from a partition of the
+    prototypes are seeded by k-means++ on the first training batch (`init_from_data`), so the encoder starts from a partition of the
     data into k compact regions instead of a random one; gradient descent cannot undo a bad starting partition,
     which leaves codes dead or covering two modes (see docs/toy2d.md).
 
@@ -140,12 +160,17 @@ class MLPEncoder(nn.Module):
             self.register_buffer("prototypes_seeded", torch.tensor(False))
 
     @torch.no_grad()
-    def _seed_prototypes(self, u: torch.Tensor) -> None:
+    def init_from_data(self, y: torch.Tensor) -> bool:
+        """Seeds the prototypes by k-means++ on the clean batch y; returns whether it did. A no-op without
+        prototypes or once seeded (`prototypes_seeded` records it, so a resumed or loaded encoder keeps its own).
+        The trainer calls this on the first training batch, through `networks.init_encoder_from_data`."""
+        if self.prototypes is None or bool(self.prototypes_seeded):
+            return False
+        u = y.flatten(1) / self.input_scale
         for i in range(self.num_latents):
             self.prototypes[i] = kmeans_pp(u.float(), self.codebook_size).to(self.prototypes.dtype)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.broadcast(self.prototypes.data, 0)  # every rank starts from rank 0's seeding
         self.prototypes_seeded.fill_(True)
+        return True
 
     def forward(self, y):
         u = y.flatten(1) / self.input_scale
@@ -155,8 +180,6 @@ class MLPEncoder(nn.Module):
             logits = logits * (self.gain_rate * self.log_gain).exp()
         logits = logits.view(-1, self.num_latents, self.codebook_size)
         if self.prototypes is not None:
-            if self.training and not bool(self.prototypes_seeded):
-                self._seed_prototypes(u)
             d2 = (u[:, None, None, :] - self.prototypes[None]).square().sum(-1)  # [B, m, k]
             logits = logits - 0.5 * self.log_precision.exp() * d2
         return logits

@@ -39,8 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..latents import LatentEmbedding
-from .layers import PositionalEmbedding, class_embedding, zero_init
-from .vit import TransformerBlock
+from .layers import PositionalEmbedding, TransformerBlock, class_embedding, zero_init
 
 LATENT_INJECTIONS = ("cross_attention", "embedding")
 

@@ -1,7 +1,4 @@
-"""The DisCo-Diff image encoder E(y): a Vision Transformer with m extra classification tokens.
-
-Also home of the small pre-LayerNorm transformer layer that the U-Net reuses for its latent-token encoder.
-"""
+"""The DisCo-Diff image encoder E(y): a Vision Transformer with m extra classification tokens."""
 from __future__ import annotations
 
 import math
@@ -10,40 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-
-class SelfAttention(nn.Module):
-    """Multi-head self-attention over tokens [B, N, D]; `mask` [N, N] is boolean, True = may attend."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"width {dim} is not divisible by {heads} heads")
-        self.heads = heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        B, N, D = x.shape
-        q, k, v = self.qkv(x).view(B, N, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.proj(y.transpose(1, 2).reshape(B, N, D))
-
-
-class TransformerBlock(nn.Module):
-    """Pre-LayerNorm transformer layer (attention + GELU MLP, both residual): stable without warm-up."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
-        super().__init__()
-        hidden = int(dim * mlp_ratio)
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
-                                 nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask)
-        return x + self.mlp(self.norm2(x))
+from .layers import TransformerBlock
 
 
 class ViTEncoder(nn.Module):

@@ -15,6 +15,7 @@ from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
 from ..model import DiscoDiff
+from ..networks import init_encoder_from_data
 from ..runs import Run
 from .common import (DivergenceGuard, RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, resume_line,
                      step_generator)
@@ -92,6 +93,8 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
             idx = torch.randint(len(data), (micro,), generator=g, device=device)
             y = x_all[idx]
             labels = labels_all[idx] if labels_all is not None else None
+            if cur_nimg == 0 and r == 0:  # a fresh run's first batch: the encoder's data-dependent init
+                init_encoder_from_data(model.encoder, y)
             sync = contextlib.nullcontext() if (world == 1 or r == rounds - 1) else ddp.no_sync()
             with sync:
                 with autocast:
