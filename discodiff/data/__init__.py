@@ -68,4 +68,4 @@ def load_dataset(cfg: DataConfig) -> ArrayDataset:
     return LOADERS[cfg.name](cfg)
 
 
-from . import images, toy  # noqa: E402,F401  (registers the built-in loaders)
+from . import digits, mnist, emoji, files, toy  # noqa: E402,F401  (registers the built-in loaders, in this order)
