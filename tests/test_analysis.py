@@ -17,8 +17,8 @@ from discodiff.analysis.quality import FIDCache, reference_stats, sample_batches
 from discodiff.analysis.switching import latent_switching, switched_samples
 from discodiff.checkpoint import CONFIG, load_model
 from discodiff.config import preset_config
-from discodiff.data import load_dataset
-from discodiff.metrics.fid import InceptionDetector, model_to_uint8
+from discodiff.data import load_dataset, to_uint8
+from discodiff.metrics.fid import InceptionDetector
 from discodiff.train.prior import train_prior
 from discodiff.train.stage1 import train_stage1
 
@@ -84,7 +84,7 @@ def detector(detector_file):
 def img_ref(runs, detector):
     cfg, _ = load_model(runs["img"])
     data = load_dataset(cfg.data)
-    ref, _ = reference_stats(model_to_uint8(data.x[:200]), detector)
+    ref, _ = reference_stats(to_uint8(data.x[:200]), detector)
     return ref, data
 
 
@@ -194,7 +194,7 @@ def test_codebook_report_and_grids(runs):
     assert all(1.0 - 1e-6 <= p <= k + 1e-6 for p in enc["perplexity"])
     assert res["prior"]["num"] == 200 and len(res["prior_vs_encoder_tv"]) == m
     assert res["z"].shape == (300, m) and len(res["confidence"]) == m
-    grid, codes = images_by_code(model_to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
+    grid, codes = images_by_code(to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
     assert grid.shape == (5 * len(codes), 1, 8, 8) and 1 <= len(codes) <= 3
     samples, z_rows = samples_by_latent(model, 2, 3, steps=2)
     assert samples.shape == (6, 1, 8, 8) and samples.dtype == torch.uint8 and z_rows.shape == (2, m)
@@ -205,7 +205,7 @@ def test_codebook_report_and_grids(runs):
 def test_guidance_zero_is_plain_conditional_sampling(runs):
     model = _model(runs["img"], prior=True)
     seeds = list(range(5))
-    plain = model_to_uint8(model.generate(seeds, steps=3)[0])
+    plain = to_uint8(model.generate(seeds, steps=3)[0])
     assert torch.equal(next(sample_batches(model, seeds, steps=3, guidance=0.0)), plain)
     z = model.sample_latents(seeds)
     assert torch.equal(next(sample_batches(model, seeds, z=z, steps=3, guidance=0.0)), plain)

@@ -13,8 +13,8 @@ from collections import Counter
 
 import torch
 
+from ..data import to_uint8
 from ..latents import codebook_usage, gumbel_softmax
-from ..metrics.fid import model_to_uint8
 from .common import chunks, generation_labels, require_latents
 
 
@@ -111,5 +111,5 @@ def samples_by_latent(model, rows: int = 8, cols: int = 8, *, seed: int = 0, ste
     for i, chunk in chunks(seeds, batch):
         x, _ = model.generate(chunk, z=z[i:i + len(chunk)], steps=steps, sampler=sampler, guidance=guidance,
                               class_labels=None if labels is None else labels[i:i + len(chunk)])
-        out.append(model_to_uint8(x).cpu())
+        out.append(to_uint8(x).cpu())
     return torch.cat(out), z[::cols].cpu()

@@ -29,12 +29,6 @@ def save_grid(images: torch.Tensor, path, cols: int) -> Path:
     return write_image_grid(images.permute(0, 2, 3, 1).contiguous().numpy(), path, cols)
 
 
-def model_images(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] to uint8 [N, C, H, W]."""
-    from ..metrics.fid import model_to_uint8
-    return model_to_uint8(x).cpu()
-
-
 def plot_loss_vs_sigma(result: dict, path, reference: str | None = None) -> Path:
     """Fig. 7a: the weighted loss against sigma (log-log), and each curve's ratio to `reference` below."""
     from .loss_sigma import loss_ratios

@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..metrics.fid import (FIDStats, accumulate_stats, fid_from_stats, iter_batches, model_to_uint8,
-                           stats_of_images)
+from ..data import to_uint8
+from ..metrics.fid import FIDStats, accumulate_stats, fid_from_stats, iter_batches, stats_of_images
 from ..sampling import nfe
 from .common import AnalysisError, chunks, generation_labels, require_image_model, require_prior
 
@@ -80,7 +80,7 @@ def sample_batches(model, seeds: Sequence[int], *, z: torch.Tensor | None = None
         labels = generation_labels(model, chunk) if class_labels is None else class_labels[i:i + len(chunk)]
         x, _ = model.generate(chunk, z=None if z is None else z[i:i + len(chunk)], class_labels=labels, steps=steps,
                               sampler=sampler, guidance=guidance, prior_temperature=prior_temperature)
-        yield model_to_uint8(x).cpu()
+        yield to_uint8(x).cpu()
 
 
 class FIDCache(dict):
