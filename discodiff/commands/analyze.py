@@ -165,7 +165,7 @@ def loss_vs_sigma_cmd(run_dirs, num, num_sigmas, no_null, data_options, batch, o
     DisCo-Diff is given the encoder's argmax latents of each image (oracle z); a baseline gets none."""
     from ..analysis.common import pick_images
     from ..analysis.loss_sigma import loss_ratios, loss_vs_sigma
-    from ..analysis.plots import plot_loss_vs_sigma
+    from ..plots.analysis import plot_loss_vs_sigma
 
     device = _device(device)
     names = _run_names(run_dirs)
@@ -210,9 +210,9 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
     """Switch z to another latent for the last fraction f of the steps, same noise; how much does the output move?
     (paper Fig. 7b)"""
     from ..analysis.guidance import parse_floats
-    from ..analysis.plots import plot_switching, save_grid
     from ..analysis.switching import latent_switching
     from ..data import to_uint8
+    from ..plots.analysis import plot_switching, save_grid
 
     device = _device(device)
     cfg, model = _load(run_dir, "latent switching", latents=True, prior=True, device=device)
@@ -255,8 +255,8 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
     """Per-latent perplexity, dead codes and counts over the dataset's encoder latents, with picture grids:
     samples sharing one z per row, and dataset images grouped by code."""
     from ..analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
-    from ..analysis.plots import plot_codebook, save_grid
     from ..data import to_uint8
+    from ..plots.analysis import plot_codebook, save_grid
 
     device = _device(device)
     cfg, model = _load(run_dir, "codebook usage", latents=True, device=device)
@@ -314,9 +314,9 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
     from ..analysis.codebook import encoder_latents
     from ..analysis.common import pick_images
     from ..analysis.oracle import oracle_vs_prior
-    from ..analysis.plots import save_grid
     from ..analysis.quality import sample_batches
     from ..data import to_uint8
+    from ..plots.analysis import save_grid
 
     cfg, model, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "oracle against prior latents", steps,
                                                                sampler, detector, ref_path, out, device)
@@ -374,8 +374,8 @@ def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, o
     import torch
 
     from ..analysis.guidance import guidance_sweep, parse_floats
-    from ..analysis.plots import plot_fid_curves, save_grid
     from ..analysis.quality import sample_batches
+    from ..plots.analysis import plot_fid_curves, save_grid
 
     ws = parse_floats(weights, "--weights")
     _, model, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", steps, sampler,
@@ -413,7 +413,7 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     """FID against the number of sampler steps (NFE = 2 steps - 1 for Heun), for each run, same noise seeds."""
     from ..analysis import require_image_model
     from ..analysis.nfe import parse_ints, quality_vs_steps
-    from ..analysis.plots import plot_fid_curves
+    from ..plots.analysis import plot_fid_curves
 
     steps = parse_ints(steps_list, "--steps")
     device = _device(device)

@@ -152,7 +152,7 @@ def run_toy2d(out_dir, *, kimg=None, prior_kimg=None, seed: int = 0, steps=(50, 
 
 
 def draw_figures(out_dir: Path, data: np.ndarray, samples: dict, results: dict, steps) -> dict:
-    from .. import plots
+    from ..plots import toy as plots
     n = steps[0]
     base, disco = samples[("baseline", n)], samples[("discodiff", n)]
     fig3 = plots.plot_samples(out_dir / "samples.png", data, base["x"].numpy(), disco["x"].numpy(),

@@ -1,20 +1,14 @@
 """Figures for the 2D toy experiment: the paper's Fig. 3 (samples and ODE trajectories) and Fig. 4 (curvature,
-turning rate and Jacobian norm against t). matplotlib is imported inside each function, so the core library
-does not need it."""
+turning rate and Jacobian norm against t)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from . import _pyplot, _save
+
 LIMIT = 4.6  # half-width of the plotted square: the ring has radius 3 and std 0.2
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _square(ax, title: str) -> None:
@@ -50,10 +44,7 @@ def plot_samples(path: Path, data: np.ndarray, baseline: np.ndarray, disco: np.n
     _trajectories(axes[2], disco_traj, [cmap(int(c) % 10) for c in z], num_traj)
     axes[2].scatter(disco[:, 0], disco[:, 1], s=1, c=[cmap(int(c) % 10) for c in z], alpha=0.4)
     _square(axes[2], f"{titles[1]}: {len(disco)} samples, colour = latent")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
 def plot_ode_profiles(path: Path, profiles: dict[str, dict]) -> Path:
@@ -76,7 +67,4 @@ def plot_ode_profiles(path: Path, profiles: dict[str, dict]) -> Path:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, dpi=110)
