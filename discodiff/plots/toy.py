@@ -47,17 +47,18 @@ def plot_samples(path: Path, data: np.ndarray, baseline: np.ndarray, disco: np.n
     return _save(fig, path)
 
 
-def plot_ode_profiles(path: Path, profiles: dict[str, dict]) -> Path:
+def plot_ode_profiles(path: Path, profiles: dict[str, dict], styles: dict[str, tuple[str, str]] | None = None) -> Path:
     """Fig. 4: mean curvature E[kappa], mean turning rate E|dT/dt| and mean squared Jacobian norm E||grad_x G||_F^2
-    against t (log-log). `profiles` maps a label (e.g. "DM, 50 steps") to the dict of `metrics.toy.ode_profile`."""
+    against t (log-log). `profiles` maps a label (e.g. "DM, 50 steps") to the dict of `metrics.toy.ode_profile`;
+    `styles` maps a label to its (line style, colour), e.g. ("--", "tab:blue"); a label it lacks gets a solid line
+    in the next colour of matplotlib's cycle."""
     plt = _pyplot()
     panels = [("curvature", "mean curvature  E[kappa(x(t))]"),
               ("turning_rate", "mean turning rate  E|dT/dt|  (rad per unit t)"),
               ("jacobian_fro_sq", "E ||grad_x G(x, t)||_F^2")]
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
-    for label, prof in profiles.items():
-        style = "-" if "50" in label else "--"
-        colour = "tab:blue" if label.lower().startswith("dm") else "tab:red"
+    for i, (label, prof) in enumerate(profiles.items()):
+        style, colour = (styles or {}).get(label, ("-", f"C{i}"))
         for ax, (key, _) in zip(axes, panels):
             ax.plot(prof["t"], prof[key], style, color=colour, marker=".", ms=3, label=label)
     for ax, (_, title) in zip(axes, panels):
