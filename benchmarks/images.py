@@ -206,9 +206,9 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
     from discodiff.analysis.guidance import guidance_sweep
     from discodiff.analysis.nfe import quality_vs_steps
     from discodiff.analysis.oracle import oracle_vs_prior
-    from discodiff.metrics.fid import model_to_uint8
+    from discodiff.data import to_uint8
 
-    images = model_to_uint8(data.x)
+    images = to_uint8(data.x)
     _log(f"[images] FID reference: the {len(images)} training images (features cached in {out}); floor: "
          f"{args.num} of them against it")
     ref, floor, reused = log_timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num,

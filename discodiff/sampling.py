@@ -149,6 +149,6 @@ class StackedGenerator:
 def trajectory_recorder():
     """A callback that keeps every point a sampler visits: (callback, list of points).
 
-    `DiscoDiff.generate` calls it with step -1 and the initial noise first, so the list ends up [steps + 1, ...]."""
+    `pipeline.generate` calls it with step -1 and the initial noise first, so the list ends up [steps + 1, ...]."""
     points: list[torch.Tensor] = []
     return (lambda i, x: points.append(x.detach().clone())), points

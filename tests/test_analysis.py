@@ -17,8 +17,8 @@ from discodiff.analysis.quality import FIDCache, reference_stats, sample_batches
 from discodiff.analysis.switching import latent_switching, switched_samples
 from discodiff.cli.options import parse_list
 from discodiff.config import preset_config
-from discodiff.data import load_dataset
-from discodiff.metrics.fid import InceptionDetector, model_to_uint8
+from discodiff.data import load_dataset, to_uint8
+from discodiff.metrics.fid import InceptionDetector
 from discodiff.pipeline import generate, sample_latents
 from discodiff.runs import Run
 from discodiff.sampling import karras_sigmas
@@ -85,7 +85,7 @@ def detector(detector_file):
 @pytest.fixture(scope="module")
 def img_ref(runs, detector):
     data = load_dataset(Run(runs["img"]).config.data)
-    ref, _ = reference_stats(model_to_uint8(data.x[:200]), detector)
+    ref, _ = reference_stats(to_uint8(data.x[:200]), detector)
     return ref, data
 
 
@@ -202,7 +202,7 @@ def test_codebook_report_and_grids(runs):
     assert all(1.0 - 1e-6 <= p <= k + 1e-6 for p in enc["perplexity"])
     assert res["prior"]["num"] == 200 and len(res["prior_vs_encoder_tv"]) == m
     assert res["z"].shape == (300, m) and len(res["confidence"]) == m
-    grid, codes = images_by_code(model_to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
+    grid, codes = images_by_code(to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
     assert grid.shape == (5 * len(codes), 1, 8, 8) and 1 <= len(codes) <= 3
     samples, z_rows = samples_by_latent(model, prior, 2, 3, steps=2)
     assert samples.shape == (6, 1, 8, 8) and samples.dtype == torch.uint8 and z_rows.shape == (2, m)
@@ -213,7 +213,7 @@ def test_codebook_report_and_grids(runs):
 def test_guidance_zero_is_plain_conditional_sampling(runs):
     model, prior = _with_prior(runs["img"])
     seeds = list(range(5))
-    plain = model_to_uint8(generate(model, seeds, karras_sigmas(3), prior=prior)[0])
+    plain = to_uint8(generate(model, seeds, karras_sigmas(3), prior=prior)[0])
     assert torch.equal(next(sample_batches(model, prior, seeds, steps=3, guidance=0.0)), plain)
     z = sample_latents(model, prior, seeds)
     assert torch.equal(next(sample_batches(model, prior, seeds, z=z, steps=3, guidance=0.0)), plain)

@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from discodiff.config import DataConfig
-from discodiff.data import ArrayDataset, DataError, images, load_dataset
+from discodiff.data import ArrayDataset, DataError, emoji, load_dataset, mnist
+from discodiff.data.common import needs
 from discodiff.data.grid import write_image_grid
 
 IN_CI = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
@@ -35,7 +36,7 @@ def has_module(name: str) -> bool:
 
 
 def need_pillow():
-    need(has_module("PIL"), images.needs("this test", "PIL"))
+    need(has_module("PIL"), needs("this test", "PIL"))
 
 
 def load(name, path=None, **options) -> ArrayDataset:
@@ -66,7 +67,7 @@ def check_images(d: ArrayDataset, shape, num_classes=None):
 # The built-in datasets on the real data.
 
 def test_digits():
-    need(has_module("sklearn"), images.needs("the digits dataset", "sklearn"))
+    need(has_module("sklearn"), needs("the digits dataset", "sklearn"))
     d = load("digits")
     check_images(d, (1, 8, 8), 10)
     assert len(d) == 1797 and d.labels[:10].tolist() == list(range(10))
@@ -79,7 +80,7 @@ def test_digits():
 
 
 def test_mnist():
-    need(has_module("mnist"), images.MNIST_INSTALL)
+    need(has_module("mnist"), mnist.MNIST_INSTALL)
     d = load("mnist", max_images=2000)  # reading the file is most of the ~2 s; converting all 50,000 adds more
     check_images(d, (1, 28, 28), 10)
     assert len(d) == 2000 and d.name == "mnist-train"
@@ -90,8 +91,8 @@ def test_mnist():
 
 
 def test_fashion_mnist():
-    need((images.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
-         images.needs("Fashion-MNIST", "dataset-fashion-mnist"))
+    need((mnist.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+         needs("Fashion-MNIST", "dataset-fashion-mnist"))
     d = load("fashion-mnist", max_images=100)
     check_images(d, (1, 28, 28), 10)
     assert len(d) == 100 and d.labels[:4].tolist() == [9, 0, 0, 3]
@@ -101,8 +102,8 @@ def test_fashion_mnist():
 
 
 def test_emoji():
-    need(images.EMOJI_FONT.is_file(), images.needs("the emoji dataset", "fonts-noto-color-emoji"))
-    need(has_module("fontTools"), images.needs("the emoji dataset", "fontTools"))
+    need(emoji.EMOJI_FONT.is_file(), needs("the emoji dataset", "fonts-noto-color-emoji"))
+    need(has_module("fontTools"), needs("the emoji dataset", "fontTools"))
     d = load("emoji", max_images=40)
     check_images(d, (3, 32, 32))
     assert len(d) == 40
@@ -122,10 +123,10 @@ def test_missing_packages_name_the_install_step(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)  # makes the import fail
     assert error("digits") == "the digits dataset needs scikit-learn: pip install scikit-learn"
     monkeypatch.undo()
-    monkeypatch.setattr(images, "FASHION_MNIST_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(mnist, "FASHION_MNIST_DIR", tmp_path / "nowhere")
     assert error("fashion-mnist").endswith(
         "Fashion-MNIST needs the Debian package dataset-fashion-mnist: apt-get install -y dataset-fashion-mnist")
-    monkeypatch.setattr(images, "EMOJI_FONT", tmp_path / "nowhere.ttf")
+    monkeypatch.setattr(emoji, "EMOJI_FONT", tmp_path / "nowhere.ttf")
     assert error("emoji").endswith("apt-get install -y fonts-noto-color-emoji")
     monkeypatch.setitem(sys.modules, "PIL.Image", None)
     (tmp_path / "a.png").write_bytes(b"")

@@ -12,10 +12,10 @@ from conftest import TinyNet, save_tiny_detector
 from torch import nn
 
 from discodiff.config import ConfigError, DataConfig, ModelConfig, RunConfig
+from discodiff.data import to_uint8
 from discodiff.metrics import fid as F
 from discodiff.metrics.fid import (DetectorError, FeatureStats, FIDError, FIDStats, InceptionDetector, accumulate_stats,
-                                   as_uint8_nchw, find_detector, frechet_distance, model_to_uint8, preprocess,
-                                   stats_of_images)
+                                   as_uint8_nchw, find_detector, frechet_distance, preprocess, stats_of_images)
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -161,11 +161,11 @@ def test_preprocess_rejects_bad_input():
         as_uint8_nchw(np.zeros((8, 8), np.uint8))
 
 
-def test_model_to_uint8_is_exact_inverse_of_dataset_scaling():
+def test_to_uint8_is_exact_inverse_of_dataset_scaling():
     u = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
     x = u.float() / 127.5 - 1  # how the image loaders map uint8 to [-1, 1]
-    assert torch.equal(model_to_uint8(x), u)
-    assert torch.equal(model_to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
+    assert torch.equal(to_uint8(x), u)
+    assert torch.equal(to_uint8(torch.tensor([-3.0, 3.0])), torch.tensor([0, 255], dtype=torch.uint8))
 
 
 # ---- a tiny detector standing in for Inception --------------------------------------------------------------

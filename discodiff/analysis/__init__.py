@@ -12,7 +12,8 @@ wraps them, writes the JSON and the figures, and docs/analysis.md says what each
 - `guidance`: FID (and feature diversity) against the guidance weight w on the latents;
 - `nfe`: FID against the number of sampler steps.
 
-matplotlib is imported lazily, in `plots`, so the core library does not need it.
+The figures are drawn by `discodiff.plots.analysis`, which imports matplotlib lazily, so the core library does not
+need it.
 """
 from .common import AnalysisError, jsonable, pick_images, require_image_model, require_latents, require_prior
 

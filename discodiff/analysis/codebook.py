@@ -13,8 +13,8 @@ from collections import Counter
 
 import torch
 
+from ..data import to_uint8
 from ..latents import codebook_usage, gumbel_softmax
-from ..metrics.fid import model_to_uint8
 from ..pipeline import generate_batches, sample_latents, sampler_from_name, shared_latents
 from ..sampling import karras_sigmas
 from .common import chunks, generation_labels, require_latents, require_prior
@@ -112,7 +112,7 @@ def samples_by_latent(model, prior, rows: int = 8, cols: int = 8, *, seed: int =
     z = shared_latents(model, prior, seeds, cols, class_labels=labels)
     labels = None if labels is None else labels.repeat_interleave(cols)  # a row keeps its class too
     sigmas = karras_sigmas(steps, device=next(model.parameters()).device)
-    out = [model_to_uint8(x).cpu()
+    out = [to_uint8(x).cpu()
            for _, x, _ in generate_batches(model, seeds, sigmas, batch=batch, z=z, class_labels=labels,
                                            sampler=sampler_from_name(sampler), guidance=guidance)]
     return torch.cat(out), z[::cols].cpu()

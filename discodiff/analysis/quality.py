@@ -21,8 +21,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..metrics.fid import (FIDStats, accumulate_stats, fid_from_stats, iter_batches, model_to_uint8,
-                           stats_of_images)
+from ..data import to_uint8
+from ..metrics.fid import FIDStats, accumulate_stats, fid_from_stats, iter_batches, stats_of_images
 from ..pipeline import generate_batches, sampler_from_name
 from ..sampling import karras_sigmas, nfe
 from .common import AnalysisError, generation_labels, require_image_model, require_prior
@@ -83,7 +83,7 @@ def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None
     for _, x, _ in generate_batches(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
                                     class_labels=labels, sampler=sampler_from_name(sampler), prior=prior,
                                     guidance=guidance, prior_temperature=prior_temperature):
-        yield model_to_uint8(x).cpu()
+        yield to_uint8(x).cpu()
 
 
 class FIDCache(dict):

@@ -86,7 +86,8 @@ def _detector(detector, device):
 def _reference(cfg, det, out: Path, ref_path: Path | None):
     """(FIDStats, where they came from): --ref, or the run's training images, cached as OUT/fid-ref.npz."""
     from ..analysis.quality import cached_reference, reference_stats
-    from ..metrics.fid import FIDStats, model_to_uint8
+    from ..data import to_uint8
+    from ..metrics.fid import FIDStats
 
     if ref_path is not None:
         return FIDStats.load(ref_path), str(ref_path)
@@ -99,7 +100,7 @@ def _reference(cfg, det, out: Path, ref_path: Path | None):
         info(f"reusing the reference statistics in {cache}")
     else:
         info(f"reference statistics of the {len(data)} training images of {cfg.data.name} (saved as {cache})")
-        stats, _ = reference_stats(model_to_uint8(data.x), det, cache=cache, describe=describe, progress=True)
+        stats, _ = reference_stats(to_uint8(data.x), det, cache=cache, describe=describe, progress=True)
     return stats, str(cache)
 
 
@@ -163,7 +164,7 @@ def loss_vs_sigma_cmd(run_dirs, num, num_sigmas, no_null, data_options, batch, o
     DisCo-Diff is given the encoder's argmax latents of each image (oracle z); a baseline gets none."""
     from ..analysis.common import pick_images
     from ..analysis.loss_sigma import loss_ratios, loss_vs_sigma
-    from ..analysis.plots import plot_loss_vs_sigma
+    from ..plots.analysis import plot_loss_vs_sigma
 
     _check_out(out)
     device = resolve_device(device)
@@ -207,8 +208,9 @@ def loss_vs_sigma_cmd(run_dirs, num, num_sigmas, no_null, data_options, batch, o
 def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch, out, seed, device):
     """Switch z to another latent for the last fraction f of the steps, same noise; how much does the output move?
     (paper Fig. 7b)"""
-    from ..analysis.plots import model_images, plot_switching, save_grid
     from ..analysis.switching import latent_switching
+    from ..data import to_uint8
+    from ..plots.analysis import plot_switching, save_grid
 
     fr = parse_list(fractions, float, "--fractions")
     seeds = seed_range(seed, num)
@@ -226,7 +228,7 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
     if len(cfg.model.data_shape) == 3 and samples.shape[1]:
         # rows = seeds, columns = fractions (f = 0: the z_a sample ... f = 1: the z_b sample)
         grid = samples.transpose(0, 1).reshape(-1, *samples.shape[2:])
-        files.append(save_grid(model_images(grid), out / "switching_grid.png", len(result["fractions"])))
+        files.append(save_grid(to_uint8(grid).cpu(), out / "switching_grid.png", len(result["fractions"])))
     table(["f", "switch step", "sigma", "rms", "rms ratio", "nearer z_b"],
            [[f, s, sg, r, q, c] for f, s, sg, r, q, c in zip(result["fractions"], result["switch_step"],
                                                            result["switch_sigma"], result["rms"],
@@ -253,8 +255,8 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
     """Per-latent perplexity, dead codes and counts over the dataset's encoder latents, with picture grids:
     samples sharing one z per row, and dataset images grouped by code."""
     from ..analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
-    from ..analysis.plots import plot_codebook, save_grid
-    from ..metrics.fid import model_to_uint8
+    from ..data import to_uint8
+    from ..plots.analysis import plot_codebook, save_grid
 
     _check_out(out)
     device = resolve_device(device)
@@ -274,7 +276,7 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
     rep = result["encoder"]
     files = [plot_codebook(rep, out / "codebook.png", result.get("prior"), result["encoder_sampled"])]
     if len(cfg.model.data_shape) == 3:
-        images = model_to_uint8(data.x)
+        images = to_uint8(data.x)
         for i in range(min(positions, rep["num_latents"])):
             grid, codes = images_by_code(images, result["z"], i, cols, rows)
             files.append(save_grid(grid, out / f"data_by_code_z{i}.png", cols))
@@ -317,8 +319,9 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
     from ..analysis.codebook import encoder_latents
     from ..analysis.common import pick_images
     from ..analysis.oracle import oracle_vs_prior
-    from ..analysis.plots import model_images, save_grid
     from ..analysis.quality import sample_batches
+    from ..data import to_uint8
+    from ..plots.analysis import save_grid
 
     seed_range(seed, num)
     cfg, model, prior, steps, sampler, det, ref, ref_where = _fid_run(
@@ -339,7 +342,7 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
                                 guidance=guidance))
     row_p = next(sample_batches(model, prior, seeds, class_labels=cls, steps=steps, sampler=sampler,
                                 guidance=guidance))
-    png = save_grid(torch.cat([model_images(data.x[idx]), row_o, row_p]), out / "oracle.png", k)
+    png = save_grid(torch.cat([to_uint8(data.x[idx]).cpu(), row_o, row_p]), out / "oracle.png", k)
     table(["latents", "FID", "diversity", "N"],
            [["oracle (encoder)", result["oracle"]["fid"], result["oracle"]["diversity"], num],
             ["prior", result["prior"]["fid"], result["prior"]["diversity"], num]])
@@ -379,8 +382,8 @@ def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, o
     import torch
 
     from ..analysis.guidance import guidance_sweep
-    from ..analysis.plots import plot_fid_curves, save_grid
     from ..analysis.quality import sample_batches
+    from ..plots.analysis import plot_fid_curves, save_grid
 
     ws = parse_list(weights, float, "--weights")
     seeds = seed_range(seed, num)
@@ -419,7 +422,7 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     """FID against the number of sampler steps (NFE = 2 steps - 1 for Heun), for each run, same noise seeds."""
     from ..analysis import AnalysisError, require_image_model
     from ..analysis.nfe import quality_vs_steps
-    from ..analysis.plots import plot_fid_curves
+    from ..plots.analysis import plot_fid_curves
 
     steps = parse_list(steps_list, int, "--steps")
     if min(steps) < 1:

@@ -32,13 +32,13 @@ def data_config(data: str, options: dict | None = None) -> DataConfig:
 
 def dataset_uint8(cfg: DataConfig, what: str):
     """(uint8 images [N, C, H, W], dataset) from a DataConfig: the dataset's x in [-1, 1] back to the exact uint8."""
-    from ..data import load_dataset
-    from ..metrics.fid import FIDError, model_to_uint8
+    from ..data import load_dataset, to_uint8
+    from ..metrics.fid import FIDError
 
     ds = load_dataset(cfg)
     if ds.kind != "image" or ds.x.ndim != 4:
         raise FIDError(f"{what} is not an image dataset (shape {tuple(ds.x.shape)}); FID needs images")
-    return model_to_uint8(ds.x), ds
+    return to_uint8(ds.x), ds
 
 
 def load_images(path: Path):

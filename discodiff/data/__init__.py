@@ -45,10 +45,15 @@ class ArrayDataset:
         return to_output(x, self.kind)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Model-space images in [-1, 1] (e.g. [N, C, H, W]) to uint8 of the same shape on x's device, exactly as
+    `discodiff sample` writes them: ((x + 1) * 127.5) rounded, the exact inverse of the loaders' uint8 scaling."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def to_output(x: torch.Tensor, kind: str) -> np.ndarray:
     if kind == "image":
-        img = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return img.permute(0, 2, 3, 1).cpu().numpy()
+        return to_uint8(x).permute(0, 2, 3, 1).cpu().numpy()
     return x.float().cpu().numpy().astype(np.float32)
 
 
@@ -68,4 +73,4 @@ def load_dataset(cfg: DataConfig) -> ArrayDataset:
     return LOADERS[cfg.name](cfg)
 
 
-from . import images, toy  # noqa: E402,F401  (registers the built-in loaders)
+from . import digits, mnist, emoji, files, toy  # noqa: E402,F401  (registers the built-in loaders, in this order)

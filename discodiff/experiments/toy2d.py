@@ -28,6 +28,7 @@ from .common import timed
 
 MODELS = {"baseline": {"num_latents": 0}, "discodiff": {"num_latents": 1, "codebook_size": 8}}
 LABELS = {"baseline": "DM", "discodiff": "DisCo-Diff"}
+COLOURS = {"baseline": "tab:blue", "discodiff": "tab:red"}  # in the figures
 STRAIGHT_T_MAX = 3.0  # straightness is also measured on the path's last part, t <= the ring's radius
 
 
@@ -142,16 +143,20 @@ def run_toy2d(out_dir, *, kimg=None, prior_kimg=None, seed: int = 0, steps=(50, 
 
 
 def draw_figures(out_dir: Path, data: np.ndarray, samples: dict, results: dict, steps) -> dict:
-    from .. import plots
+    from ..plots import toy as plots
     n = steps[0]
     base, disco = samples[("baseline", n)], samples[("discodiff", n)]
     fig3 = plots.plot_samples(out_dir / "samples.png", data, base["x"].numpy(), disco["x"].numpy(),
                               disco["z"].numpy(), baseline_traj=base["traj"].numpy(),
                               disco_traj=disco["traj"].numpy(),
                               titles=(f"DM (baseline), {n} Heun steps", f"DisCo-Diff, {n} Heun steps"))
-    profiles = {f"{LABELS[name]}, {k} steps": results["models"][name][str(k)]["ode"]
-                for name in MODELS for k in steps}
-    fig4 = plots.plot_ode_profiles(out_dir / "curvature.png", profiles)
+    profiles, styles = {}, {}
+    for name in MODELS:
+        for k in steps:
+            label = f"{LABELS[name]}, {k} steps"
+            profiles[label] = results["models"][name][str(k)]["ode"]
+            styles[label] = ("-" if k == n else "--", COLOURS[name])  # solid: the step count of the samples figure
+    fig4 = plots.plot_ode_profiles(out_dir / "curvature.png", profiles, styles)
     return {"samples": str(fig3), "ode": str(fig4)}
 
 

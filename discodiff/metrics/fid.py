@@ -179,11 +179,6 @@ def preprocess(images, device=None) -> torch.Tensor:
     return x / 128 - 1
 
 
-def model_to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] to uint8, exactly as `discodiff sample` writes them: ((x + 1) * 127.5) rounded."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-
-
 # ---- the detector -------------------------------------------------------------------------------------------
 
 class InceptionDetector:

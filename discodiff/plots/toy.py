@@ -1,20 +1,14 @@
 """Figures for the 2D toy experiment: the paper's Fig. 3 (samples and ODE trajectories) and Fig. 4 (curvature,
-turning rate and Jacobian norm against t). matplotlib is imported inside each function, so the core library
-does not need it."""
+turning rate and Jacobian norm against t)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
 
+from . import _pyplot, _save
+
 LIMIT = 4.6  # half-width of the plotted square: the ring has radius 3 and std 0.2
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")  # files only, never a window
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def _square(ax, title: str) -> None:
@@ -50,23 +44,21 @@ def plot_samples(path: Path, data: np.ndarray, baseline: np.ndarray, disco: np.n
     _trajectories(axes[2], disco_traj, [cmap(int(c) % 10) for c in z], num_traj)
     axes[2].scatter(disco[:, 0], disco[:, 1], s=1, c=[cmap(int(c) % 10) for c in z], alpha=0.4)
     _square(axes[2], f"{titles[1]}: {len(disco)} samples, colour = latent")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path)
 
 
-def plot_ode_profiles(path: Path, profiles: dict[str, dict]) -> Path:
+def plot_ode_profiles(path: Path, profiles: dict[str, dict], styles: dict[str, tuple[str, str]] | None = None) -> Path:
     """Fig. 4: mean curvature E[kappa], mean turning rate E|dT/dt| and mean squared Jacobian norm E||grad_x G||_F^2
-    against t (log-log). `profiles` maps a label (e.g. "DM, 50 steps") to the dict of `metrics.toy.ode_profile`."""
+    against t (log-log). `profiles` maps a label (e.g. "DM, 50 steps") to the dict of `metrics.toy.ode_profile`;
+    `styles` maps a label to its (line style, colour), e.g. ("--", "tab:blue"); a label it lacks gets a solid line
+    in the next colour of matplotlib's cycle."""
     plt = _pyplot()
     panels = [("curvature", "mean curvature  E[kappa(x(t))]"),
               ("turning_rate", "mean turning rate  E|dT/dt|  (rad per unit t)"),
               ("jacobian_fro_sq", "E ||grad_x G(x, t)||_F^2")]
     fig, axes = plt.subplots(1, len(panels), figsize=(16, 4.2))
-    for label, prof in profiles.items():
-        style = "-" if "50" in label else "--"
-        colour = "tab:blue" if label.lower().startswith("dm") else "tab:red"
+    for i, (label, prof) in enumerate(profiles.items()):
+        style, colour = (styles or {}).get(label, ("-", f"C{i}"))
         for ax, (key, _) in zip(axes, panels):
             ax.plot(prof["t"], prof[key], style, color=colour, marker=".", ms=3, label=label)
     for ax, (_, title) in zip(axes, panels):
@@ -76,7 +68,4 @@ def plot_ode_profiles(path: Path, profiles: dict[str, dict]) -> Path:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return Path(path)
+    return _save(fig, path, dpi=110)

@@ -1,4 +1,4 @@
-"""Figures of the analyses. matplotlib (Agg: files only) is imported inside each function."""
+"""Figures of the analyses (`discodiff analyze`), and the uint8 picture grids they write."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,22 +6,7 @@ from pathlib import Path
 import torch
 
 from ..data.grid import write_image_grid
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    _pyplot().close(fig)
-    return path
+from . import _pyplot, _save
 
 
 def save_grid(images: torch.Tensor, path, cols: int) -> Path:
@@ -29,15 +14,9 @@ def save_grid(images: torch.Tensor, path, cols: int) -> Path:
     return write_image_grid(images.permute(0, 2, 3, 1).contiguous().numpy(), path, cols)
 
 
-def model_images(x: torch.Tensor) -> torch.Tensor:
-    """Model-space images in [-1, 1] to uint8 [N, C, H, W]."""
-    from ..metrics.fid import model_to_uint8
-    return model_to_uint8(x).cpu()
-
-
 def plot_loss_vs_sigma(result: dict, path, reference: str | None = None) -> Path:
     """Fig. 7a: the weighted loss against sigma (log-log), and each curve's ratio to `reference` below."""
-    from .loss_sigma import loss_ratios
+    from ..analysis.loss_sigma import loss_ratios
     plt = _pyplot()
     sig = result["sigma"]
     fig, axes = plt.subplots(2 if reference else 1, 1, figsize=(6.5, 6.5 if reference else 4), sharex=True,
