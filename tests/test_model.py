@@ -49,7 +49,7 @@ def test_same_seed_same_samples_whatever_the_batch(trained_run):
 
 
 def test_load_model_equals_the_model_training_returned(tmp_path, tiny_toy_overrides):
-    """What load_model reads back is bit for bit the EMA model train_stage1 returned (and the prior train_prior fitted)."""
+    """load_model reads back bit for bit the EMA model train_stage1 returned (and the prior train_prior fitted)."""
     from discodiff.checkpoint import CONFIG
     from discodiff.data import load_dataset
     from discodiff.train.prior import train_prior
