@@ -215,16 +215,16 @@ def test_data_options_from_set(tmp_path, capsys, with_folder):
 
 @pytest.mark.slow
 def test_demo_at_a_tiny_budget(tmp_path, capsys):
-    """About 40 s on two busy cores: the priors train for their presets' budgets whatever --kimg says."""
+    """20-40 s on two busy cores: the priors train for their presets' budgets (400 and 30 kimg) whatever --kimg says,
+    and the digits stage I is the full-size preset U-Net."""
     out = tmp_path / "demo"
     code, stdout, err = run_cli(["demo", "--out", str(out), "--kimg", "0.05", "--num", "16", "--digits-kimg", "0.05"],
                                 capsys)
     assert code in (0, None), err
-    written = [out / "metrics.json", out / "samples.png", out / "curvature.png", out / "digits_samples.png",
-               out / "digits_by_latent.png", out / "digits.json"]
-    for f in written:
-        assert f.is_file() and f.stat().st_size > 0, f
-        assert str(f) in stdout, f
+    said = [out / "metrics.json", out / "samples.png", out / "curvature.png", out / "digits_samples.png",
+            out / "digits_by_latent.png"]  # the files its "wrote:" lines name
+    for f in said:
+        assert str(f) in stdout and f.is_file() and f.stat().st_size > 0, f
     for run in ("baseline", "discodiff", "digits"):
         assert (out / run / "model.safetensors").is_file() and (out / run / "config.json").is_file()
     assert (out / "discodiff" / "prior.safetensors").is_file() and (out / "digits" / "prior.safetensors").is_file()
