@@ -82,6 +82,9 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
             raise ConfigError(f"{run_dir} was created with preset {old.preset!r}, not {preset!r}")
         cfg = RunConfig.from_dict(merge(old.to_dict(), overrides))
         changed = differences(old, cfg)
+        if any(key.startswith("data.") for key in changed):
+            raise ConfigError(f"{run_dir} was trained on other data ({old.data.name} {old.data.path or ''}); use a "
+                              f"new --run-dir")
         if changed:
             raise ConfigError(f"{run_dir} already holds a run with different {', '.join(changed)}; use a new --run-dir "
                               f"(only {', '.join(RESUMABLE_SECTIONS)} settings can change on resume)")

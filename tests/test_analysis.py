@@ -1,5 +1,6 @@
 """The analyses (discodiff.analysis) and `discodiff analyze`, on tiny runs and a tiny TorchScript detector in place of
 Inception: shapes and keys, the identities each analysis must satisfy, and the errors for runs that cannot be used."""
+import copy
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ import torch
 
 from discodiff.analysis import AnalysisError, jsonable
 from discodiff.analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
+from discodiff.analysis.common import pick_images
 from discodiff.analysis.guidance import guidance_sweep
 from discodiff.analysis.loss_sigma import loss_ratios, loss_vs_sigma
 from discodiff.analysis.nfe import quality_vs_steps
@@ -18,7 +20,7 @@ from discodiff.analysis.switching import latent_switching, switched_samples
 from discodiff.cli.options import parse_list
 from discodiff.config import preset_config
 from discodiff.data import load_dataset, to_uint8
-from discodiff.metrics.fid import InceptionDetector
+from discodiff.metrics.fid import InceptionDetector, fid_from_stats, stats_of_images
 from discodiff.pipeline import generate, sample_latents
 from discodiff.runs import Run
 from discodiff.sampling import karras_sigmas
@@ -109,15 +111,37 @@ def _one_line_error(code, err, *needles):
 
 # ---- loss against sigma ---------------------------------------------------------------------------------------
 
-def test_loss_vs_sigma_of_a_model_against_itself_is_identical(runs):
-    model = _model(runs["toy"])
+def test_loss_vs_sigma_is_the_edm_loss_on_the_same_noise(runs):
+    """Each point of a curve is lambda(sigma) * mean (D(y + sigma eps, sigma, z) - y)^2 over the images, with z the
+    encoder's argmax (or the null latent for the "(null z)" curve), computed here directly on the analysis' noise;
+    a model given twice gets the same curve, a different model a different one."""
+    from discodiff.analysis.loss_sigma import noise_for_sigma
+    from discodiff.edm import loss_weight
+
+    model, base = _model(runs["toy"]), _model(runs["toy0"])
     y = load_dataset(preset_config("toy2d").data).x[:96]
-    res = loss_vs_sigma({"a": model, "b": model}, y, num_sigmas=5, seed=3, batch=40)
-    assert set(res["curves"]) == {"a", "b", "a (null z)", "b (null z)"}
+    res = loss_vs_sigma({"a": model, "b": model, "base": base}, y, num_sigmas=5, seed=3, batch=40)
+    assert set(res["curves"]) == {"a", "b", "base", "a (null z)", "b (null z)"}
     assert len(res["sigma"]) == 5 and res["num_images"] == 96
+    assert res["curves"]["a"]["latents"] == "oracle" and res["curves"]["base"]["latents"] == "none"
+    z = model.encode(y)
+    with torch.no_grad():
+        for j, sigma in enumerate(res["sigma"]):
+            eps = noise_for_sigma(y.shape, 3, j)
+            s = torch.full((len(y),), sigma)
+            lam = float(loss_weight(torch.tensor(sigma, dtype=torch.float64), model.config.sigma_data))
+            x = y + sigma * eps
+            for label, D in (("a", model.denoise(x, s, z=z)), ("a (null z)", model.denoise(x, s)),
+                             ("base", base.denoise(x, s))):
+                per_image = lam * (D - y).square().mean(1)
+                assert res["curves"][label]["loss"][j] == pytest.approx(float(per_image.mean()), rel=1e-5), (label, j)
+                assert res["curves"][label]["stderr"][j] == pytest.approx(
+                    float(per_image.std() / len(y) ** 0.5), rel=1e-4), (label, j)
     assert res["curves"]["a"]["loss"] == res["curves"]["b"]["loss"]
     assert all(r == 1.0 for r in loss_ratios(res, "a")["b"])
-    assert all(np.isfinite(res["curves"]["a"]["loss"])) and res["curves"]["a"]["latents"] == "oracle"
+    assert all(abs(r - 1) > 1e-3 for r in loss_ratios(res, "base")["a"])
+    # the latents help: at large sigma the oracle z lowers the loss below the null latent's
+    assert res["curves"]["a"]["loss"][-1] < res["curves"]["a (null z)"]["loss"][-1]
 
 
 def test_loss_vs_sigma_same_noise_any_batch_and_baseline(runs):
@@ -226,7 +250,29 @@ def test_oracle_guidance_and_nfe_results(runs, detector, img_ref):
     o = oracle_vs_prior(model, prior, data.x, data.labels, ref, detector, num=6, steps=2, cache=cache, model_key="d")
     assert {"oracle", "prior", "gap", "prior_tuples_seen_in_data"} <= set(o) and o["num"] == 6
     assert o["gap"] == pytest.approx(o["prior"]["fid"] - o["oracle"]["fid"])
-    assert o["oracle"]["fid"] >= 0 and o["prior"]["nfe"] == 3
+    assert o["prior"]["nfe"] == 3
+    # The oracle row samples with the encoder's argmax latents of the seeded subset of images, the prior row with
+    # the prior's: each FID must be that of those samples against the reference, computed here independently. The
+    # tiny run's latents barely move its samples, so a copy whose denoiser weights are jittered (which makes the
+    # samples depend on z) is measured; the encoder and the prior stay the trained ones.
+    jittered = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in jittered.denoiser.parameters():
+            p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    oj = oracle_vs_prior(jittered, prior, data.x, None, ref, detector, num=6, steps=2)
+    seeds = list(range(6))
+    z_oracle = jittered.encode(data.x[pick_images(len(data.x), 6, 0)])
+    z_prior = sample_latents(jittered, prior, seeds)
+    assert not torch.equal(z_prior, z_oracle)
+    fids = {}
+    for row, z in (("oracle", z_oracle), ("prior", z_prior), ("other images", z_oracle.roll(1, 0))):
+        images = to_uint8(generate(jittered, seeds, karras_sigmas(2), z=z)[0])
+        fids[row] = fid_from_stats(stats_of_images(images, detector), ref)
+    assert len(set(fids.values())) == 3, fids  # the latents change the FID, so the checks below can fail
+    for row in ("oracle", "prior"):
+        assert np.isfinite(oj[row]["fid"]) and oj[row]["fid"] == pytest.approx(fids[row], rel=1e-6), (row, oj, fids)
+    assert oj["oracle_prior_agreement"] == pytest.approx(float((z_prior == z_oracle).float().mean()))
     g = guidance_sweep(model, prior, [0.0, 1.0], list(range(6)), ref, detector, steps=2, cache=cache, model_key="d")
     assert [r["guidance"] for r in g["rows"]] == [0.0, 1.0] and g["rows"][1]["network_passes"] == 6
     assert g["rows"][0]["fid"] == o["prior"]["fid"]  # same seeds, latents and steps: the same samples

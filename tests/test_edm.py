@@ -106,8 +106,62 @@ def test_heun_is_second_order():
     assert err[40] < err[20] / 2.5
 
 
-def test_stochastic_sampler_without_churn_equals_heun():
+def _heun_reference(denoise, x, sigmas):
+    """EDM Algorithm 1 written out: Heun steps of dx/dsigma = (x - D(x, sigma)) / sigma, Euler on the last step to 0."""
+    n = len(sigmas) - 1
+    for i in range(n):
+        t, t_next = sigmas[i], sigmas[i + 1]
+        d = (x - denoise(x, t.expand(len(x)))) / t
+        x_next = x + (t_next - t) * d
+        if i < n - 1:
+            d2 = (x_next - denoise(x_next, t_next.expand(len(x)))) / t_next
+            x_next = x + (t_next - t) * (d + d2) / 2
+        x = x_next
+    return x
+
+
+def _algorithm2_reference(denoise, x, sigmas, eps, S_churn, S_min, S_max, S_noise):
+    """EDM Algorithm 2 (Karras et al. 2022) transcribed line by line, with the churn noise eps[i] of step i given."""
+    N = len(sigmas) - 1
+    for i in range(N):
+        t = sigmas[i]
+        gamma = min(S_churn / N, math.sqrt(2) - 1) if S_min <= t <= S_max else 0.0
+        t_hat = t + gamma * t
+        if gamma > 0:
+            x = x + math.sqrt(t_hat**2 - t**2) * S_noise * eps[i]
+        d = (x - denoise(x, t_hat.expand(len(x)))) / t_hat
+        x_next = x + (sigmas[i + 1] - t_hat) * d
+        if sigmas[i + 1] != 0:
+            d2 = (x_next - denoise(x_next, sigmas[i + 1].expand(len(x)))) / sigmas[i + 1]
+            x_next = x + (sigmas[i + 1] - t_hat) * (0.5 * d + 0.5 * d2)
+        x = x_next
+    return x
+
+
+def test_stochastic_sampler_follows_algorithm_2_and_heun_without_churn():
     denoise = gaussian_mixture_denoiser(MEANS, STD)
-    noise = torch.randn(64, 2, dtype=torch.float64) * 80
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(64, 2, generator=g, dtype=torch.float64) * 80
     sig = karras_sigmas(10, dtype=torch.float64)
-    torch.testing.assert_close(sample_edm_stochastic(denoise, noise, sig), sample_heun(denoise, noise, sig))
+    # churn 0: the deterministic Heun loop, and sample_heun too
+    heun = _heun_reference(denoise, noise, sig)
+    torch.testing.assert_close(sample_edm_stochastic(denoise, noise, sig), heun, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(sample_heun(denoise, noise, sig), heun, rtol=1e-10, atol=1e-10)
+    # churn > 0 on part of the schedule, driven by the same pre-drawn noise: one draw per step where gamma > 0
+    S_churn, S_min, S_max, S_noise = 4.0, 0.05, 10.0, 1.007
+    churned = [i for i in range(len(sig) - 1) if S_min <= sig[i] <= S_max]
+    assert 0 < len(churned) < len(sig) - 1  # the window leaves some steps without churn
+    eps = {i: torch.randn(64, 2, generator=g, dtype=torch.float64) for i in churned}
+    draws = iter(eps[i] for i in churned)
+    calls = []
+
+    def randn_like(x):
+        calls.append(x.shape)
+        return next(draws)
+
+    got = sample_edm_stochastic(denoise, noise, sig, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise,
+                                randn_like=randn_like)
+    assert calls == [noise.shape] * len(churned)
+    expected = _algorithm2_reference(denoise, noise, sig, eps, S_churn, S_min, S_max, S_noise)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert (got - heun).abs().max() > 1e-3  # the churn changed the result
