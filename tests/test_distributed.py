@@ -1,6 +1,5 @@
 """Two processes with torchrun + gloo on the CPU: replicas stay identical and the run resumes."""
 import os
-import shutil
 import subprocess
 import sys
 
