@@ -15,6 +15,7 @@ from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
 from ..model import DiscoDiff
+from ..prior import ARPrior
 from ..networks import init_encoder_from_data
 from ..runs import Run
 from .common import (DivergenceGuard, RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, resume_line,
@@ -57,6 +58,11 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     micro, rounds = micro_batch(cfg, world)
     torch.manual_seed(t.seed)  # identical initial weights on every rank
     model = DiscoDiff(cfg.model).to(device)
+    if cfg.model.num_latents:
+        # Training still draws from the global generator after this point (dropout masks, the encoder's k-means++
+        # seeding). Building the prior here, and dropping it, leaves that generator where it was when the model
+        # also held the prior, so a seed gives the same run as it did then and published results reproduce.
+        ARPrior.for_model(cfg.model)
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=True)  # one kernel for all tensors, on CPU as on GPU
