@@ -462,6 +462,20 @@ def test_cli_gen(tmp_path, capsys, monkeypatch, tiny_detector_file, fake_image_d
     assert code == 0, err
     assert json.loads(res.read_text())["fid"] == pytest.approx(d["fid"], rel=1e-5)
 
+    # without --ref again: the saved reference records this detector, data and count, so it is reused
+    code, out, err = _run_cli(capsys, *args)
+    assert code == 0 and "reusing the reference statistics" in err, err
+    assert json.loads(res.read_text())["fid"] == pytest.approx(d["fid"], rel=1e-5)
+    # a reference there that says nothing about itself (or names another dataset) is never overwritten
+    foreign = FIDStats.load(run / "fid-ref.npz")
+    FIDStats(foreign.mu, foreign.sigma, foreign.num).save(run / "fid-ref.npz")
+    before = (run / "fid-ref.npz").read_bytes()
+    code, _, err = _run_cli(capsys, *args)
+    assert code == 2 and "holds other reference statistics" in err and "no provenance" in err
+    assert (run / "fid-ref.npz").read_bytes() == before
+    code, _, err = _run_cli(capsys, *args, "--allow-mismatch")
+    assert code == 0 and (run / "fid-ref.npz").read_bytes() == before
+
     cfg.model.data_shape = [4]
     cfg.save(run / CONFIG)
     code, _, err = _run_cli(capsys, *args)

@@ -15,7 +15,7 @@ from .quality import FIDCache, sample_fid
 
 def quality_vs_steps(models: Mapping[str, tuple], steps: Sequence[int], seeds: Sequence[int], ref, detector, *,
                      sampler: str = "heun", guidance: float = 0.0, batch: int = 128, progress: bool = False,
-                     cache: FIDCache | None = None) -> dict:
+                     cache: FIDCache | None = None, bootstrap: int = 0) -> dict:
     """{"rows": {name: [{"steps", "nfe", "fid", "diversity", ...} per step count]}, ...} for `models`
     {name: (model, prior)} (prior None for a baseline, m = 0). The guidance weight applies to models with latents
     only (a baseline has nothing to guide)."""
@@ -28,7 +28,8 @@ def quality_vs_steps(models: Mapping[str, tuple], steps: Sequence[int], seeds: S
         require_prior(model, prior, "FID against sampler steps", name)
     rows = {name: [sample_fid(model, prior, seeds, ref, detector, steps=n, sampler=sampler,
                               guidance=guidance if model.num_latents else 0.0, batch=batch, progress=progress,
-                              desc=f"{name}, {n} steps", cache=cache, model_key=name)
+                              desc=f"{name}, {n} steps", cache=cache, model_key=name,
+                              bootstrap=bootstrap)
                    for n in steps]
             for name, (model, prior) in models.items()}
     return {"rows": rows, "steps": list(steps), "sampler": sampler, "guidance": guidance, "num": len(seeds)}

