@@ -1,21 +1,25 @@
 """Benchmark: the plain EDM baseline (m = 0) against DisCo-Diff on an image preset, by FID (issue #4, item 3).
 
-    .venv/bin/python benchmarks/images.py --preset digits [--kimg N] [--num 500] [--out DIR] [--threads 2]
+    .venv/bin/python benchmarks/images.py --preset digits [--kimg N] [--num 2000] [--bootstrap 50] [--out DIR]
 
 1. trains the baseline and DisCo-Diff with the preset's network and the same number of training images, through
    the library's own functions (train_stage1, train_prior: what `discodiff train` / `train-prior` run), in
    DIR/baseline and DIR/discodiff; finished runs are reused, interrupted ones resumed, so it can be re-run;
 2. trains DisCo-Diff's prior (stage II);
 3. measures, all with the same --num samples and noise seeds against one reference (the preset's training images,
-   cached as DIR/fid-ref.npz): FID at several Heun step counts for both models, the oracle / prior latent gap
-   (paper Table 3), and the guidance sweep over w;
+   their features cached in DIR): FID ± its bootstrap std (--bootstrap resamples of the generated features) and KID
+   ± std at several Heun step counts for both models, the oracle / prior latent gap (paper Table 3), and the
+   guidance sweep over w;
 4. prints a table, the seconds of each stage and PASS / FAIL for the issue's targets, and writes
    benchmarks/results/images-<preset>.json.
 
 Targets (issue #4): DisCo-Diff's FID at most 0.8x the baseline's with the ODE sampler (Heun, the preset's step
 count, no guidance) at equal training budget, and a clear advantage at low NFE (here: at most 0.8x the baseline's
-FID at every step count below the preset's). FID over a few hundred samples is biased upward and noisy; the report
-gives the FID of that many real training images against the same reference as a floor for scale.
+FID at every step count below the preset's). FID at a few thousand samples is biased upward (KID is not);
+the report gives the FID of that many real training images against the same reference as a floor for scale (at most
+half the data set, so that the floor is not the reference itself: 898 images on digits). Ratios carry the
+propagated bootstrap error, and a row is marked as a real difference when the two FIDs differ by more than twice
+their combined std.
 """
 from __future__ import annotations
 
@@ -166,19 +170,25 @@ def disk_cache(path: Path, fingerprints: dict, num: int):
     return cache
 
 
-def reference_and_floor(images: torch.Tensor, det, out: Path, num: int, seed: int):
-    """(reference FIDStats of all training images, FID of `num` of them against it, whether features were cached).
+def floor_num(num: int, data_size: int) -> int:
+    """Real images in the floor: `num`, but at most half the data, so the floor is not the reference itself."""
+    return min(num, data_size // 2)
+
+
+def reference_and_floor(images: torch.Tensor, det, out: Path, num: int, seed: int, bootstrap: int):
+    """(reference FIDStats of all training images, scores of floor_num(num) of them against it, whether the features
+    were cached).
 
     The detector sees each training image once; its features are kept in out/fid-ref-features.npy, so the floor (a
     subset of the same features) and later runs cost nothing."""
     import numpy as np
 
     from discodiff.analysis.common import pick_images
-    from discodiff.metrics.fid import FeatureStats, Progress, fid_from_stats, iter_batches
+    from discodiff.metrics.fid import FIDStats, Progress, iter_batches, scores
 
     path = out / "fid-ref-features.npy"
     note = out / "fid-ref-features.json"
-    describe = {"num": len(images), "detector": str(getattr(det, "source", det)),
+    describe = {"num": len(images), "detector_sha256": det.sha256,
                 "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()}
     cached = path.is_file() and note.is_file() and json.loads(note.read_text()) == describe
     if cached:
@@ -192,14 +202,10 @@ def reference_and_floor(images: torch.Tensor, det, out: Path, num: int, seed: in
         feats = torch.cat(parts)
         np.save(path, feats.numpy())
         note.write_text(json.dumps(describe) + "\n")
-
-    def stats(f):
-        st = FeatureStats()
-        st.update(f)
-        return st.stats()
-
-    ref = stats(feats)
-    return ref, fid_from_stats(stats(feats[pick_images(len(feats), num, seed)]), ref), cached
+    ref = FIDStats.from_features(feats)
+    n = floor_num(num, len(feats))
+    floor = scores(FIDStats.from_features(feats[pick_images(len(feats), n, seed)]), ref, bootstrap=bootstrap)
+    return ref, {**floor, "num": n}, cached
 
 
 def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
@@ -210,14 +216,15 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
 
     images = to_uint8(data.x)
     _log(f"[images] FID reference: the {len(images)} training images (features cached in {out}); floor: "
-         f"{args.num} of them against it")
+         f"{floor_num(args.num, len(images))} of them against it")
     ref, floor, reused = log_timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num,
-                                   args.seed)
+                                   args.seed, args.bootstrap)
     fps = {name: fingerprint(out / name) for name in models}
     cache = disk_cache(out / "fid-cache.json", fps, args.num)
     seeds = list(range(args.seed, args.seed + args.num))
-    common = dict(batch=args.batch, progress=True, cache=cache)
-    res = {"reference_reused": reused, "reference_num": len(images), "data_floor_fid": floor}
+    common = dict(batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
+    res = {"reference_reused": reused, "reference_num": len(images), "data_floor": floor,
+           "data_floor_fid": floor["fid"]}
 
     _log(f"[images] FID against steps {args.steps} (Heun), {args.num} samples per FID")
     res["nfe"] = log_timed(seconds, "fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
@@ -234,37 +241,71 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
 
 # ---- report ------------------------------------------------------------------------------------------------------
 
+def ratio_and_error(d: dict, b: dict) -> tuple[float, float | None]:
+    """DisCo-Diff's FID over the baseline's, and its error from the two bootstrap stds (propagated as independent;
+    the shared noise seeds make the true error somewhat smaller)."""
+    r = d["fid"] / b["fid"]
+    if "fid_std" not in d or "fid_std" not in b:
+        return r, None
+    return r, r * ((d["fid_std"] / d["fid"]) ** 2 + (b["fid_std"] / b["fid"]) ** 2) ** 0.5
+
+
+def differ(d: dict, b: dict) -> str:
+    """'yes' when the two FIDs differ by more than twice their combined bootstrap std, else 'no' ('?' without one)."""
+    if "fid_std" not in d or "fid_std" not in b:
+        return "?"
+    return "yes" if abs(d["fid"] - b["fid"]) > 2 * (d["fid_std"] ** 2 + b["fid_std"] ** 2) ** 0.5 else "no"
+
+
+def _fid(r: dict) -> str:
+    return f"{r['fid']:.3f}" + (f" ± {r['fid_std']:.3f}" if "fid_std" in r else "")
+
+
+def _kid(r: dict) -> str:
+    return f"{1000 * r['kid']:.2f} ± {1000 * r['kid_std']:.2f}" if r.get("kid") is not None else "-"
+
+
+def _ratio(d: dict, b: dict) -> str:
+    r, e = ratio_and_error(d, b)
+    return f"{r:.3f}" + (f" ± {e:.3f}" if e is not None else "")
+
+
 def targets(res: dict, default_steps: int) -> list[tuple[str, bool, str]]:
     rows = res["nfe"]["rows"]
     by = {name: {r["steps"]: r for r in rows[name]} for name in rows}
     b, d = by["baseline"][default_steps], by["discodiff"][default_steps]
     out = [(f"FID <= {TARGET_RATIO}x baseline at {default_steps} Heun steps (NFE {b['nfe']}), w = 0",
-            d["fid"] <= TARGET_RATIO * b["fid"], f"{d['fid']:.3f} vs {b['fid']:.3f} (ratio {d['fid'] / b['fid']:.3f})")]
+            d["fid"] <= TARGET_RATIO * b["fid"], f"{_fid(d)} vs {_fid(b)} (ratio {_ratio(d, b)})")]
     low = [s for s in sorted(by["baseline"]) if s < default_steps]
     if low:
         ratios = {s: by["discodiff"][s]["fid"] / by["baseline"][s]["fid"] for s in low}
         out.append((f"clear advantage at low NFE: FID <= {TARGET_RATIO}x baseline at every NFE below "
                     f"{b['nfe']}", all(r <= TARGET_RATIO for r in ratios.values()),
-                    ", ".join(f"NFE {by['baseline'][s]['nfe']}: {by['discodiff'][s]['fid']:.3f} vs "
-                              f"{by['baseline'][s]['fid']:.3f} (ratio {r:.3f})" for s, r in ratios.items())))
+                    ", ".join(f"NFE {by['baseline'][s]['nfe']}: {_fid(by['discodiff'][s])} vs "
+                              f"{_fid(by['baseline'][s])} (ratio {_ratio(by['discodiff'][s], by['baseline'][s])})"
+                              for s in low)))
     return out
 
 
 def format_table(res: dict, args) -> str:
     rows = res["nfe"]["rows"]
-    lines = [f"FID over {args.num} samples (data floor: {args.num} training images score "
-             f"{res['data_floor_fid']:.3f}); Heun, no guidance unless stated", "",
-             f"{'steps':>5} {'NFE':>4} {'baseline':>9} {'DisCo-Diff':>11} {'ratio':>6}"]
+    fl = res["data_floor"]
+    lines = [f"FID ± bootstrap std ({args.bootstrap} resamples) and KID x 1000 ± std (100 subsets of 1,000) over "
+             f"{args.num} samples; data floor: {fl['num']} training images score FID {_fid(fl)}, KID x 1000 "
+             f"{_kid(fl)}; Heun, no guidance unless stated", "",
+             f"{'steps':>5} {'NFE':>4} {'baseline FID':>17} {'DisCo-Diff FID':>17} {'ratio':>15} {'differ':>6} "
+             f"{'baseline KID':>14} {'DisCo KID':>14}"]
     for rb, rd in zip(rows["baseline"], rows["discodiff"]):
-        lines.append(f"{rb['steps']:>5} {rb['nfe']:>4} {rb['fid']:>9.3f} {rd['fid']:>11.3f} "
-                     f"{rd['fid'] / rb['fid']:>6.3f}")
+        lines.append(f"{rb['steps']:>5} {rb['nfe']:>4} {_fid(rb):>17} {_fid(rd):>17} {_ratio(rd, rb):>15} "
+                     f"{differ(rd, rb):>6} {_kid(rb):>14} {_kid(rd):>14}")
     o = res["oracle"]
-    lines += ["", f"DisCo-Diff latents ({args.default_steps} steps): oracle {o['oracle']['fid']:.3f}, "
-                  f"prior {o['prior']['fid']:.3f} (gap {o['gap']:+.3f}); "
+    lines += ["", f"DisCo-Diff latents ({args.default_steps} steps): oracle {_fid(o['oracle'])} (KID {_kid(o['oracle'])}), "
+                  f"prior {_fid(o['prior'])} (KID {_kid(o['prior'])}); "
                   f"{100 * o['prior_tuples_seen_in_data']:.0f}% of prior tuples occur in the data",
-              "", f"{'w':>5} {'FID':>8} {'diversity':>10} {'passes':>7}"]
+              "", f"{'w':>5} {'FID':>17} {'KID x 1000':>14} {'diversity':>10} {'passes':>7}"]
     for r in res["guidance"]["rows"]:
-        lines.append(f"{r['guidance']:>5g} {r['fid']:>8.3f} {r['diversity']:>10.3f} {r['network_passes']:>7}")
+        lines.append(f"{r['guidance']:>5g} {_fid(r):>17} {_kid(r):>14} {r['diversity']:>10.3f} "
+                     f"{r['network_passes']:>7}")
     return "\n".join(lines)
 
 
@@ -274,7 +315,9 @@ def main(argv=None) -> int:
     ap.add_argument("--kimg", type=float, default=None, help="stage-I training images (thousands) per model "
                                                               "(default: the preset's)")
     ap.add_argument("--prior-kimg", type=float, default=None, help="stage-II kimg (default: the preset's)")
-    ap.add_argument("--num", type=int, default=500, help="samples per FID (and training images in the floor)")
+    ap.add_argument("--num", type=int, default=2000, help="samples per FID (and training images in the floor, at "
+                                                           "most half the data)")
+    ap.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for each FID's std")
     ap.add_argument("--steps", default=None, help="Heun step counts, comma-separated (default: 4, 8 and the preset's)")
     ap.add_argument("--weights", default="0,1,2", help="guidance weights, comma-separated")
     ap.add_argument("--seed", type=int, default=0, help="training seed and first sampling seed")
@@ -325,7 +368,8 @@ def main(argv=None) -> int:
         args.steps = sorted(set(args.steps or [4, 8, args.default_steps]) | {args.default_steps})
         det = InceptionDetector.from_file(args.detector)
         _log(f"images benchmark: preset {args.preset}, {cfgs['discodiff'].train.kimg:g} kimg per model, {args.num} "
-             f"samples per FID, steps {args.steps}, w {args.weights}, {args.threads} threads; runs in {out}")
+             f"samples per FID ({args.bootstrap} bootstrap resamples), steps {args.steps}, w {args.weights}, "
+             f"{args.threads} threads, detector backend {det.backend}; runs in {out}")
         models, reused = train_both(out, cfgs, data, seconds)
         res = measure(out, models, data, det, args, seconds)
     except ConfigError as e:
@@ -344,6 +388,7 @@ def main(argv=None) -> int:
     report = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "wall_s": round(wall, 1),
         "seconds": seconds, "reused": reused, "overrides": args.sets, "num": args.num, "seed": args.seed,
+        "bootstrap": args.bootstrap, "detector_backend": det.backend,
         "steps": args.steps,
         "default_steps": args.default_steps, "weights": args.weights,
         "budget": {"kimg_per_model": cfg.train.kimg, "prior_kimg": cfg.prior_train.kimg, "batch": cfg.train.batch},
@@ -353,7 +398,7 @@ def main(argv=None) -> int:
         "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch": torch.__version__,
                     "threads": args.threads, "device": "cpu"},
         "note": f"FID over {args.num} samples against the {len(data)} training images: biased upward relative to "
-                f"FID-50k; compare only at equal N",
+                f"FID-50k; compare only at equal N. KID is unbiased. Ratio errors propagate the two bootstrap stds",
         "targets": [{"target": n, "pass": ok, "measured": f} for n, ok, f in checks],
         "table": table, "results": res, "out": str(out),
     }

@@ -3,8 +3,8 @@
     python scripts/readme_results.py                                   # every report in benchmarks/results/
     python scripts/readme_results.py benchmarks/results/toy2d.json     # one report
 
-toy2d.json comes from benchmarks/toy2d.py, images-<preset>.json from benchmarks/images.py and
-throughput-<preset>-<device>.json from benchmarks/throughput.py.
+toy2d.json comes from benchmarks/toy2d.py, images-<preset>.json from benchmarks/images.py, fid-speed.json from
+benchmarks/fid_speed.py and throughput-<preset>-<device>.json from benchmarks/throughput.py.
 """
 import json
 import sys
@@ -40,23 +40,58 @@ def toy2d(d: dict) -> None:
           f"prior {t['prior_discodiff']:.0f} s. " + targets_line(d))
 
 
+def _fid(r: dict) -> str:
+    return f"{r['fid']:.2f}" + (f" ± {r['fid_std']:.2f}" if "fid_std" in r else "")
+
+
+def _kid(r: dict) -> str:
+    return f"{1000 * r['kid']:.2f} ± {1000 * r['kid_std']:.2f}" if r.get("kid") is not None else "–"
+
+
 def images(d: dict) -> None:
     res = d["results"]
     rows = res["nfe"]["rows"]
-    print("| Heun steps (NFE) | EDM FID | DisCo-Diff FID | ratio |")
-    print("|---|---|---|---|")
+    print("| Heun steps (NFE) | EDM FID | DisCo-Diff FID | ratio | differ? | EDM KID ×1000 | DisCo-Diff KID ×1000 |")
+    print("|---|---|---|---|---|---|---|")
     for rb, rd in zip(rows["baseline"], rows["discodiff"]):
-        print(f"| {rb['steps']} ({rb['nfe']}) | {rb['fid']:.2f} | {rd['fid']:.2f} | {rd['fid'] / rb['fid']:.2f} |")
+        r = rd["fid"] / rb["fid"]
+        err = (r * ((rd["fid_std"] / rd["fid"]) ** 2 + (rb["fid_std"] / rb["fid"]) ** 2) ** 0.5
+               if "fid_std" in rd and "fid_std" in rb else None)
+        gap = abs(rd["fid"] - rb["fid"])
+        differ = ("–" if err is None else
+                  "yes" if gap > 2 * (rd["fid_std"] ** 2 + rb["fid_std"] ** 2) ** 0.5 else "no")
+        ratio = f"{r:.3f}" + (f" ± {err:.3f}" if err is not None else "")
+        print(f"| {rb['steps']} ({rb['nfe']}) | {_fid(rb)} | {_fid(rd)} | {ratio} | {differ} | {_kid(rb)} | "
+              f"{_kid(rd)} |")
     o = res["oracle"]
-    print(f"\nFID over {d['num']} samples against the {res['reference_num']} training images; {d['num']} real training "
-          f"images score {res['data_floor_fid']:.2f} (the floor at this N). DisCo-Diff at {d['default_steps']} steps "
-          f"with oracle latents (the encoder on training images): {o['oracle']['fid']:.2f}; with prior latents: "
-          f"{o['prior']['fid']:.2f} (gap {o['gap']:+.2f}). Guidance on the latents: " +
-          ", ".join(f"w = {r['guidance']:g}: {r['fid']:.2f}" for r in res["guidance"]["rows"]) + ".")
+    floor = res.get("data_floor", {"fid": res["data_floor_fid"], "num": d["num"]})
+    spread = f", FID ± its std over {d['bootstrap']} bootstrap resamples" if d.get("bootstrap") else ""
+    print(f"\nFID over {d['num']} samples against the {res['reference_num']} training images{spread}; KID ×1000 ± "
+          f"std over 100 subsets of 1,000. {floor['num']} real training images score FID {_fid(floor)}, KID ×1000 "
+          f"{_kid(floor)} (the floor). \"differ?\": the two FIDs are more than twice their combined std apart. "
+          f"DisCo-Diff at {d['default_steps']} steps with oracle latents (the encoder on training images): FID "
+          f"{_fid(o['oracle'])}, KID ×1000 {_kid(o['oracle'])}; with prior latents: {_fid(o['prior'])}, "
+          f"{_kid(o['prior'])}. Guidance on the latents: " +
+          ", ".join(f"w = {r['guidance']:g}: FID {_fid(r)}, KID ×1000 {_kid(r)}" for r in res["guidance"]["rows"])
+          + ".")
     s = d["seconds"]
     print(f"\nBudget {d['budget']['kimg_per_model']:g} kimg per model, prior {d['budget']['prior_kimg']:g} kimg; "
           f"stage I {s['stage1_baseline']:.0f} s (EDM) and {s['stage1_discodiff']:.0f} s (DisCo-Diff), prior "
-          f"{s['prior_discodiff']:.0f} s, {d['machine']['threads']} torch threads. " + targets_line(d))
+          f"{s['prior_discodiff']:.0f} s, {d['machine']['threads']} torch threads, detector backend "
+          f"{d.get('detector_backend', 'torchscript')}. " + targets_line(d))
+
+
+def fid_speed(d: dict) -> None:
+    print("| backend | images/s | speed-up | GFLOP/s | of the matmul peak | max feature difference / scale | FID "
+          "difference |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in d["backends"].items():
+        print(f"| {name} | {r['images_per_s']:.2f} | {r['speedup']:.2f}× | {r['gflops']:.0f} | "
+              f"{100 * r['fraction_of_matmul_peak']:.0f}% | {r['max_abs_diff_over_scale']:.1e} | "
+              f"{100 * r['fid_rel_diff']:.4f}% |")
+    print(f"\n{d['num']} digits images, batch {d['batch']}, {d['threads']} threads; matmul peak "
+          f"{d['matmul_peak_gflops']:.0f} GFLOP/s in the same run; {d['gflop_per_image']:.2f} GFLOP per image "
+          f"(2 per multiply-add). " + targets_line(d))
 
 
 def throughput(d: dict) -> None:
@@ -79,7 +114,9 @@ def main(paths) -> None:
         d = json.loads(Path(path).read_text())
         print(f"<!-- {Path(path).name} -->")
         name = Path(path).name
-        (toy2d if name.startswith("toy2d") else images if name.startswith("images") else throughput)(d)
+        kind = next((f for prefix, f in (("toy2d", toy2d), ("images", images), ("fid-speed", fid_speed))
+                     if name.startswith(prefix)), throughput)
+        kind(d)
         print()
 
 
