@@ -35,6 +35,9 @@ class Denoiser(nn.Module):
     """EDM preconditioning around a backbone F(x_in, c_noise, class_labels, latents, null_latent):
     D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma)).
 
+    `latent_features`, when given, is the backbone's `latent_features(latents, null_latent, B)` computed beforehand
+    (sampling computes it once per trajectory, see `model.DiscoDiff.make_denoiser`); training never passes it.
+
     (The toy MLP's centred variant, D = mu(z) + EDM_s(z)(x - mu(z)), is `networks.mlp.CentredDenoiser`.)
     """
 
@@ -52,11 +55,18 @@ class Denoiser(nn.Module):
         sigma = sigma.to(torch.float32)
         return sigma, _broadcast(sigma, x)
 
-    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None):
+    @staticmethod
+    def net_options(latent_features) -> dict:
+        """The backbone's `latent_features` keyword, passed only when given: a backbone without latent
+        features (one registered elsewhere) keeps working as before."""
+        return {} if latent_features is None else {"latent_features": latent_features}
+
+    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None, latent_features=None):
         sigma, s = self.noise_levels(x, sigma)
         c_skip, c_out, c_in, _ = edm_scalings(s, self.sigma_data)
         c_noise = sigma.log() / 4
-        f = self.net(c_in * x, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent)
+        f = self.net(c_in * x, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent,
+                     **self.net_options(latent_features))
         return c_skip * x + c_out * f.to(torch.float32)
 
 

@@ -59,19 +59,28 @@ class MLPBackbone(nn.Module):
             self.null_centre = nn.Parameter(torch.zeros(dim))
             self.null_log_scale = nn.Parameter(torch.tensor(log_s / g))
 
-    def _embedding(self, c_noise, class_labels, latents, null_latent):
+    def latent_features(self, latents, null_latent, batch: int) -> torch.Tensor | None:
+        """What the latents add to the embedding, [B, emb_dim], a function of z alone (None without a latent
+        embedding). `forward(..., latent_features=...)` takes it precomputed, as a sampler does with its fixed z."""
+        if self.latent_embed is None:
+            return None
+        return self.latent_embed(latents, null_latent, batch).sum(1)
+
+    def _embedding(self, c_noise, class_labels, latents, null_latent, latent_features=None):
         # The sinusoidal features are float32; cast them to the weights' dtype so a float64 copy of the model
         # runs end to end (the ODE metrics need float64 near t = 0, see metrics/ode.py).
         pos = self.noise_embed[0](c_noise).to(self.inp.weight.dtype)
         emb = self.noise_embed[1:](pos)
         if self.latent_embed is not None:
-            emb = emb + self.latent_embed(latents, null_latent, c_noise.shape[0]).sum(1)
+            if latent_features is None:
+                latent_features = self.latent_features(latents, null_latent, c_noise.shape[0])
+            emb = emb + latent_features
         if self.class_embed is not None and class_labels is not None:
             emb = emb + self.class_embed(class_labels.to(emb.dtype))
         return self.act(emb)
 
-    def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None):
-        emb = self._embedding(c_noise, class_labels, latents, null_latent)
+    def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None, latent_features=None):
+        emb = self._embedding(c_noise, class_labels, latents, null_latent, latent_features)
         x = x.to(self.inp.weight.dtype)
         h = self.act(self.inp(x) + self.emb_proj[0](emb))
         for layer, proj in zip(self.hidden, self.emb_proj[1:]):
@@ -100,14 +109,15 @@ class CentredDenoiser(Denoiser):
     experiment (paper-spec section 8). `sigma_data` is kept for the interface but not used here.
     """
 
-    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None):
+    def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None, latent_features=None):
         sigma, s = self.noise_levels(x, sigma)
         mu, log_scale = self.net.centre(latents, null_latent)
         scale = log_scale.exp().reshape(-1, *([1] * (x.ndim - 1)))
         c_skip, c_out, c_in, _ = edm_scalings(s, scale)
         c_noise = sigma.log() / 4
         x0 = x - mu
-        f = self.net(c_in * x0, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent)
+        f = self.net(c_in * x0, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent,
+                     **self.net_options(latent_features))
         return mu + c_skip * x0 + c_out * f.to(torch.float32)
 
 

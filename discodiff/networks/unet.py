@@ -158,7 +158,9 @@ class UNet(nn.Module):
     """The image backbone. `forward(x, c_noise, *, class_labels, latents, null_latent) -> F` shaped like x.
 
     class_labels: float one-hots [B, num_classes] (all zero = class dropped) or None; latents: relaxed one-hots
-    [B, m, k] or None (= the null latent); null_latent: bool [B], True = use the learned null latent.
+    [B, m, k] or None (= the null latent); null_latent: bool [B], True = use the learned null latent;
+    latent_features: `latent_features(latents, null_latent, B)` computed beforehand (then latents and null_latent
+    are not read), so that a sampler embeds its fixed z once per trajectory rather than at every step.
     With num_latents = 0 the network has no latent modules at all.
     """
 
@@ -281,18 +283,27 @@ class UNet(nn.Module):
             h = blk(h, self.latent_mask)
         return self.latent_norm(h)
 
-    def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None):
+    def latent_features(self, latents, null_latent, batch: int) -> torch.Tensor:
+        """All that the latents contribute to a forward pass, a function of z alone: the latent tokens
+        [B, m, latent_dim] that the cross-attention reads, or with `latent_injection="embedding"` their projection
+        [B, emb_channels] added to the noise embedding. `forward(..., latent_features=...)` takes them precomputed:
+        z is fixed along a sampling trajectory, so the sampler computes them once (model.make_denoiser)."""
+        ctx = self.latent_context(latents, null_latent, batch)
+        return self.latent_proj(ctx.flatten(1)) if self.latent_injection == "embedding" else ctx
+
+    def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None, latent_features=None):
         B = x.shape[0]
         emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise.reshape(-1).expand(B)))))
         if self.map_label is not None and class_labels is not None:
             emb = emb + self.map_label(class_labels.to(emb.dtype))
         contexts = [None]
         if self.num_latents:
-            ctx = self.latent_context(latents, null_latent, B)
+            if latent_features is None:  # training, and plain calls: computed here, at the same point as ever
+                latent_features = self.latent_features(latents, null_latent, B)
             if self.latent_injection == "embedding":
-                emb = emb + self.latent_proj(ctx.flatten(1))
+                emb = emb + latent_features
             else:
-                contexts = list(ctx.chunk(self.latent_groups, dim=1))
+                contexts = list(latent_features.chunk(self.latent_groups, dim=1))
         emb = F.silu(emb)
 
         skips, h = [], x
