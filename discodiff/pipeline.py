@@ -78,8 +78,9 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     `sigmas`: the decreasing noise levels ending in 0 (e.g. `karras_sigmas(steps)`); `sampler(denoise, noise,
     sigmas, callback=...)` is any sampler function, and one that draws noise of its own (a `randn_like` argument)
     gets each seed's generator. `z` fixes the latents, else `prior` draws them; `guidance` w weights the latents,
-    `class_guidance` the class (paper eq. 6). `callback(i, x)` is called with i = -1 and the initial noise, then
-    after every step.
+    `class_guidance` the class (paper eq. 6): the guided passes run as one network call on a batch 2x (3x with
+    both) the size of `seeds`, and z's latent tokens are computed once for the whole trajectory
+    (`DiscoDiff.make_denoiser`). `callback(i, x)` is called with i = -1 and the initial noise, then after every step.
     """
     device = _device_of(model, device)
     gen = StackedGenerator(seeds, device)

@@ -83,7 +83,7 @@ def sample_edm_stochastic(denoise: Denoise, noise: torch.Tensor, sigmas: torch.T
 class SamplerInfo:
     """What the rest of the library needs to know of a sampler besides its function."""
     fn: Callable[..., torch.Tensor]
-    nfe: Callable[[int], int]           # network evaluations for a number of steps (guidance doubles it)
+    nfe: Callable[[int], int]           # network calls for a number of steps (guidance doubles their batch)
     description: str
 
 
@@ -103,7 +103,8 @@ def get_sampler(name: str) -> SamplerInfo:
 
 
 def nfe(sampler: str, num_steps: int) -> int:
-    """Network evaluations of a sampler run (without guidance, which doubles it)."""
+    """Network evaluations of a sampler run without guidance; that many network calls with it too, as
+    `DiscoDiff.make_denoiser` batches the guided passes (the evaluations double: cli.sample.model_passes)."""
     return get_sampler(sampler).nfe(num_steps)
 
 
@@ -113,7 +114,10 @@ def takes_noise_source(sampler: Callable) -> bool:
 
 
 def guided(denoise_cond: Denoise, denoise_uncond: Denoise, w: float) -> Denoise:
-    """Classifier-free guidance, D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null); w = 0 is conditional."""
+    """Classifier-free guidance, D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null); w = 0 is conditional.
+
+    The two-pass form over any pair of denoisers. `DiscoDiff.make_denoiser` computes the same in one network call
+    on the stacked batch."""
     if w == 0:
         return denoise_cond
 

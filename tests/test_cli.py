@@ -86,6 +86,7 @@ def test_baseline_train_prior_is_a_clear_no_op(tmp_path, capsys):
     code, out, _ = run_cli(["sample", "--run-dir", str(run), "--num", "3", "--steps", "4",
                             "--out", str(tmp_path / "s.npz")], capsys)
     assert code in (0, None) and "wrote 3 samples" in out
+    assert "4 steps = 7 network evaluations per sample" in out  # m = 0: --guidance would have nothing to act on
 
 
 def test_nan_in_data_is_refused():
@@ -110,6 +111,12 @@ def test_sample_writes_the_documented_arrays(tmp_path, capsys):
     assert d["traj"].shape == (7, 5, 2)
     np.testing.assert_allclose(d["traj"][-1], d["x"], rtol=1e-6)
     assert np.allclose(d["traj"][0].std(), 80, rtol=0.6)  # the trajectory starts from the noise at sigma_max
+    assert "6 steps = 11 network evaluations per sample" in stdout
+    # guidance on z: the conditional and null-latent passes share each network call, on a doubled batch
+    code, stdout, _ = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--steps", "6", "--guidance", "1",
+                               "--out", str(tmp_path / "g.npz")], capsys)
+    assert code in (0, None)
+    assert "6 steps = 11 network calls on a doubled batch (guidance) = 22 network evaluations per sample" in stdout
     # seeds 7..11: drawing seed 9 alone gives the third sample again
     one = tmp_path / "one.npz"
     run_cli(["sample", "--run-dir", str(run), "--num", "1", "--steps", "6", "--seed", "9", "--out", str(one)], capsys)

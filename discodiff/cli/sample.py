@@ -91,10 +91,10 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
                 points.clear()
             i += len(chunk)
         grid_images = np.array(a["x"][:MAX_GRID_IMAGES]) if kind == "image" else None
-    passes = model_passes(sampler, steps, guidance if cfg.model.num_latents else 0.0,
-                          class_guidance if cfg.model.num_classes and class_label is not None else 0.0)
-    click.echo(f"wrote {num} samples ({sampler}, {steps} steps = {passes} network evaluations per sample, "
-               f"guidance {guidance:g}) to {out}")
+    w_latent, w_class = model.guidance_weights(guidance, class_guidance, class_label)
+    weights = f"guidance {guidance:g}" + (f", class guidance {class_guidance:g}" if w_class else "")
+    click.echo(f"wrote {num} samples ({sampler}, {describe_passes(sampler, steps, w_latent, w_class)}, "
+               f"{weights}) to {out}")
     if grid_images is not None:
         from ..data.grid import write_image_grid
         grid = write_image_grid(grid_images, out.with_suffix(".png"), cols)
@@ -103,7 +103,25 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
 
 
 def model_passes(sampler: str, steps: int, guidance: float, class_guidance: float) -> int:
-    """Network evaluations per sample: each step evaluates the conditional denoiser, plus one unconditional pass for
-    each kind of guidance in use (model.make_denoiser)."""
+    """Network evaluations per sample, the paper's NFE count with guidance: each step's denoiser evaluates the network
+    on the conditional input, plus once on the unconditional one for each kind of guidance in use
+    (model.make_denoiser; pass the weights it applies, `DiscoDiff.guidance_weights`). The guided evaluations of
+    a step run as one network call on a batch 2 or 3 times larger (`network_calls`)."""
+    return network_calls(sampler, steps) * (1 + bool(guidance) + bool(class_guidance))
+
+
+def network_calls(sampler: str, steps: int) -> int:
+    """Calls of the network per sample: one per denoiser evaluation, guided or not (guidance batches its passes)."""
     from ..sampling import nfe
-    return nfe(sampler, steps) * (1 + bool(guidance) + bool(class_guidance))
+    return nfe(sampler, steps)
+
+
+def describe_passes(sampler: str, steps: int, guidance: float, class_guidance: float) -> str:
+    """The cost line `sample` prints, e.g. "18 steps = 35 network calls on a doubled batch (guidance) = 70 network
+    evaluations per sample"; without guidance calls and evaluations coincide."""
+    calls, evaluations = network_calls(sampler, steps), model_passes(sampler, steps, guidance, class_guidance)
+    if evaluations == calls:
+        return f"{steps} steps = {evaluations} network evaluations per sample"
+    size = {2: "doubled", 3: "tripled"}[evaluations // calls]
+    return (f"{steps} steps = {calls} network calls on a {size} batch (guidance) = {evaluations} network evaluations "
+            f"per sample")
