@@ -11,6 +11,7 @@ import click
 
 from ..analysis.common import ODE_SAMPLERS
 from ..config import DataConfig
+from ..metrics.fid import BACKENDS
 from .fid import DETECTOR_HELP
 from .options import SAMPLER_CHOICE, SEED, info, parse_key_values, parse_list, resolve_device, seed_range, table
 
@@ -78,9 +79,9 @@ def _finish(out: Path, name: str, result: dict, files: list[Path]) -> None:
     click.echo("wrote " + ", ".join(str(p) for p in [path, *files]))
 
 
-def _detector(detector, device):
+def _detector(detector, device, backend="auto"):
     from ..metrics.fid import InceptionDetector
-    return InceptionDetector.from_file(detector, device=device)
+    return InceptionDetector.from_file(detector, device=device, backend=backend)
 
 
 def _reference(cfg, det, out: Path, ref_path: Path | None):
@@ -90,11 +91,18 @@ def _reference(cfg, det, out: Path, ref_path: Path | None):
     from ..metrics.fid import FIDStats
 
     if ref_path is not None:
-        return FIDStats.load(ref_path), str(ref_path)
+        from ..metrics.fid import check_provenance
+        from .fid import dataset_label
+
+        ref = FIDStats.load(ref_path)
+        c, h, w = cfg.model.data_shape
+        check_provenance(ref, ref_path, {"detector_sha256": det.sha256, "image_shape": [h, w, c],
+                                         "dataset": dataset_label(cfg.data)}, notice=info)
+        return ref, str(ref_path)
     data, _ = _data(cfg)
     cache = out / "fid-ref.npz"
     describe = {"data": {"name": cfg.data.name, "path": cfg.data.path, "options": cfg.data.options},
-                "detector": str(det.source)}
+                "detector_sha256": det.sha256}
     stats = cached_reference(cache, {"num": len(data), **describe})
     if stats is not None:
         info(f"reusing the reference statistics in {cache}")
@@ -132,6 +140,10 @@ def _fid_options(f):
                      help="Reference statistics .npz (default: the run's training images, cached as "
                           "OUT/fid-ref.npz).")(f)
     f = click.option("--detector", type=click.Path(path_type=Path), default=None, help=DETECTOR_HELP)(f)
+    f = click.option("--detector-backend", type=click.Choice(BACKENDS), default="auto",
+                     help="onnxruntime, eager or torchscript (the same features; auto: the fastest available).")(f)
+    f = click.option("--bootstrap", type=click.IntRange(min=0), default=20, metavar="B",
+                     help="Bootstrap resamples for each FID's standard deviation (0: none).")(f)
     return f
 
 
@@ -311,7 +323,8 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
 @_fid_options
 @_sampling_options()
 @_common
-def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, sampler, batch, out, seed, device):
+def oracle(run_dir, guidance, data_options, num, ref_path, detector, detector_backend, bootstrap, steps, sampler, batch,
+           out, seed, device):
     """FID with the encoder's latents of real images (oracle) against latents from the prior, same noise
     (paper Table 3)."""
     import torch
@@ -325,11 +338,11 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
 
     seed_range(seed, num)
     cfg, model, prior, steps, sampler, det, ref, ref_where = _fid_run(
-        run_dir, "oracle against prior latents", steps, sampler, detector, ref_path, out, device)
+        run_dir, "oracle against prior latents", steps, sampler, detector, ref_path, out, device, detector_backend)
     data, data_cfg = _data(cfg, data_options)
     info(f"oracle against prior latents: {num} samples each, {steps} {sampler} steps, guidance {guidance:g}")
     result = oracle_vs_prior(model, prior, data.x, data.labels, ref, det, num=num, seed=seed, steps=steps,
-                             sampler=sampler, guidance=guidance, batch=batch, progress=True)
+                             sampler=sampler, guidance=guidance, batch=batch, progress=True, bootstrap=bootstrap)
     result.update(run_dir=str(run_dir), ref=ref_where, note=FID_NOTE.format(num=num),
                   data={"name": data_cfg.name, "options": data_cfg.options})
     # the picture: real images | samples with their oracle latents | samples with prior latents (same seeds)
@@ -352,7 +365,7 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, steps, samp
     _finish(out, "oracle", result, [png])
 
 
-def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device):
+def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device, backend="auto"):
     """The set-up shared by the FID analyses of one DisCo-Diff run: --out checked, the model (with latents) and
     its prior, its sampler settings, the detector and the reference statistics.
     Returns (cfg, model, prior, steps, sampler, detector, reference, where the reference came from)."""
@@ -363,7 +376,7 @@ def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device):
     run, model, prior = _load(run_dir, what, latents=True, prior=True, device=device)
     require_image_model(model, "FID", str(run_dir))
     steps, sampler, _ = _sampling(run.config, steps, sampler, None)
-    det = _detector(detector, device)
+    det = _detector(detector, device, backend)
     ref, ref_where = _reference(run.config, det, out, ref_path)
     return run.config, model, prior, steps, sampler, det, ref, ref_where
 
@@ -377,7 +390,8 @@ def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device):
 @_fid_options
 @_sampling_options()
 @_common
-def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, out, seed, device):
+def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootstrap, steps, sampler, batch, out, seed,
+             device):
     """FID and feature diversity against the guidance weight w on the latents (paper Table 3)."""
     import torch
 
@@ -388,9 +402,11 @@ def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, o
     ws = parse_list(weights, float, "--weights")
     seeds = seed_range(seed, num)
     _, model, prior, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", steps, sampler,
-                                                                    detector, ref_path, out, device)
+                                                                    detector, ref_path, out, device,
+                                                                    detector_backend)
     info(f"guidance sweep over w = {', '.join(f'{w:g}' for w in ws)}: {num} samples each, {steps} {sampler} steps")
-    result = guidance_sweep(model, prior, ws, seeds, ref, det, steps=steps, sampler=sampler, batch=batch, progress=True)
+    result = guidance_sweep(model, prior, ws, seeds, ref, det, steps=steps, sampler=sampler, batch=batch, progress=True,
+                            bootstrap=bootstrap)
     result.update(run_dir=str(run_dir), ref=ref_where, note=FID_NOTE.format(num=num))
     xs = [r["guidance"] for r in result["rows"]]
     files = [plot_fid_curves({"DisCo-Diff": (xs, [r["fid"] for r in result["rows"]])}, out / "guidance.png",
@@ -418,7 +434,8 @@ def guidance(run_dir, weights, num, ref_path, detector, steps, sampler, batch, o
 @click.option("--batch", type=click.IntRange(min=1), default=128, help="Samples per batch.")
 @_fid_options
 @_common
-def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector, out, seed, device):
+def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector, detector_backend, bootstrap, out, seed,
+        device):
     """FID against the number of sampler steps (NFE = 2 steps - 1 for Heun), for each run, same noise seeds."""
     from ..analysis import AnalysisError, require_image_model
     from ..analysis.nfe import quality_vs_steps
@@ -438,12 +455,12 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     if len(data_names) > 1:
         raise AnalysisError(f"the runs were trained on different data ({sorted(map(str, data_names))}); one FID "
                             f"reference cannot serve them all")
-    det = _detector(detector, device)
+    det = _detector(detector, device, detector_backend)
     ref, ref_where = _reference(loaded[0][0].config, det, out, ref_path)
     models = {n: (m, p) for n, (_, m, p) in zip(names, loaded)}
     info(f"FID against steps {steps} ({sampler}) for {', '.join(names)}: {num} samples each")
     result = quality_vs_steps(models, steps, seeds, ref, det, sampler=sampler,
-                              guidance=guidance, batch=batch, progress=True)
+                              guidance=guidance, batch=batch, progress=True, bootstrap=bootstrap)
     result.update(runs=dict(zip(names, map(str, run_dirs))), ref=ref_where, note=FID_NOTE.format(num=num))
     series = {n: ([r["nfe"] for r in rows], [r["fid"] for r in rows]) for n, rows in result["rows"].items()}
     png = plot_fid_curves(series, out / "nfe.png", xlabel="NFE (network evaluations per sample)", log_x=True,
