@@ -1,10 +1,14 @@
 """The Restart and DPM-Solver++(2M) samplers and hybrid two-model sampling, on the exact denoiser of a Gaussian
 mixture (so every error is the sampler's) and on tiny models through `generate` and the command line."""
+import json
 import math
+import shutil
 
+import numpy as np
 import pytest
 import torch
 
+from discodiff.cli import main
 from discodiff.config import ConfigError, preset_config
 from discodiff.model import DiscoDiff
 from discodiff.pipeline import generate, hybrid_denoiser, sampler_from_name
@@ -12,7 +16,7 @@ from discodiff.sampling import (NAMED_SAMPLERS, RESTART_PRESETS, SAMPLERS, Stack
                                 restart_nfe, restart_points, sample_dpmpp_2m, sample_euler, sample_heun,
                                 sample_restart)
 
-from conftest import gaussian_mixture_denoiser
+from conftest import gaussian_mixture_denoiser, run_cli, train_tiny_toy
 
 MEANS = torch.tensor([[3.0, 0.0], [-3.0, 0.0], [0.0, 3.0]], dtype=torch.float64)
 STD = 0.2
@@ -302,3 +306,86 @@ def test_hybrid_switch_at_the_ends_is_one_model_alone():
     with pytest.raises(ConfigError, match="data shape"):
         generate(disco, seeds, sigmas, z=z, hybrid=(DiscoDiff(preset_config(
             "toy2d", {"model": {"data_shape": [3], "num_latents": 0}}).model), 1.0))
+
+
+# ---- the command line -----------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A tiny DisCo-Diff toy run with its prior, and a tiny plain (m = 0) one."""
+    root = tmp_path_factory.mktemp("samplers")
+    train_tiny_toy(root / "disco", kimg=0.5)
+    main(["train-prior", "--run-dir", str(root / "disco"), "--kimg", "0.2", "--batch", "64", "--quiet"])
+    train_tiny_toy(root / "base", "--latents", "0", kimg=0.5)
+    return root
+
+
+def _sample(capsys, run, out, *args):
+    code, stdout, err = run_cli(["sample", "--run-dir", str(run), "--num", "3", "--out", str(out), *args], capsys)
+    assert code in (0, None), err
+    return np.load(out), stdout
+
+
+def test_cli_restart_and_dpmpp(runs, tmp_path, capsys):
+    d, stdout = _sample(capsys, runs / "disco", tmp_path / "r.npz", "--sampler", "restart",
+                        "--restart-preset", "imagenet64-623")
+    assert "36 steps = 623 network evaluations per sample" in stdout and np.isfinite(d["x"]).all()
+    d2, stdout = _sample(capsys, runs / "disco", tmp_path / "r2.npz", "--sampler", "restart", "--steps", "10",
+                         "--restart-intervals", "[[3, 2, 1.0, 5.0], [4, 1, 0.1, 0.5]]", "--guidance", "1")
+    assert f"10 steps = {2 * 33} network evaluations per sample" in stdout  # guidance doubles the 33
+    _, stdout = _sample(capsys, runs / "disco", tmp_path / "p.npz", "--sampler", "dpmpp-2m", "--steps", "7")
+    assert "7 steps = 7 network evaluations" in stdout
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--restart-preset", "imagenet64-623"], "applies to --sampler restart"),
+    (["--sampler", "heun", "--restart-intervals", "[[3, 1, 1.0, 2.0]]"], "applies to --sampler restart"),
+    (["--sampler", "restart"], "needs --restart-preset"),
+    (["--sampler", "restart", "--restart-preset", "nope"], "unknown restart preset 'nope'"),
+    (["--sampler", "restart", "--restart-intervals", "[[3, 1, 1.0, 2.0]"], "not valid JSON"),
+    (["--sampler", "restart", "--restart-intervals", "{\"a\": 1}"], "JSON list of"),
+    (["--sampler", "restart", "--restart-intervals", "[[3, 1, 2.0, 1.0]]"], "0 < t_min < t_max"),
+    (["--sampler", "restart", "--restart-intervals", "[[3, 1, 1.0, 100]]"], "beyond sigma_max"),
+    (["--hybrid-run", "BASE"], "go together"),
+    (["--switch-sigma", "1"], "go together"),
+])
+def test_cli_bad_sampler_options_are_one_line(runs, tmp_path, capsys, args, needle):
+    args = [str(runs / "base") if a == "BASE" else a for a in args]
+    out = tmp_path / "x.npz"
+    code, _, err = run_cli(["sample", "--run-dir", str(runs / "disco"), "--num", "2", "--out", str(out), *args],
+                           capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert needle in err, err
+    assert not out.exists()
+
+
+def test_cli_hybrid_round_trip(runs, tmp_path, capsys):
+    disco, base = runs / "disco", runs / "base"
+    alone_disco, _ = _sample(capsys, disco, tmp_path / "d.npz", "--steps", "6")
+    alone_base, _ = _sample(capsys, base, tmp_path / "b.npz", "--steps", "6")
+    low, stdout = _sample(capsys, disco, tmp_path / "h0.npz", "--steps", "6", "--hybrid-run", str(base),
+                          "--switch-sigma", "0")
+    assert np.array_equal(low["x"], alone_disco["x"]) and np.array_equal(low["z"], alone_disco["z"])
+    assert "11 network evaluations" in stdout and f"{base}'s below it" in stdout
+    assert str(low["hybrid_run"]) == str(base) and float(low["switch_sigma"]) == 0.0
+    high, _ = _sample(capsys, disco, tmp_path / "h1.npz", "--steps", "6", "--hybrid-run", str(base),
+                      "--switch-sigma", "100")
+    assert np.array_equal(high["x"], alone_base["x"])
+    mid, stdout = _sample(capsys, disco, tmp_path / "h2.npz", "--steps", "6", "--hybrid-run", str(base),
+                     "--switch-sigma", "1", "--guidance", "2")
+    assert not np.array_equal(mid["x"], alone_disco["x"]) and not np.array_equal(mid["x"], alone_base["x"])
+    # the real count: latent guidance doubles only the evaluations at sigma >= 1, which DisCo-Diff makes
+    sig = [float(s) for s in karras_sigmas(6)]
+    evaluated = sig[:6] + sig[1:6]  # Heun: each step at its start, and at its end unless that is sigma = 0
+    assert f"{sum(2 if s >= 1 else 1 for s in evaluated)} network evaluations" in stdout
+
+    # a second run of other data is refused before any work
+    for key, value, needle in (("data_shape", [3], "shape [3]"), ("num_classes", 2, "2 classes")):
+        other = tmp_path / f"other-{key}"
+        shutil.copytree(base, other)
+        cfg = json.loads((other / "config.json").read_text())
+        cfg["model"][key] = value
+        (other / "config.json").write_text(json.dumps(cfg))
+        code, _, err = run_cli(["sample", "--run-dir", str(disco), "--num", "2", "--out", str(tmp_path / "x.npz"),
+                                "--hybrid-run", str(other), "--switch-sigma", "1"], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err
