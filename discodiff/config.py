@@ -249,7 +249,7 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Checks every value's range at once, when the config is resolved, not at its first use."""
-    from .sampling import SAMPLERS
+    from .sampling import NAMED_SAMPLERS, SAMPLERS, required_options
     m = cfg.model
     _require(0 <= m.num_latents <= 256, f"--latents (model.num_latents) must be between 0 and 256, got {m.num_latents}")
     _require(not m.num_latents or 2 <= m.codebook_size <= 65536,
@@ -285,4 +285,7 @@ def validate(cfg: RunConfig) -> None:
     s = cfg.sample
     _require(s.steps >= 1, f"sample.steps must be >= 1, got {s.steps}")
     _require(s.sampler in SAMPLERS, f"unknown sampler {s.sampler!r}; choose from: {', '.join(SAMPLERS)}")
+    _require(s.sampler in NAMED_SAMPLERS,  # restart's intervals are options of `discodiff sample`, not of a run
+             f"sample.sampler {s.sampler!r} needs {', '.join(required_options(s.sampler))}, which a run config does "
+             f"not hold; choose from: {', '.join(NAMED_SAMPLERS)} (and pass --sampler {s.sampler} to sample)")
     _require(s.prior_temperature > 0, f"sample.prior_temperature must be positive, got {s.prior_temperature}")

@@ -4,6 +4,7 @@
 the style of EDM's and k-diffusion's samplers: `generate(model, seeds, karras_sigmas(18), prior=prior)` draws
 with Heun, `sampler=partial(sample_edm_stochastic, S_churn=40)` with churn. `generate_batches` runs it over many
 seeds in batches. `sampler_from_name` turns the names of the CLI and the config into a sampler function.
+`hybrid=(second_model, switch_sigma)` hands the low-noise part of the ODE to a second model (paper App. D).
 
 Each seed drives its own generator, in this order: the m uniforms for the prior, the initial noise, then any
 noise the sampler draws. A sample therefore depends on its seed only, never on the batch it is drawn in.
@@ -15,15 +16,64 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .config import ConfigError
 from .model import DiscoDiff
 from .prior import ARPrior
-from .sampling import StackedGenerator, get_sampler, sample_heun, takes_noise_source
+from .sampling import Denoise, StackedGenerator, get_sampler, required_options, sample_heun, takes_noise_source
 
 
 def sampler_from_name(name: str, **options) -> Callable:
-    """The registered sampler `name` with keyword `options` bound (e.g. S_churn for "edm")."""
+    """The registered sampler `name` with keyword `options` bound (e.g. S_churn for "edm", intervals for "restart")."""
     fn = get_sampler(name).fn
+    missing = [o for o in required_options(name) if o not in options]
+    if missing:
+        raise ConfigError(f"sampler {name!r} needs {', '.join(missing)}")
     return functools.partial(fn, **options) if options else fn
+
+
+def hybrid_denoiser(first: Denoise, second: Denoise, switch_sigma: float) -> Denoise:
+    """`first` at the noise levels sigma >= switch_sigma, `second` below them (paper App. D: DisCo-Diff solves the
+    ODE at high noise, where its latents help, and a plain model takes over at low noise). switch_sigma = 0 is
+    `first` alone; above sigma_max it is `second` alone. Each call goes to one model: the samplers evaluate one
+    sigma per batch."""
+    def denoise(x, sigma):
+        high = sigma >= switch_sigma
+        if bool(high.all()):
+            return first(x, sigma)
+        if not bool(high.any()):
+            return second(x, sigma)
+        raise ValueError("a hybrid denoiser takes one noise level per batch, got sigmas on both sides of the switch")
+
+    return denoise
+
+
+def check_hybrid_pair(model: DiscoDiff, second: DiscoDiff) -> None:
+    """A second model must draw the same kind of data as the first (shape, and class count when classes are used)."""
+    a, b = model.config, second.config
+    if list(a.data_shape) != list(b.data_shape):
+        raise ConfigError(f"the hybrid's second model has data shape {b.data_shape}, the first {a.data_shape}")
+    if a.num_classes != b.num_classes:
+        raise ConfigError(f"the hybrid's second model has {b.num_classes} classes, the first {a.num_classes}")
+
+
+class PassCounter:
+    """Counts the samples that go through models' denoiser networks (forward hooks) while it is open: over the
+    number of samples drawn, the real network evaluations per sample, guidance, restarts and hybrids included."""
+
+    def __init__(self, *models: DiscoDiff):
+        self.models, self.total, self.hooks = models, 0, []
+
+    def _count(self, module, args, output):
+        self.total += output.shape[0]
+
+    def __enter__(self) -> "PassCounter":
+        self.hooks = [m.denoiser.register_forward_hook(self._count) for m in self.models]
+        return self
+
+    def __exit__(self, *exc):
+        for h in self.hooks:
+            h.remove()
+        self.hooks = []
 
 
 def _labels(class_labels, n: int, device) -> torch.Tensor | None:
@@ -72,7 +122,8 @@ def shared_latents(model: DiscoDiff, prior: ARPrior | None, seeds: Sequence[int]
 def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sampler: Callable = sample_heun,
              prior: ARPrior | None = None, z: torch.Tensor | None = None, class_labels=None,
              guidance: float = 0.0, class_guidance: float = 0.0, prior_temperature: float = 1.0,
-             callback=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+             hybrid: tuple[DiscoDiff, float] | None = None, callback=None,
+             device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample per seed: (x in model space [N, *shape], z [N, m]).
 
     `sigmas`: the decreasing noise levels ending in 0 (e.g. `karras_sigmas(steps)`); `sampler(denoise, noise,
@@ -81,6 +132,11 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     `class_guidance` the class (paper eq. 6): the guided passes run as one network call on a batch 2x (3x with
     both) the size of `seeds`, and z's latent tokens are computed once for the whole trajectory
     (`DiscoDiff.make_denoiser`). `callback(i, x)` is called with i = -1 and the initial noise, then after every step.
+
+    `hybrid=(second, switch_sigma)`: `second` denoises below switch_sigma (`hybrid_denoiser`). It gets no latents
+    of its own: none for a plain model (m = 0, the usual case), the null latent for a DisCo-Diff model (so no
+    latent guidance either); the class and its guidance are the same. The seeds' noise is the first model's, so
+    a hybrid sample starts where `model`'s own sample for that seed starts.
     """
     device = _device_of(model, device)
     gen = StackedGenerator(seeds, device)
@@ -91,6 +147,11 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     sigmas = sigmas.to(device)
     noise = gen.randn(model.config.data_shape) * sigmas[0].float()
     denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance, class_guidance=class_guidance)
+    if hybrid is not None:
+        second, switch_sigma = hybrid
+        check_hybrid_pair(model, second)
+        denoise = hybrid_denoiser(denoise, second.make_denoiser(None, class_labels, class_guidance=class_guidance),
+                                  switch_sigma)
     if callback is not None:
         callback(-1, noise)
     if takes_noise_source(sampler):

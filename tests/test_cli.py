@@ -116,7 +116,7 @@ def test_sample_writes_the_documented_arrays(tmp_path, capsys):
     code, stdout, _ = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--steps", "6", "--guidance", "1",
                                "--out", str(tmp_path / "g.npz")], capsys)
     assert code in (0, None)
-    assert "6 steps = 11 network calls on a doubled batch (guidance) = 22 network evaluations per sample" in stdout
+    assert "6 steps = 22 network evaluations per sample (11 network calls on a doubled batch: guidance)" in stdout
     # seeds 7..11: drawing seed 9 alone gives the third sample again
     one = tmp_path / "one.npz"
     run_cli(["sample", "--run-dir", str(run), "--num", "1", "--steps", "6", "--seed", "9", "--out", str(one)], capsys)

@@ -456,6 +456,12 @@ def test_cli_gen(tmp_path, capsys, monkeypatch, tiny_detector_file, fake_image_d
     assert "training data" in err and (run / "fid-ref.npz").is_file()
     d = json.loads(res.read_text())
     assert d["num"] == 6 and d["ref_num"] == 10 and np.isfinite(d["fid"]) and d["steps"] == 2
+    # restart's settings go through and are recorded, with its evaluation count: 2*3 - 1 + 1 repeat * 2 Heun steps * 2
+    restart = ["--sampler", "restart", "--steps", "3", "--restart-intervals", "[[3, 1, 0.5, 2.0]]"]
+    code, out, err = _run_cli(capsys, *[a for a in args if a not in ("--steps", "2", "--sampler", "euler")], *restart)
+    assert code == 0, err
+    r = json.loads(res.read_text())
+    assert r["sampler"] == "restart" and r["nfe"] == 9 and r["restart"]["intervals"] == [[3, 1, 0.5, 2.0]]
 
     # with --ref: the same value (same seeds, same reference); batch size does not matter
     code, out, err = _run_cli(capsys, *args[:7], "5", *args[8:], "--ref", str(run / "fid-ref.npz"))

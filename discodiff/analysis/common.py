@@ -13,6 +13,9 @@ from ..sampling import SAMPLERS, takes_noise_source
 # The registered samplers that draw no noise of their own (the ODE solvers), for the analyses that need a
 # deterministic sampler: latent switching continues a trajectory, and FID against steps measures the ODE's error.
 ODE_SAMPLERS = tuple(name for name, info in SAMPLERS.items() if not takes_noise_source(info.fn))
+# Latent switching restarts the sampler from a point of the trajectory, which continues it exactly only for the
+# one-step solvers (a multistep one, like dpmpp-2m, would lose the evaluations it carries).
+SWITCHING_SAMPLERS = tuple(name for name in ODE_SAMPLERS if not SAMPLERS[name].multistep)
 
 
 class AnalysisError(ConfigError):

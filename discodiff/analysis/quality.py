@@ -73,16 +73,18 @@ def diversity(stats: FIDStats, ref: FIDStats) -> float:
 
 def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
                    steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
-                   prior_temperature: float = 1.0):
+                   prior_temperature: float = 1.0, sampler_options: dict | None = None, hybrid=None):
     """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds. `z` [N, m] fixes the latents (else
     `prior` draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional
-    model). A sample depends on its seed only, not on `batch` (see pipeline.generate)."""
+    model); `sampler_options` go to the sampler (restart's intervals), `hybrid` to `generate`. A sample depends on
+    its seed only, not on `batch` (see pipeline.generate)."""
     seeds = list(seeds)
     device = next(model.parameters()).device
     labels = generation_labels(model, seeds) if class_labels is None else class_labels
     for _, x, _ in generate_batches(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
-                                    class_labels=labels, sampler=sampler_from_name(sampler), prior=prior,
-                                    guidance=guidance, prior_temperature=prior_temperature):
+                                    class_labels=labels, sampler=sampler_from_name(sampler, **(sampler_options or {})),
+                                    prior=prior, guidance=guidance, prior_temperature=prior_temperature,
+                                    hybrid=hybrid):
         yield to_uint8(x).cpu()
 
 

@@ -17,7 +17,7 @@ import torch
 
 from ..pipeline import generate, sample_latents
 from ..sampling import SAMPLERS, karras_sigmas, trajectory_recorder
-from .common import ODE_SAMPLERS, AnalysisError, chunks, generation_labels, require_latents, require_prior, rms
+from .common import SWITCHING_SAMPLERS, AnalysisError, chunks, generation_labels, require_latents, require_prior, rms
 
 DEFAULT_FRACTIONS = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 OTHER_SEED_OFFSET = 1_000_000_007  # z_b for seed s is the prior's draw for seed s + this
@@ -34,9 +34,10 @@ def switch_step(fraction: float, steps: int) -> int:
 def switched_samples(model, seeds: Sequence[int], z_a: torch.Tensor, z_b: torch.Tensor, fractions: Sequence[float],
                      *, steps: int, sampler: str = "heun", guidance: float = 0.0, class_labels=None) -> torch.Tensor:
     """Samples [F, N, *shape]: for each fraction f, z_a for the first steps and z_b for the last f of them."""
-    if sampler not in ODE_SAMPLERS:  # a switched tail continues the z_a trajectory: only an ODE solver reproduces it
-        raise AnalysisError(f"latent switching needs a deterministic sampler ({' or '.join(ODE_SAMPLERS)}), got "
-                            f"{sampler!r}")
+    if sampler not in SWITCHING_SAMPLERS:  # a switched tail continues the z_a trajectory: only a one-step ODE
+        # solver reproduces it
+        raise AnalysisError(f"latent switching needs a deterministic one-step sampler "
+                            f"({' or '.join(SWITCHING_SAMPLERS)}), got {sampler!r}")
     fn = SAMPLERS[sampler].fn
     device = next(model.parameters()).device
     sigmas = karras_sigmas(steps, device=device)

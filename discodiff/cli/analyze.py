@@ -9,17 +9,19 @@ from pathlib import Path
 
 import click
 
-from ..analysis.common import ODE_SAMPLERS
+from ..analysis.common import ODE_SAMPLERS, SWITCHING_SAMPLERS
 from ..config import DataConfig
 from ..metrics.fid import BACKENDS
 from .fid import DETECTOR_HELP
-from .options import SAMPLER_CHOICE, SEED, info, parse_key_values, parse_list, resolve_device, seed_range, table
+from .options import NAMED_SAMPLER_CHOICE, SEED, info, parse_key_values, parse_list, resolve_device, seed_range, table
 
 FID_NOTE = ("FID over {num} samples: biased upward against the standard 50k-sample FID; compare only numbers measured "
             "at the same number of samples and against the same reference")
 # Switching continues a sampled trajectory and `nfe` measures the ODE's discretisation error (paper section 3.2):
-# both need a deterministic sampler, so they offer the registry's ODE solvers only; the others take any sampler.
+# both need a deterministic sampler, so they offer the registry's ODE solvers only (switching the one-step ones); the
+# others take any sampler that runs on its name alone.
 ODE_SAMPLER_CHOICE = click.Choice(list(ODE_SAMPLERS))
+SWITCHING_SAMPLER_CHOICE = click.Choice(list(SWITCHING_SAMPLERS))
 
 
 # ---- shared pieces ------------------------------------------------------------------------------------------
@@ -122,11 +124,12 @@ def _common(f):
 
 
 def _sampling_options(ode_only: bool = False):
-    """--steps, --sampler and --batch; `ode_only` offers the deterministic samplers only (ODE_SAMPLER_CHOICE)."""
+    """--steps, --sampler and --batch; `ode_only` offers the one-step ODE solvers only (latent switching resumes a
+    trajectory mid-way)."""
     def decorate(f):
         f = click.option("--steps", type=click.IntRange(min=1), default=None,
                          help="Sampler steps (default: the run's).")(f)
-        f = click.option("--sampler", type=ODE_SAMPLER_CHOICE if ode_only else SAMPLER_CHOICE, default=None,
+        f = click.option("--sampler", type=SWITCHING_SAMPLER_CHOICE if ode_only else NAMED_SAMPLER_CHOICE, default=None,
                          help=("ODE solver" if ode_only else "Sampler") + " (default: the run's).")(f)
         f = click.option("--batch", type=click.IntRange(min=1), default=128, help="Samples per batch.")(f)
         return f

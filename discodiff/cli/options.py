@@ -8,7 +8,7 @@ from typing import Callable
 import click
 
 from ..config import MAX_SEED, ConfigError
-from ..sampling import SAMPLERS
+from ..sampling import NAMED_SAMPLERS, RESTART_PRESETS, SAMPLERS
 
 
 def parse_key_values(items, flag: str = "--set", *, nested: bool = True) -> dict:
@@ -87,6 +87,7 @@ def _cell(v) -> str:
 # ---- option decorators ------------------------------------------------------------------------------------------
 
 SAMPLER_CHOICE = click.Choice(list(SAMPLERS))
+NAMED_SAMPLER_CHOICE = click.Choice(list(NAMED_SAMPLERS))  # those that need no options (not restart)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 SEED = click.IntRange(min=0, max=MAX_SEED)
 
@@ -102,3 +103,87 @@ def sampler_options(f):
                      help="Sampler (default: the run's config): " + "; ".join(f"{k}: {v.description}"
                                                                             for k, v in SAMPLERS.items()) + ".")(f)
     return f
+
+
+def restart_options(f):
+    """--restart-preset and --restart-intervals, the settings of --sampler restart."""
+    f = click.option("--restart-intervals", default=None, metavar="JSON",
+                     help="Restart intervals (--sampler restart), a JSON list of [n_levels, k_repeats, t_min, t_max], "
+                          "e.g. '[[10, 3, 1.09, 1.92]]'; with --restart-preset it replaces the preset's "
+                          "intervals.")(f)
+    f = click.option("--restart-preset", default=None, metavar="NAME",
+                     help="Restart settings (--sampler restart): " + ", ".join(RESTART_PRESETS) + " (the Restart "
+                          "paper's ImageNet-64 settings, 36 steps, 623 evaluations); its step count is the "
+                          "default --steps.")(f)
+    return f
+
+
+def hybrid_options(f):
+    """--hybrid-run and --switch-sigma: a second run's model below a noise level (paper App. D)."""
+    f = click.option("--switch-sigma", type=click.FloatRange(min=0), default=None,
+                     help="With --hybrid-run: the noise level below which the second run's model denoises.")(f)
+    f = click.option("--hybrid-run", type=RUN_DIR, default=None,
+                     help="A second trained run (typically a plain m = 0 model) whose model takes over below "
+                          "--switch-sigma; it gets no latents (the null latent if it has some).")(f)
+    return f
+
+
+def parse_restart_intervals(text: str) -> list:
+    """The intervals of --restart-intervals: a JSON list of [n_levels, k_repeats, t_min, t_max] (checked later,
+    against the main grid, by sampling.restart_points)."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--restart-intervals is not valid JSON ({e.msg} at character {e.pos}): {text!r}") from None
+    if not (isinstance(value, list) and value and all(isinstance(v, list) for v in value)):
+        raise ConfigError(f"--restart-intervals takes a JSON list of [n_levels, k_repeats, t_min, t_max], got {text!r}")
+    return value
+
+
+def resolve_sampler(sampler: str | None, steps: int | None, defaults, *, restart_preset: str | None = None,
+                    restart_intervals: str | None = None) -> tuple[str, int, dict]:
+    """(sampler, steps, the sampler's options) from the command line, defaulting to the run's `sample` config.
+
+    Restart takes its settings from --restart-preset and/or --restart-intervals (a preset's step count is then the
+    default); its intervals are checked against the main grid here, before any work."""
+    from ..sampling import nfe
+
+    sampler = sampler or defaults.sampler
+    given = [flag for flag, v in (("--restart-preset", restart_preset), ("--restart-intervals", restart_intervals))
+             if v is not None]
+    if given and sampler != "restart":
+        raise ConfigError(f"{given[0]} applies to --sampler restart, not {sampler}")
+    options: dict = {}
+    if sampler == "restart":
+        if not given:
+            raise ConfigError("--sampler restart needs --restart-preset NAME or --restart-intervals JSON")
+        if restart_preset is not None:
+            if restart_preset not in RESTART_PRESETS:
+                raise ConfigError(f"unknown restart preset {restart_preset!r}; choose from: "
+                                  f"{', '.join(RESTART_PRESETS)}")
+            options = dict(RESTART_PRESETS[restart_preset])
+            steps = steps or options.pop("num_steps")
+        if restart_intervals is not None:
+            options["intervals"] = parse_restart_intervals(restart_intervals)
+    steps = steps or defaults.steps
+    nfe(sampler, steps, **options)  # refuses intervals that do not fit this grid
+    return sampler, steps, options
+
+
+def load_hybrid(run, hybrid_run: Path | None, switch_sigma: float | None, device):
+    """(second model, switch sigma) for --hybrid-run / --switch-sigma, or None; the second run must draw the same
+    data (shape and class count) as `run`."""
+    from ..runs import Run
+
+    if (hybrid_run is None) != (switch_sigma is None):
+        raise ConfigError("--hybrid-run and --switch-sigma go together: give both or neither")
+    if hybrid_run is None:
+        return None
+    other = Run(hybrid_run)
+    a, b = run.config.model, other.config.model
+    if list(a.data_shape) != list(b.data_shape):
+        raise ConfigError(f"--hybrid-run {hybrid_run} draws data of shape {b.data_shape}, but {run.path} draws "
+                          f"{a.data_shape}")
+    if a.num_classes != b.num_classes:
+        raise ConfigError(f"--hybrid-run {hybrid_run} has {b.num_classes} classes, but {run.path} has {a.num_classes}")
+    return other.load_model(device), switch_sigma
