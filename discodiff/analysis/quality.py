@@ -96,11 +96,12 @@ class FIDCache(dict):
 def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z: torch.Tensor | None = None,
                latents: str = "prior", class_labels=None, steps: int = 18, sampler: str = "heun",
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
-               cache: FIDCache | None = None, model_key=None, bootstrap: int = 0) -> dict:
+               cache: FIDCache | None = None, model_key=None, bootstrap: int = 0,
+               sampler_options: dict | None = None) -> dict:
     """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
     latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
     record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
-    prior)."""
+    prior); `sampler_options` go to the sampler (e.g. S_churn, restart's intervals)."""
     require_image_model(model, "FID")
     if z is None:
         require_prior(model, prior, "sampling")
@@ -109,18 +110,22 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     who = model_key if model_key is not None else (id(model), id(prior))
     key = (who, tuple(seeds), latents, steps, sampler, float(guidance),
            None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()), bootstrap)
+    if sampler_options:  # (left out of the key when absent, so earlier caches stay valid)
+        key += (tuple(sorted((k, repr(v)) for k, v in sampler_options.items())),)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
     batches = (piece for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
-                                                  sampler=sampler, guidance=guidance, batch=batch)
+                                                  sampler=sampler, guidance=guidance, batch=batch,
+                                                  sampler_options=sampler_options)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
     guided = guidance and model.num_latents
+    evaluations = nfe(sampler, steps, **(sampler_options or {}))
     result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
               "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
-              "guidance": float(guidance), "nfe": nfe(sampler, steps),
-              "network_passes": nfe(sampler, steps) * (2 if guided else 1),
+              "sampler_options": dict(sampler_options or {}), "guidance": float(guidance), "nfe": evaluations,
+              "network_passes": evaluations * (2 if guided else 1),
               "seconds": round(time.perf_counter() - t0, 2)}
     if progress:
         spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""

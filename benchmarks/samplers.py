@@ -1,0 +1,135 @@
+"""Benchmark: FID against NFE for the baseline and DisCo-Diff with each sampler (issue #11, item 5).
+
+    .venv/bin/python benchmarks/samplers.py --preset digits [--num 2000] [--bootstrap 50] [--out DIR]
+
+Uses the two runs of benchmarks/images.py (the same --out, trained there or here with the same budget and reused)
+and its reference features and FID cache, so the Heun rows it shares with that benchmark cost nothing. For each
+sampler setting in GRID, both models draw --num samples from the same seeds; the report gives FID ± bootstrap std
+and KID per model and the ratio, writes benchmarks/results/samplers-<preset>.json and the plot
+docs/<preset>_fid_vs_nfe_samplers.png.
+
+The settings are EDM's and the papers': Heun (EDM Alg. 1); DPM-Solver++(2M); EDM's stochastic sampler with its
+ImageNet-64 churn (S_churn 40, S_min 0.05, S_max 50, S_noise 1.003); Restart with one interval over the small-sigma
+range where both models' errors remain (paper-spec §5 gives the 623-NFE ImageNet preset, too costly here).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+
+# (label, sampler, steps, options): the grid of sampler settings, each run for both models
+GRID = [
+    ("Heun", "heun", 4, {}), ("Heun", "heun", 8, {}), ("Heun", "heun", 18, {}),
+    ("DPM-Solver++(2M)", "dpmpp-2m", 7, {}), ("DPM-Solver++(2M)", "dpmpp-2m", 15, {}),
+    ("EDM stochastic", "edm", 18, {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}),
+    ("Restart", "restart", 10, {"intervals": [(5, 2, 0.3, 2.0)]}),
+]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--num", type=int, default=2000)
+    ap.add_argument("--bootstrap", type=int, default=50)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="benchmarks/images.py's folder (default: its default)")
+    args = ap.parse_args(argv)
+
+    import images as bench  # benchmarks/images.py: the runs, the reference and the FID cache
+
+    from discodiff.analysis import jsonable
+    from discodiff.analysis.quality import sample_fid
+    from discodiff.config import ConfigError
+    from discodiff.data import to_uint8
+    from discodiff.fileio import write_json
+    from discodiff.metrics.fid import InceptionDetector
+    from discodiff.runs import resolve_run
+
+    torch.set_num_threads(args.threads)
+    out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
+    start = time.perf_counter()
+    try:
+        overrides = bench.run_overrides(args.preset, seed=args.seed)
+        resolved = {name: resolve_run(out / name, preset=args.preset, overrides=o) for name, o in overrides.items()}
+        cfgs = {name: cfg for name, (cfg, _) in resolved.items()}
+        data = resolved["discodiff"][1]
+        models, _ = bench.train_both(out, cfgs, data, {})
+        det = InceptionDetector.from_file()
+        ref, floor, _ = bench.reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cache = bench.disk_cache(out / "fid-cache.json", {n: bench.fingerprint(out / n) for n in models}, args.num)
+    seeds = list(range(args.seed, args.seed + args.num))
+    rows = []
+    for label, sampler, steps, options in GRID:
+        row = {"label": label, "sampler": sampler, "steps": steps, "options": options}
+        for name, (model, prior) in models.items():
+            row[name] = sample_fid(model, prior, seeds, ref, det, steps=steps, sampler=sampler, batch=args.batch,
+                                   progress=True, desc=f"{name}, {label}, {steps} steps", cache=cache,
+                                   model_key=name, bootstrap=args.bootstrap, sampler_options=options or None)
+        row["nfe"] = row["discodiff"]["nfe"]
+        row["ratio"], row["ratio_err"] = bench.ratio_and_error(row["discodiff"], row["baseline"])
+        row["differ"] = bench.differ(row["discodiff"], row["baseline"])
+        rows.append(row)
+
+    lines = [f"FID ± bootstrap std ({args.bootstrap} resamples), KID x 1000 ± std, {args.num} samples per FID; floor "
+             f"({floor['num']} real images): FID {floor['fid']:.3f}", "",
+             f"{'sampler':>17} {'steps':>5} {'NFE':>4} {'baseline FID':>16} {'DisCo-Diff FID':>16} {'ratio':>14} "
+             f"{'differ':>6} {'base KID':>12} {'DisCo KID':>12}"]
+    for r in rows:
+        lines.append(f"{r['label']:>17} {r['steps']:>5} {r['nfe']:>4} {bench._fid(r['baseline']):>16} "
+                     f"{bench._fid(r['discodiff']):>16} {bench._ratio(r['discodiff'], r['baseline']):>14} "
+                     f"{r['differ']:>6} {bench._kid(r['baseline']):>12} {bench._kid(r['discodiff']):>12}")
+    table = "\n".join(lines)
+    print("\n" + table)
+    png = plot(rows, DOCS / f"{args.preset}_fid_vs_nfe_samplers.png", args)
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "num": args.num,
+              "bootstrap": args.bootstrap, "seed": args.seed, "wall_s": round(time.perf_counter() - start, 1),
+              "floor": floor, "rows": rows, "table": table, "plot": str(png), "out": str(out),
+              "detector_backend": det.backend, "threads": args.threads}
+    path = RESULTS / f"samplers-{args.preset}.json"
+    write_json(jsonable(report), path)
+    print(f"wrote {path} and {png}")
+    return 0
+
+
+def plot(rows, path: Path, args) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for label in labels:
+        sel = sorted((r for r in rows if r["label"] == label), key=lambda r: r["nfe"])
+        for name, style, marker in (("baseline", "--", "o"), ("discodiff", "-", "s")):
+            ax.errorbar([r["nfe"] for r in sel], [r[name]["fid"] for r in sel],
+                        yerr=[r[name].get("fid_std", 0) for r in sel], color=colors[label], ls=style, marker=marker,
+                        ms=4, capsize=2, label=f"{label}, {'EDM' if name == 'baseline' else 'DisCo-Diff'}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("NFE (network evaluations per sample)")
+    ax.set_ylabel(f"FID ({args.num} samples)")
+    ax.set_title(f"{args.preset}: FID against NFE by sampler (dashed: EDM, solid: DisCo-Diff)", fontsize=9)
+    ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(main())
