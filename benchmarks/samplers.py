@@ -2,6 +2,9 @@
 
     .venv/bin/python benchmarks/samplers.py --preset digits [--num 2000] [--bootstrap 50] [--out DIR]
 
+Then the hybrid of the two (DisCo-Diff solves the ODE above a switch sigma, the baseline below it; paper App. D)
+against both of its parts, at the HYBRID settings.
+
 Uses the two runs of benchmarks/images.py (the same --out, trained there or here with the same budget and reused)
 and its reference features and FID cache, so the Heun rows it shares with that benchmark cost nothing. For each
 sampler setting in GRID, both models draw --num samples from the same seeds; the report gives FID ± bootstrap std
@@ -32,6 +35,8 @@ GRID = [
     ("EDM stochastic", "edm", 18, {"S_churn": 40.0, "S_min": 0.05, "S_max": 50.0, "S_noise": 1.003}),
     ("Restart", "restart", 10, {"intervals": [(5, 2, 0.3, 2.0)]}),
 ]
+# (Heun steps, switch sigma): DisCo-Diff above the switch, the baseline below it (paper App. D's hybrid)
+HYBRID = [(8, 1.0), (18, 1.0), (18, 5.0)]
 
 
 def main(argv=None) -> int:
@@ -83,6 +88,16 @@ def main(argv=None) -> int:
         row["differ"] = bench.differ(row["discodiff"], row["baseline"])
         rows.append(row)
 
+    hybrid_rows = []
+    disco, prior = models["discodiff"]
+    for steps, switch in HYBRID:
+        r = sample_fid(disco, prior, seeds, ref, det, steps=steps, sampler="heun", batch=args.batch, progress=True,
+                       desc=f"hybrid, switch {switch:g}, {steps} steps", cache=cache, model_key=f"hybrid-{switch:g}",
+                       bootstrap=args.bootstrap, hybrid=(models["baseline"][0], switch))
+        parts = {name: next(row[name] for row in rows if row["sampler"] == "heun" and row["steps"] == steps)
+                 for name in models}
+        hybrid_rows.append({"steps": steps, "switch_sigma": switch, "hybrid": r, **parts})
+
     lines = [f"FID ± bootstrap std ({args.bootstrap} resamples), KID x 1000 ± std, {args.num} samples per FID; floor "
              f"({floor['num']} real images): FID {floor['fid']:.3f}", "",
              f"{'sampler':>17} {'steps':>5} {'NFE':>4} {'baseline FID':>16} {'DisCo-Diff FID':>16} {'ratio':>14} "
@@ -91,12 +106,17 @@ def main(argv=None) -> int:
         lines.append(f"{r['label']:>17} {r['steps']:>5} {r['nfe']:>4} {bench._fid(r['baseline']):>16} "
                      f"{bench._fid(r['discodiff']):>16} {bench._ratio(r['discodiff'], r['baseline']):>14} "
                      f"{r['differ']:>6} {bench._kid(r['baseline']):>12} {bench._kid(r['discodiff']):>12}")
+    lines += ["", "hybrid: DisCo-Diff for sigma >= switch, EDM below (Heun)", "",
+              f"{'steps':>5} {'switch':>6} {'EDM FID':>16} {'DisCo-Diff FID':>16} {'hybrid FID':>16} {'hybrid KID':>12}"]
+    for h in hybrid_rows:
+        lines.append(f"{h['steps']:>5} {h['switch_sigma']:>6g} {bench._fid(h['baseline']):>16} "
+                     f"{bench._fid(h['discodiff']):>16} {bench._fid(h['hybrid']):>16} {bench._kid(h['hybrid']):>12}")
     table = "\n".join(lines)
     print("\n" + table)
     png = plot(rows, DOCS / f"{args.preset}_fid_vs_nfe_samplers.png", args)
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "num": args.num,
               "bootstrap": args.bootstrap, "seed": args.seed, "wall_s": round(time.perf_counter() - start, 1),
-              "floor": floor, "rows": rows, "table": table, "plot": str(png), "out": str(out),
+              "floor": floor, "rows": rows, "hybrid": hybrid_rows, "table": table, "plot": str(png), "out": str(out),
               "detector_backend": det.backend, "threads": args.threads}
     path = RESULTS / f"samplers-{args.preset}.json"
     write_json(jsonable(report), path)

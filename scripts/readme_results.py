@@ -4,7 +4,8 @@
     python scripts/readme_results.py benchmarks/results/toy2d.json     # one report
 
 toy2d.json comes from benchmarks/toy2d.py, images-<preset>.json from benchmarks/images.py, fid-speed.json from
-benchmarks/fid_speed.py and throughput-<preset>-<device>.json from benchmarks/throughput.py.
+benchmarks/fid_speed.py, samplers-<preset>.json from benchmarks/samplers.py and throughput-<preset>-<device>.json
+from benchmarks/throughput.py.
 """
 import json
 import sys
@@ -81,6 +82,23 @@ def images(d: dict) -> None:
           f"{d.get('detector_backend', 'torchscript')}. " + targets_line(d))
 
 
+def samplers(d: dict) -> None:
+    print("| sampler | steps | NFE | EDM FID | DisCo-Diff FID | ratio | differ? | EDM KID ×1000 | DisCo-Diff KID ×1000 |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in d["rows"]:
+        ratio = f"{r['ratio']:.3f}" + (f" ± {r['ratio_err']:.3f}" if r.get("ratio_err") is not None else "")
+        print(f"| {r['label']} | {r['steps']} | {r['nfe']} | {_fid(r['baseline'])} | {_fid(r['discodiff'])} | {ratio} | "
+              f"{r['differ']} | {_kid(r['baseline'])} | {_kid(r['discodiff'])} |")
+    if d.get("hybrid"):
+        print("\n| Heun steps | switch σ | EDM FID | DisCo-Diff FID | hybrid FID | hybrid KID ×1000 |")
+        print("|---|---|---|---|---|---|")
+        for h in d["hybrid"]:
+            print(f"| {h['steps']} | {h['switch_sigma']:g} | {_fid(h['baseline'])} | {_fid(h['discodiff'])} | "
+                  f"{_fid(h['hybrid'])} | {_kid(h['hybrid'])} |")
+    print(f"\n{d['num']} samples per FID, the same seeds for every row, FID ± std over {d['bootstrap']} bootstrap "
+          f"resamples; detector backend {d['detector_backend']}.")
+
+
 def fid_speed(d: dict) -> None:
     print("| backend | images/s | speed-up | GFLOP/s | of the matmul peak | max feature difference / scale | FID "
           "difference |")
@@ -101,12 +119,20 @@ def throughput(d: dict) -> None:
     print("|---|---|---|---|")
     print(f"| training images/s | {b['train_images_per_s']:.1f} | {c['train_images_per_s']:.1f} | "
           f"cost {100 * t['training_overhead']:+.1f}% |")
+    gap = f"{-100 * t['sampling_gap']:+.1f}%" if "sampling_gap" in t else ""
     print(f"| sampling images/s (NFE {c['sampling']['nfe_per_image']}) | {b['sampling']['images_per_s']:.1f} | "
-          f"{c['sampling']['images_per_s']:.1f} | |")
+          f"{c['sampling']['images_per_s']:.1f} | {gap} |")
+    g = d.get("guided_sampling")
+    if g:
+        print(f"| sampling images/s, latent guidance w = 1 ({g['nfe_per_image']} evaluations in "
+              f"{g['network_calls_per_image']} batched calls) | | {g['images_per_s']:.1f} | "
+              f"{g['images_per_s'] / c['sampling']['images_per_s']:.2f}× unguided |")
+    extra = (f"; sampling within 3% of EDM's: {'met' if t['sampling_gap_ok'] else 'NOT met'}"
+             if "sampling_gap" in t else "")
     print(f"\nDevice: {d['device']}, torch {d['torch']}. Drawing the latents from the prior takes "
           f"{100 * t['prior_fraction']:.3f}% of DisCo-Diff's sampling time. Targets: training cost <= +15%: "
           f"{'met' if t['training_overhead_ok'] else 'NOT met'}; prior <= 1% of sampling time: "
-          f"{'met' if t['prior_fraction_ok'] else 'NOT met'}.")
+          f"{'met' if t['prior_fraction_ok'] else 'NOT met'}{extra}.")
 
 
 def main(paths) -> None:
@@ -114,7 +140,8 @@ def main(paths) -> None:
         d = json.loads(Path(path).read_text())
         print(f"<!-- {Path(path).name} -->")
         name = Path(path).name
-        kind = next((f for prefix, f in (("toy2d", toy2d), ("images", images), ("fid-speed", fid_speed))
+        kind = next((f for prefix, f in (("toy2d", toy2d), ("images", images), ("fid-speed", fid_speed),
+                                          ("samplers", samplers))
                      if name.startswith(prefix)), throughput)
         kind(d)
         print()

@@ -97,11 +97,12 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                latents: str = "prior", class_labels=None, steps: int = 18, sampler: str = "heun",
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
                cache: FIDCache | None = None, model_key=None, bootstrap: int = 0,
-               sampler_options: dict | None = None) -> dict:
+               sampler_options: dict | None = None, hybrid=None) -> dict:
     """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
     latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
     record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
-    prior); `sampler_options` go to the sampler (e.g. S_churn, restart's intervals)."""
+    prior); `sampler_options` go to the sampler (e.g. S_churn, restart's intervals), `hybrid` (second model,
+    switch sigma) to `generate` (name the pair in `model_key`: the key records only the switch sigma)."""
     require_image_model(model, "FID")
     if z is None:
         require_prior(model, prior, "sampling")
@@ -112,12 +113,14 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
            None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()), bootstrap)
     if sampler_options:  # (left out of the key when absent, so earlier caches stay valid)
         key += (tuple(sorted((k, repr(v)) for k, v in sampler_options.items())),)
+    if hybrid is not None:
+        key += (("hybrid switch sigma", float(hybrid[1])),)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
     batches = (piece for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
                                                   sampler=sampler, guidance=guidance, batch=batch,
-                                                  sampler_options=sampler_options)
+                                                  sampler_options=sampler_options, hybrid=hybrid)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
     guided = guidance and model.num_latents

@@ -1,0 +1,124 @@
+"""Benchmark: how the latents enter the U-Net, at equal budget (issue #10, item 1).
+
+    .venv/bin/python benchmarks/latent_injection.py --preset digits [--variants embedding,xattn,xattn-soft] [--num 2000]
+
+Trains DisCo-Diff variants of an image preset that differ only in how the latents are injected and relaxed, with
+the same network, data, seed and training images, and reports for each:
+
+- codes in use per latent (the encoder's argmax over the whole data set; a collapsed latent uses 1-2 of k codes);
+- the prior's token perplexity against the marginal's (stage II's own report);
+- the loss at sigma >= 2 given the encoder's latents, over the loss given the null latent (the same network: how
+  much the latents carry at high noise, where the paper says they matter; 1 = nothing);
+- FID ± bootstrap std and KID at the preset's Heun steps, --num samples against the training set.
+
+The runs live beside benchmarks/images.py's (the same --out), so its DisCo-Diff run serves as the preset's own
+variant. Writes benchmarks/results/latent-injection-<preset>.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# name -> (run folder, model overrides); "embedding" is the digits preset itself (benchmarks/images.py's run)
+VARIANTS = {
+    "embedding": ("discodiff", {}),
+    "xattn": ("xattn", {"network": {"latent_injection": "cross_attention"}}),
+    "xattn-soft": ("xattn-soft", {"network": {"latent_injection": "cross_attention"}, "hard": False}),
+    "embedding-soft": ("embedding-soft", {"hard": False}),
+}
+HIGH_SIGMAS = [2.0, 5.0, 10.0, 20.0]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--variants", default="embedding,xattn,xattn-soft")
+    ap.add_argument("--num", type=int, default=2000)
+    ap.add_argument("--bootstrap", type=int, default=20)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=None, help="benchmarks/images.py's folder (default: its default)")
+    args = ap.parse_args(argv)
+
+    import images as bench
+
+    from discodiff.analysis import jsonable
+    from discodiff.analysis.codebook import codebook_analysis
+    from discodiff.analysis.loss_sigma import loss_vs_sigma
+    from discodiff.analysis.quality import sample_fid
+    from discodiff.cli.options import parse_list
+    from discodiff.config import merge
+    from discodiff.data import to_uint8
+    from discodiff.fileio import write_json
+    from discodiff.metrics.fid import InceptionDetector
+    from discodiff.runs import resolve_run
+
+    torch.set_num_threads(args.threads)
+    out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
+    names = parse_list(args.variants, str, "--variants")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    base = bench.run_overrides(args.preset, seed=args.seed)["discodiff"]
+    cfgs, data = {}, None
+    for name in names:
+        folder, model = VARIANTS[name]
+        cfg, data = resolve_run(out / folder, preset=args.preset, overrides=merge(base, {"model": model}))
+        cfgs[folder] = cfg
+    start = time.perf_counter()
+    seconds: dict = {}
+    models, _ = bench.train_both(out, cfgs, data, seconds)
+    det = InceptionDetector.from_file()
+    ref, floor, _ = bench.reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
+    cache = bench.disk_cache(out / "fid-cache-injection.json", {f: bench.fingerprint(out / f) for f in cfgs}, args.num)
+    seeds = list(range(args.seed, args.seed + args.num))
+    y = data.x[torch.randperm(len(data.x), generator=torch.Generator().manual_seed(args.seed))[:512]]
+    rows = {}
+    for name in names:
+        folder = VARIANTS[name][0]
+        model, prior = models[folder]
+        cb = codebook_analysis(model, prior, data.x, prior_samples=args.num, seed=args.seed)
+        loss = loss_vs_sigma({name: model}, y, sigmas=HIGH_SIGMAS, seed=args.seed)
+        oracle, null = loss["curves"][name]["loss"], loss["curves"][f"{name} (null z)"]["loss"]
+        report_path = out / folder / "prior_report.json"
+        prior_report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+        fid = sample_fid(model, prior, seeds, ref, det, steps=cfgs[folder].sample.steps, batch=128, progress=True,
+                         desc=f"{name}, {cfgs[folder].sample.steps} steps", cache=cache, model_key=folder,
+                         bootstrap=args.bootstrap)
+        rows[name] = {"codes_used": cb["encoder"]["codes_used"], "perplexity": cb["encoder"]["perplexity"],
+                      "distinct_tuples": cb["encoder"]["distinct_tuples"],
+                      "prior_vs_encoder_tv": cb.get("prior_vs_encoder_tv"), "prior_report": prior_report,
+                      "loss_ratio_high_sigma": sum(a / b for a, b in zip(oracle, null)) / len(oracle),
+                      "loss_oracle": oracle, "loss_null": null, "fid": fid, "model": VARIANTS[name][1]}
+        print(f"{name}: codes used {rows[name]['codes_used']}, loss ratio (sigma >= 2) "
+              f"{rows[name]['loss_ratio_high_sigma']:.3f}, FID {bench._fid(fid)}", flush=True)
+    k = next(iter(cfgs.values())).model.codebook_size
+    lines = [f"{args.preset}, equal budget; FID ± bootstrap std over {args.num} samples, KID x 1000; loss ratio = "
+             f"loss given the encoder's latents / given the null latent, mean over sigma {HIGH_SIGMAS}", "",
+             f"{'variant':>15} {'codes used of ' + str(k):>16} {'tuples':>7} {'prior TV':>22} {'loss ratio':>10} "
+             f"{'FID':>16} {'KID':>12}"]
+    for name, r in rows.items():
+        tv = ", ".join(f"{v:.2f}" for v in r["prior_vs_encoder_tv"] or [])
+        lines.append(f"{name:>15} {str(r['codes_used']):>16} {r['distinct_tuples']:>7} {tv:>22} "
+                     f"{r['loss_ratio_high_sigma']:>10.3f} {bench._fid(r['fid']):>16} {bench._kid(r['fid']):>12}")
+    table = "\n".join(lines)
+    print("\n" + table)
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "num": args.num,
+              "bootstrap": args.bootstrap, "seed": args.seed, "floor": floor, "rows": rows, "table": table,
+              "seconds": seconds, "wall_s": round(time.perf_counter() - start, 1), "out": str(out)}
+    path = RESULTS / f"latent-injection-{args.preset}.json"
+    write_json(jsonable(report), path)
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
