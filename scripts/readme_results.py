@@ -4,8 +4,8 @@
     python scripts/readme_results.py benchmarks/results/toy2d.json     # one report
 
 toy2d.json comes from benchmarks/toy2d.py, images-<preset>.json from benchmarks/images.py, fid-speed.json from
-benchmarks/fid_speed.py, samplers-<preset>.json from benchmarks/samplers.py and throughput-<preset>-<device>.json
-from benchmarks/throughput.py.
+benchmarks/fid_speed.py, samplers-<preset>.json from benchmarks/samplers.py, latent-injection-<preset>.json from
+benchmarks/latent_injection.py and throughput-<preset>-<device>.json from benchmarks/throughput.py.
 """
 import json
 import sys
@@ -99,6 +99,18 @@ def samplers(d: dict) -> None:
           f"resamples; detector backend {d['detector_backend']}.")
 
 
+def latent_injection(d: dict) -> None:
+    print("| variant | codes in use (of 16), per latent | distinct tuples in the data | prior token / marginal "
+          "perplexity | prior vs encoder marginal TV | loss ratio, σ ≥ 2 | FID (18 steps) | KID ×1000 |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, r in d["rows"].items():
+        pr = r.get("prior_report") or {}
+        ppl = f"{pr['prior_perplexity']:.2f} / {pr['marginal_perplexity']:.2f}" if "prior_perplexity" in pr else "–"
+        tv = ", ".join(f"{v:.2f}" for v in r["prior_vs_encoder_tv"] or [])
+        print(f"| {name} | {', '.join(map(str, r['codes_used']))} | {r['distinct_tuples']} | {ppl} | {tv} | "
+              f"{r['loss_ratio_high_sigma']:.3f} | {_fid(r['fid'])} | {_kid(r['fid'])} |")
+
+
 def fid_speed(d: dict) -> None:
     print("| backend | images/s | speed-up | GFLOP/s | of the matmul peak | max feature difference / scale | FID "
           "difference |")
@@ -141,7 +153,7 @@ def main(paths) -> None:
         print(f"<!-- {Path(path).name} -->")
         name = Path(path).name
         kind = next((f for prefix, f in (("toy2d", toy2d), ("images", images), ("fid-speed", fid_speed),
-                                          ("samplers", samplers))
+                                          ("samplers", samplers), ("latent-injection", latent_injection))
                      if name.startswith(prefix)), throughput)
         kind(d)
         print()

@@ -427,3 +427,20 @@ def test_write_image_grid(tmp_path):
         assert im.mode == "RGB" and im.size == (2 + 2 * 42, 2 + 2 * 42)  # near-square: 2 per row, no upscale
     with pytest.raises(ValueError):
         write_image_grid(np.zeros((2, 4, 4, 3), np.float32), tmp_path / "bad.png", 2)
+
+
+def test_fashion16_preset_builds_a_16px_model():
+    """The preset names Fashion-MNIST at 16x16; its network runs on [B, 1, 16, 16] with and without latents."""
+    from discodiff.config import preset_config
+    from discodiff.model import DiscoDiff
+
+    cfg = preset_config("fashion16")
+    assert cfg.data.name == "fashion-mnist" and cfg.data.options == {"resolution": 16}
+    assert cfg.model.num_classes == 0 and cfg.model.num_latents > 0
+    cfg.model.data_shape = [1, 16, 16]
+    torch.manual_seed(0)
+    model = DiscoDiff(cfg.model).eval()
+    y = torch.rand(3, 1, 16, 16) * 2 - 1
+    z = model.encode(y)
+    d = model.denoise(y, torch.full((3,), 1.0), z=z)
+    assert d.shape == y.shape and torch.isfinite(d).all()
