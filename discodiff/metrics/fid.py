@@ -284,7 +284,14 @@ def _on_backend(script, backend: str, device: torch.device):
         raise DetectorError("the onnxruntime backend runs on the CPU only; use --detector-backend eager on a GPU")
     if not onnxruntime_available():
         raise DetectorError("the onnxruntime backend needs `pip install onnxruntime onnx` (or discodiff[fast-fid])")
-    return OnnxInception(eager), "onnxruntime"
+    try:
+        return OnnxInception(eager), "onnxruntime"
+    except Exception as e:  # an exporter or runtime that this torch / onnxruntime pair does not support
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if backend == "auto":
+            warnings.warn(f"the onnxruntime detector backend failed ({why}); using the eager one (the same features)")
+            return eager, "eager"
+        raise DetectorError(f"the onnxruntime backend failed to start ({why}); use --detector-backend eager") from None
 
 
 def load_detector(path: str | os.PathLike | None = None, device="cpu", backend: str = "auto") -> InceptionDetector:
