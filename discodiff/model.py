@@ -15,6 +15,7 @@ from .config import ModelConfig
 from .edm import EDMLoss
 from .latents import gumbel_softmax, null_mask, one_hot
 from .networks import build_denoiser, build_encoder
+from .sampling import guide
 
 
 class DiscoDiff(nn.Module):
@@ -145,10 +146,10 @@ class DiscoDiff(nn.Module):
                 outs = [self.denoiser(x, sigma, **{key: None if v is None else v[i * B:(i + 1) * B]
                                                   for key, v in ins.items()}) for i in range(n)]
             d = outs[0]
-            if w_latent:  # the same arithmetic as sampling.guided, pass by pass
-                d = d + w_latent * (d - outs[1])
+            if w_latent:
+                d = guide(d, outs[1], w_latent)
             if w_class:
-                d = d + w_class * (d - outs[-1])
+                d = guide(d, outs[-1], w_class)
             return d
 
         return denoise

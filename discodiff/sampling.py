@@ -293,6 +293,11 @@ def takes_noise_source(sampler: Callable) -> bool:
     return "randn_like" in inspect.signature(sampler).parameters
 
 
+def guide(d_cond: torch.Tensor, d_uncond: torch.Tensor, w: float) -> torch.Tensor:
+    """Classifier-free guidance on two denoiser outputs: D~ = (1 + w) D_cond - w D_uncond."""
+    return d_cond + w * (d_cond - d_uncond)
+
+
 def guided(denoise_cond: Denoise, denoise_uncond: Denoise, w: float) -> Denoise:
     """Classifier-free guidance, D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null); w = 0 is conditional.
 
@@ -302,8 +307,7 @@ def guided(denoise_cond: Denoise, denoise_uncond: Denoise, w: float) -> Denoise:
         return denoise_cond
 
     def denoise(x, sigma):
-        d_cond = denoise_cond(x, sigma)
-        return d_cond + w * (d_cond - denoise_uncond(x, sigma))
+        return guide(denoise_cond(x, sigma), denoise_uncond(x, sigma), w)
 
     return denoise
 

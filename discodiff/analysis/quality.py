@@ -123,12 +123,11 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                                                   sampler_options=sampler_options, hybrid=hybrid)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
-    guided = guidance and model.num_latents
     evaluations = nfe(sampler, steps, **(sampler_options or {}))
     result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
               "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
               "sampler_options": dict(sampler_options or {}), "guidance": float(guidance), "nfe": evaluations,
-              "network_passes": evaluations * (2 if guided else 1),
+              "network_passes": evaluations * model.guidance_passes(guidance),
               "seconds": round(time.perf_counter() - t0, 2)}
     if progress:
         spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""

@@ -94,12 +94,10 @@ def _reference(cfg, det, out: Path, ref_path: Path | None):
 
     if ref_path is not None:
         from ..metrics.fid import check_provenance
-        from .fid import dataset_label
+        from .fid import run_provenance
 
         ref = FIDStats.load(ref_path)
-        c, h, w = cfg.model.data_shape
-        check_provenance(ref, ref_path, {"detector_sha256": det.sha256, "image_shape": [h, w, c],
-                                         "dataset": dataset_label(cfg.data)}, notice=info)
+        check_provenance(ref, ref_path, run_provenance(cfg, det), notice=info)
         return ref, str(ref_path)
     data, _ = _data(cfg)
     cache = out / "fid-ref.npz"

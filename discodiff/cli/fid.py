@@ -76,6 +76,12 @@ def dataset_label(cfg: DataConfig) -> str:
     return f"{name}[{options}]" if options else name
 
 
+def run_provenance(cfg, det) -> dict:
+    """What a reference for this run's images must record: this detector, the run's [H, W, C] and its dataset."""
+    c, h, w = cfg.model.data_shape
+    return {"detector_sha256": det.sha256, "image_shape": [h, w, c], "dataset": dataset_label(cfg.data)}
+
+
 def _check_num(num: int | None, flag: str = "--num") -> None:
     if num is not None and num < 2:
         raise ConfigError(f"{flag} must be at least 2 (a covariance needs 2 images), got {num}")
@@ -218,10 +224,9 @@ def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
 
     path = run_dir / "fid-ref.npz"
     label = dataset_label(cfg.data)
-    c, h, w = cfg.model.data_shape
     if path.is_file():
         num = ref_num if ref_num is not None else len(dataset_uint8(cfg.data, label)[0])
-        expected = {"detector_sha256": det.sha256, "image_shape": [h, w, c], "dataset": label, "num": num}
+        expected = {**run_provenance(cfg, det), "num": num}
         saved = FIDStats.load(path)
         bad = provenance_mismatches(saved, expected) if saved.provenance else ["it records no provenance"]
         if not bad:
@@ -291,9 +296,7 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     det = _load_detector(detector, device, detector_backend)
     if ref_path is not None:
         ref_stats = FIDStats.load(ref_path)
-        c, h, w = cfg.model.data_shape
-        check_provenance(ref_stats, ref_path, {"detector_sha256": det.sha256, "image_shape": [h, w, c],
-                                               "dataset": dataset_label(cfg.data)}, allow=allow_mismatch, notice=info)
+        check_provenance(ref_stats, ref_path, run_provenance(cfg, det), allow=allow_mismatch, notice=info)
     else:
         ref_stats, ref_path = _run_reference(run_dir, cfg, det, ref_num, batch, allow_mismatch)
     guidance = s.guidance if guidance is None else guidance

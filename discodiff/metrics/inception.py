@@ -52,9 +52,10 @@ class ConvReLU(nn.Module):
         return y.split(self.splits, dim=1) if self.splits else y
 
 
-def _tower(seq) -> nn.Sequential:
-    """A TorchScript Sequential of conv layers (conv, conv_1, ...), in order."""
-    return nn.Sequential(*(ConvReLU.from_script(m) for _, m in seq.named_children()))
+def _tower(seq, start: int = 0) -> nn.Sequential:
+    """A TorchScript Sequential of conv layers (conv, conv_1, ...), in order, from its `start`-th layer (the layers
+    before it are merged into a block's `heads`)."""
+    return nn.Sequential(*(ConvReLU.from_script(m) for _, m in list(seq.named_children())[start:]))
 
 
 def _avg_pool_3x3(x):
@@ -71,8 +72,8 @@ class BlockAC(nn.Module):
     def __init__(self, m):
         super().__init__()
         self.heads = ConvReLU.from_script(m.conv, m.tower.conv, m.tower_1.conv)  # the three 1x1 convs of x, merged
-        self.tower = nn.Sequential(*list(_tower(m.tower))[1:])
-        self.tower_1 = nn.Sequential(*list(_tower(m.tower_1))[1:])
+        self.tower = _tower(m.tower, start=1)
+        self.tower_1 = _tower(m.tower_1, start=1)
         self.pool_conv = ConvReLU.from_script(m.tower_2.conv)
 
     def forward(self, x):
@@ -98,8 +99,8 @@ class BlockD(nn.Module):
     def __init__(self, m):
         super().__init__()
         self.heads = ConvReLU.from_script(m.tower.conv, m.tower_1.conv)
-        self.tower = nn.Sequential(*list(_tower(m.tower))[1:])
-        self.tower_1 = nn.Sequential(*list(_tower(m.tower_1))[1:])
+        self.tower = _tower(m.tower, start=1)
+        self.tower_1 = _tower(m.tower_1, start=1)
 
     def forward(self, x):
         t, t1 = self.heads(x)
