@@ -17,6 +17,13 @@ def init() -> None:
     td.init_process_group(backend=backend)
 
 
+def shutdown() -> None:
+    """Leaves the process group, if any. Without it, gloo's worker threads can still be running when the
+    interpreter exits, and a process then aborts ("terminate called without an active exception")."""
+    if td.is_initialized():
+        td.destroy_process_group()
+
+
 def rank() -> int:
     return td.get_rank() if td.is_initialized() else 0
 

@@ -46,8 +46,12 @@ def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return
     dist.init()
-    with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # before anything is written
-        if dist.is_main():
-            Run.create(run_dir, cfg)
-        dist.barrier()
-        train_stage1(run_dir, cfg, dataset, quiet=quiet)
+    try:
+        with run_lock(run_dir) if dist.is_main() else contextlib.nullcontext():  # before anything is written
+            if dist.is_main():
+                Run.create(run_dir, cfg)
+            dist.barrier()
+            train_stage1(run_dir, cfg, dataset, quiet=quiet)
+        dist.barrier()  # every rank done with the collective calls before any leaves the group
+    finally:
+        dist.shutdown()
