@@ -31,6 +31,42 @@ class ModelConfig:
     network: dict = field(default_factory=lambda: {"name": "mlp"})
     encoder: dict = field(default_factory=lambda: {"name": "mlp"})
     prior: dict = field(default_factory=lambda: {"depth": 4, "width": 128, "heads": 4, "dropout": 0.0})
+    # The paper's Table 3 ablation (docs/continuous_latents.md): "continuous" replaces the m categorical latents by a
+    # Gaussian vector of D entries, cut into m tokens of D / m, with a KL penalty, and a diffusion prior in stage II.
+    latent_type: str = "discrete"     # "discrete" (DisCo-Diff) or "continuous"
+    latent_dim: int | None = None     # D of a continuous latent (None: m * k, the discrete one-hots' size, as the paper)
+    kl_weight: float | None = None    # beta on the KL per data entry, continuous latents only (None: 1, the ELBO's)
+
+    @property
+    def continuous(self) -> bool:
+        return self.latent_type == "continuous"
+
+    @property
+    def latent_size(self) -> int:
+        """The length of one z: m integer codes (discrete latents), or D real numbers (continuous)."""
+        if not self.continuous:
+            return self.num_latents
+        return self.latent_dim if self.latent_dim is not None else self.num_latents * self.codebook_size
+
+    @property
+    def token_width(self) -> int:
+        """The entries of one latent token, what the denoiser's latent embedding reads: a one-hot over k codes, or a
+        slice of D / m coordinates of a continuous z."""
+        return self.latent_size // max(self.num_latents, 1) if self.continuous else self.codebook_size
+
+    @property
+    def beta(self) -> float:
+        """The KL weight in force: 0 for discrete latents (they have none), else kl_weight (None: 1)."""
+        if not self.continuous:
+            return 0.0
+        return 1.0 if self.kl_weight is None else self.kl_weight
+
+    def latent_summary(self) -> str:
+        """The latents in a few words, for log lines."""
+        if self.continuous:
+            return (f"continuous latent D={self.latent_size} as m={self.num_latents} tokens of {self.token_width}, "
+                    f"KL weight {self.beta:g}")
+        return f"m={self.num_latents} k={self.codebook_size}"
 
 
 @dataclass
@@ -280,6 +316,7 @@ def validate(cfg: RunConfig) -> None:
         _require(0 <= getattr(m, key) < 1, f"model.{key} must lie in [0, 1), got {getattr(m, key)}")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
+    _validate_latent_type(m)
     t = cfg.train
     _require(t.kimg >= 0, f"train.kimg must be >= 0, got {t.kimg}")
     _require(t.batch >= 1, f"train.batch must be >= 1, got {t.batch}")
@@ -306,3 +343,23 @@ def validate(cfg: RunConfig) -> None:
              f"sample.sampler {s.sampler!r} needs {', '.join(required_options(s.sampler))}, which a run config does "
              f"not hold; choose from: {', '.join(NAMED_SAMPLERS)} (and pass --sampler {s.sampler} to sample)")
     _require(s.prior_temperature > 0, f"sample.prior_temperature must be positive, got {s.prior_temperature}")
+
+
+LATENT_TYPES = ("discrete", "continuous")
+
+
+def _validate_latent_type(m: ModelConfig) -> None:
+    _require(m.latent_type in LATENT_TYPES, f"--latent-type (model.latent_type) must be one of "
+                                            f"{', '.join(LATENT_TYPES)}, got {m.latent_type!r}")
+    if not m.continuous:
+        for flag, key in (("--latent-dim", "latent_dim"), ("--kl-weight", "kl_weight")):
+            _require(getattr(m, key) is None, f"{flag} (model.{key}) applies to --latent-type continuous only; this "
+                                              f"model's latents are {m.latent_type}")
+        return
+    _require(m.num_latents >= 1, "--latent-type continuous needs m >= 1 latent tokens (--latents); for a model "
+                                 "without latents use --latents 0 with the default --latent-type discrete")
+    D = m.latent_size
+    _require(D >= 1, f"--latent-dim (model.latent_dim) must be positive, got {D}")
+    _require(D % m.num_latents == 0, f"--latent-dim {D} must be a multiple of the {m.num_latents} latent tokens "
+                                     f"(--latents): each token holds D / m coordinates")
+    _require(m.beta >= 0, f"--kl-weight (model.kl_weight) must be >= 0, got {m.kl_weight}")

@@ -1,4 +1,5 @@
-"""Discrete latents: Gumbel-Softmax relaxation, the learned null latent, and codebook statistics."""
+"""Latents: Gumbel-Softmax relaxation of discrete ones, the learned null latent, codebook statistics, and the
+Gaussian posterior of continuous ones (the paper's Table 3 ablation)."""
 from __future__ import annotations
 
 import torch
@@ -24,6 +25,29 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, *, hard: bool = True,
     return (y_hard - y_soft).detach() + y_soft
 
 
+# A continuous latent's posterior q(z | y) = N(mean, diag(exp(logvar))). Its log-variance is clamped, as latent
+# diffusion's DiagonalGaussianDistribution does, so that exp() can neither overflow nor vanish.
+LOGVAR_RANGE = (-30.0, 20.0)
+
+
+def split_posterior(encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder's output [B, m, 2w] for continuous latents -> (mean, log-variance), each [B, m, w] in float32."""
+    mean, logvar = encoded.float().chunk(2, dim=-1)
+    return mean, logvar.clamp(*LOGVAR_RANGE)
+
+
+def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, *, generator=None) -> torch.Tensor:
+    """z = mean + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of the posterior that gradients pass through."""
+    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + (0.5 * logvar).exp() * eps
+
+
+def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, exp(logvar)) || N(0, I)) per sample [B], in nats, summed over all latent coordinates:
+    sum_i (mean_i^2 + var_i - 1 - logvar_i) / 2."""
+    return 0.5 * (mean.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
+
+
 def one_hot(z: torch.Tensor, codebook_size: int) -> torch.Tensor:
     """Integer latents [B, m] -> float one-hots [B, m, k]."""
     return nn.functional.one_hot(z.long(), codebook_size).float()
@@ -36,6 +60,7 @@ def null_mask(batch: int, p_null: float, *, generator=None, device=None) -> torc
 
 class LatentEmbedding(nn.Module):
     """Maps (relaxed) one-hot latents [B, m, k] to tokens [B, m, dim], one embedding table per latent position.
+    A continuous latent cut into m slices [B, m, D / m] goes through the same map (then a linear one per position).
 
     The lookup is a matmul, so soft and straight-through samples pass gradients back to the encoder. Rows where
     `null_latent` is True get a learned null sequence instead: that is the unconditional model for guidance.

@@ -1,6 +1,8 @@
 """The stage-I model of DisCo-Diff: the denoiser D(x, sigma, z, c) and the encoder E(y), trained together.
 
-The prior p(z | c) is a separate object (`prior.ARPrior`), trained and saved on its own in stage II; sampling
+The latents are discrete by default (m categorical variables); `latent_type="continuous"` makes them a Gaussian
+vector with a KL penalty instead, the paper's Table 3 ablation. The prior p(z | c) is a separate object
+(`prior.prior_class`: autoregressive or diffusion), trained and saved on its own in stage II; sampling
 (`pipeline.generate`) takes both.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ from torch import nn
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import EDMLoss
-from .latents import gumbel_softmax, null_mask, one_hot
+from .latents import gaussian_kl, gumbel_softmax, null_mask, one_hot, reparameterise, split_posterior
 from .networks import build_denoiser, build_encoder
 from .sampling import guide
 
@@ -41,6 +43,13 @@ class DiscoDiff(nn.Module):
     def num_latents(self) -> int:
         return self.config.num_latents
 
+    def latent_input(self, z: torch.Tensor) -> torch.Tensor:
+        """What the denoiser's latent embedding reads for latents z: the one-hots [B, m, k] of integer codes [B, m],
+        or a continuous z [B, D] cut into its m tokens [B, m, D / m]."""
+        if self.config.continuous:
+            return z.float().reshape(len(z), self.num_latents, self.config.token_width)
+        return one_hot(z, self.config.codebook_size)
+
     def _class_onehot(self, class_labels, batch, device):
         if self.config.num_classes == 0:
             return None
@@ -49,14 +58,15 @@ class DiscoDiff(nn.Module):
         return nn.functional.one_hot(class_labels.long().to(device), self.config.num_classes).float()
 
     def denoise(self, x, sigma, *, z=None, latents=None, null_latent=None, class_labels=None, latent_features=None):
-        """D(x, sigma, z, c). Pass integer latents `z` [B, m] or relaxed one-hots `latents` [B, m, k];
-        with neither (or `null_latent` True) the null latent is used; class_labels: int [B] or None.
+        """D(x, sigma, z, c). Pass latents `z` (integer [B, m], or float [B, D] if continuous) or the embedding's
+        input `latents` [B, m, k] (relaxed one-hots, or z's tokens); with neither (or `null_latent` True) the null
+        latent is used; class_labels: int [B] or None.
         `latent_features`: `self.latent_features(...)` of the same latents, computed beforehand (optional)."""
         if z is not None:
-            latents = one_hot(z.to(x.device), self.config.codebook_size)
+            latents = self.latent_input(z.to(x.device))
         if self.num_latents and latents is None:
             null_latent = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
-            latents = torch.zeros(x.shape[0], self.num_latents, self.config.codebook_size, device=x.device)
+            latents = torch.zeros(x.shape[0], self.num_latents, self.config.token_width, device=x.device)
         return self.denoiser(x, sigma, latents=latents if self.num_latents else None,
                              null_latent=null_latent if self.num_latents else None,
                              class_labels=self._class_onehot(class_labels, x.shape[0], x.device),
@@ -87,14 +97,14 @@ class DiscoDiff(nn.Module):
     def _stacked_inputs(self, conditions, batch: int, device) -> dict:
         """The denoiser's keyword inputs for `conditions` [(z or None, class labels or None), ...], each over
         `batch` rows, stacked along the batch in that order, with the latent features of all of them."""
-        m, k = self.num_latents, self.config.codebook_size
+        m, k = self.num_latents, self.config.token_width
         latents, null, classes = [], [], []
         for z, labels in conditions:
             if m and z is None:  # the learned null latent, as `denoise` gives it
                 latents.append(torch.zeros(batch, m, k, device=device))
                 null.append(torch.ones(batch, dtype=torch.bool, device=device))
             elif m:
-                latents.append(one_hot(z.to(device), k).expand(batch, -1, -1))
+                latents.append(self.latent_input(z.to(device)).expand(batch, -1, -1))
                 null.append(torch.zeros(batch, dtype=torch.bool, device=device))
             onehot = self._class_onehot(labels, batch, device)
             classes.append(None if onehot is None else onehot.expand(batch, -1))
@@ -159,30 +169,54 @@ class DiscoDiff(nn.Module):
 
     @torch.no_grad()
     def encode(self, y: torch.Tensor, *, tau: float | None = None, generator=None) -> torch.Tensor:
-        """Latents [B, m] of clean data: the argmax of the encoder, or a Gumbel sample at temperature `tau`."""
-        logits = self.encoder(y)
-        if tau is None:
-            return logits.argmax(-1)
-        return gumbel_softmax(logits, tau, hard=True, generator=generator).argmax(-1)
+        """Latents of clean data: the posterior's mode (`latent_mode`), or with `tau` a sample of it (`latent_sample`)."""
+        encoded = self.encoder(y)
+        return self.latent_mode(encoded) if tau is None else self.latent_sample(encoded, tau, generator=generator)
+
+    def latent_mode(self, encoded: torch.Tensor) -> torch.Tensor:
+        """z from encoder outputs (as `encoder` or `encode_all` give them): the argmax code of each latent [B, m], or a
+        continuous latent's posterior mean [B, D]. The "oracle" latents of the analyses."""
+        if self.config.continuous:
+            return split_posterior(encoded)[0].flatten(1)
+        return encoded.argmax(-1)
+
+    def latent_sample(self, encoded: torch.Tensor, tau: float, *, generator=None) -> torch.Tensor:
+        """z drawn from the posterior the encoder outputs give: Cat(softmax(logits)) by Gumbel-Softmax at temperature
+        `tau` [B, m], or N(mean, var) by reparameterisation [B, D] (`tau` does not apply). What stage II learns."""
+        if self.config.continuous:
+            return reparameterise(*split_posterior(encoded), generator=generator).flatten(1)
+        return gumbel_softmax(encoded, tau, hard=True, generator=generator).argmax(-1)
 
     def training_loss(self, y, class_labels=None, *, loss_fn: EDMLoss, generator=None) -> torch.Tensor:
-        """Stage I (paper Alg. 1): z ~ GumbelSoftmax(E(y), tau), null with probability p_null, EDM loss on D."""
+        """Stage I (paper Alg. 1): z ~ GumbelSoftmax(E(y), tau), null with probability p_null, EDM loss on D.
+
+        Continuous latents draw z ~ N(mean, var) of E(y) instead, and add beta * KL(q(z | y) || N(0, I)) / d to each
+        sample's loss, d the number of data entries. The EDM loss is a mean over the d entries, so this weighs the KL
+        against the squared error summed over them, as an ELBO does: beta = 1 is the VAE's balance. The KL counts
+        for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw."""
         cfg, B = self.config, y.shape[0]
-        latents = drop = None
-        if self.num_latents:
+        latents = drop = kl = None
+        if self.num_latents and cfg.continuous:
+            mean, logvar = split_posterior(self.encoder(y))
+            latents = reparameterise(mean, logvar, generator=generator)
+            kl = gaussian_kl(mean, logvar)
+        elif self.num_latents:
             latents = gumbel_softmax(self.encoder(y), cfg.tau, hard=cfg.hard, generator=generator)
+        if self.num_latents:
             drop = null_mask(B, cfg.p_null, generator=generator, device=y.device)
         if class_labels is not None and cfg.num_classes and cfg.p_class_drop > 0:
             keep = torch.rand(B, generator=generator, device=y.device) >= cfg.p_class_drop
             class_onehot = self._class_onehot(class_labels, B, y.device) * keep[:, None]
         else:
             class_onehot = self._class_onehot(class_labels, B, y.device)
-        return loss_fn(self.denoiser, y, generator=generator, latents=latents, null_latent=drop,
+        loss = loss_fn(self.denoiser, y, generator=generator, latents=latents, null_latent=drop,
                        class_labels=class_onehot)
+        return loss if kl is None else loss + cfg.beta * kl / y[0].numel()
 
     @torch.no_grad()
     def encode_all(self, y: torch.Tensor, batch: int = 512) -> torch.Tensor:
-        """Encoder logits [N, m, k] (float32) of a whole dataset, in batches, in eval mode."""
+        """Encoder outputs (float32) of a whole dataset, in batches, in eval mode: logits [N, m, k], or for continuous
+        latents the posterior's mean and log-variance [N, m, 2 D / m] (latents.split_posterior)."""
         was_training = self.training
         self.eval()
         logits = torch.cat([self.encoder(y[i:i + batch]).float() for i in range(0, len(y), batch)])

@@ -58,6 +58,12 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
     return _build(ENCODERS, cfg.encoder, cfg, "encoder")
 
 
+def encoder_outputs(cfg: ModelConfig) -> int:
+    """What an encoder outputs per latent token: k logits (discrete latents), or the mean and the log-variance of
+    its D / m coordinates (continuous latents, latents.split_posterior)."""
+    return 2 * cfg.token_width if cfg.continuous else cfg.codebook_size
+
+
 def init_encoder_from_data(encoder: nn.Module | None, y) -> None:
     """The encoder's data-dependent initialisation (the k-means++ prototypes of the MLP encoder) on y, the first
     training batch of a fresh run; a no-op for encoders without one (no `init_from_data` method) or without an
@@ -73,7 +79,7 @@ def init_encoder_from_data(encoder: nn.Module | None, y) -> None:
 @register_backbone("mlp")
 def _mlp_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .mlp import MLPBackbone
-    return MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
+    return MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.token_width, cfg.num_classes,
                        sigma_data=cfg.sigma_data, **kw)
 
 
@@ -81,7 +87,11 @@ def _mlp_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
 def _mlp_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .mlp import MLPEncoder
     kw.setdefault("input_scale", cfg.sigma_data)
-    return MLPEncoder(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, **kw)
+    for option in ("prototypes", "balanced"):  # both shape a categorical distribution's logits
+        if cfg.continuous and kw.get(option):
+            raise ConfigError(f"the mlp encoder's {option}=true applies to discrete latents, not continuous ones; "
+                              f"set model.encoder.{option}=false")
+    return MLPEncoder(math.prod(cfg.data_shape), cfg.num_latents, encoder_outputs(cfg), **kw)
 
 
 def _image_shape(cfg: ModelConfig, what: str) -> tuple[int, int]:
@@ -97,7 +107,7 @@ def _unet_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
     channels, resolution = _image_shape(cfg, "unet network")
     try:
         return UNet(resolution, channels, num_classes=cfg.num_classes, num_latents=cfg.num_latents,
-                    codebook_size=cfg.codebook_size, **kw)
+                    codebook_size=cfg.token_width, **kw)
     except ValueError as e:  # an option the network rejects (e.g. latent_groups not dividing m): a config error
         raise ConfigError(f"unet network: {e}") from None
 
@@ -108,6 +118,6 @@ def _vit_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     channels, resolution = _image_shape(cfg, "vit encoder")
     kw.setdefault("input_scale", cfg.sigma_data)
     try:
-        return ViTEncoder(resolution, channels, cfg.num_latents, cfg.codebook_size, **kw)
+        return ViTEncoder(resolution, channels, cfg.num_latents, encoder_outputs(cfg), **kw)
     except ValueError as e:
         raise ConfigError(f"vit encoder: {e}") from None
