@@ -6,8 +6,9 @@ with Heun, `sampler=partial(sample_edm_stochastic, S_churn=40)` with churn. `gen
 seeds in batches. `sampler_from_name` turns the names of the CLI and the config into a sampler function.
 `hybrid=(second_model, switch_sigma)` hands the low-noise part of the ODE to a second model (paper App. D).
 
-Each seed drives its own generator, in this order: the m uniforms for the prior, the initial noise, then any
-noise the sampler draws. A sample therefore depends on its seed only, never on the batch it is drawn in.
+Each seed drives its own generator, in this order: the prior's randomness (`prior_noise`: m uniforms for the
+autoregressive prior, D Gaussians for the diffusion prior of continuous latents), the initial noise, then any noise
+the sampler draws. A sample therefore depends on its seed only, never on the batch it is drawn in.
 """
 from __future__ import annotations
 
@@ -87,9 +88,19 @@ def _device_of(model: torch.nn.Module, device):
     return torch.device(device) if device is not None else next(model.parameters()).device
 
 
+def prior_noise(model: DiscoDiff, gen: StackedGenerator) -> torch.Tensor:
+    """Each seed's first draw, what the prior turns into z: m uniforms [N, m] for the autoregressive prior, the
+    initial noise [N, D] of the diffusion prior for continuous latents, [N, 0] for a plain model (m = 0)."""
+    if model.config.continuous:
+        return gen.randn([model.config.latent_size])
+    m = model.num_latents
+    return gen.rand([max(m, 1)])[:, :m]  # (a plain model draws one too, so that its noise stays as it was)
+
+
 def draw_latents(prior: ARPrior | None, uniforms: torch.Tensor, class_labels=None,
                  temperature: float = 1.0) -> torch.Tensor:
-    """z [N, m] from the prior by inverse-CDF sampling of `uniforms` [N, m]; [N, 0] for a plain model (m = 0)."""
+    """z from the prior's randomness (`prior_noise`): [N, m] by inverse-CDF sampling of m uniforms, or [N, D]
+    from D Gaussians by the diffusion prior; [N, 0] for a plain model (m = 0)."""
     if uniforms.shape[1] == 0:
         return torch.zeros(len(uniforms), 0, dtype=torch.long, device=uniforms.device)
     if prior is None:
@@ -100,17 +111,16 @@ def draw_latents(prior: ARPrior | None, uniforms: torch.Tensor, class_labels=Non
 @torch.no_grad()
 def sample_latents(model: DiscoDiff, prior: ARPrior | None, seeds: Sequence[int], *, class_labels=None,
                    temperature: float = 1.0, device=None) -> torch.Tensor:
-    """z [N, m] from the prior: exactly the latents `generate` draws for the same seeds (their first m uniforms)."""
+    """z from the prior: exactly the latents `generate` draws for the same seeds (from their first draws)."""
     device = _device_of(model, device)
-    m = model.num_latents
-    uniforms = StackedGenerator(seeds, device).rand([max(m, 1)])[:, :m]
-    return draw_latents(prior, uniforms, _labels(class_labels, len(seeds), device), temperature)
+    noise = prior_noise(model, StackedGenerator(seeds, device))
+    return draw_latents(prior, noise, _labels(class_labels, len(seeds), device), temperature)
 
 
 @torch.no_grad()
 def shared_latents(model: DiscoDiff, prior: ARPrior | None, seeds: Sequence[int], per_row: int, *,
                    class_labels=None, temperature: float = 1.0, device=None) -> torch.Tensor:
-    """z [N, m] for grids whose rows share one latent (paper Fig. 2b): each run of `per_row` consecutive seeds
+    """z for grids whose rows share one latent (paper Fig. 2b): each run of `per_row` consecutive seeds
     gets the prior's draw for the first seed of its run. `class_labels`: one label, or one per row."""
     row_seeds = list(seeds)[::per_row]
     z_rows = sample_latents(model, prior, row_seeds, class_labels=class_labels, temperature=temperature,
@@ -124,7 +134,7 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
              guidance: float = 0.0, class_guidance: float = 0.0, prior_temperature: float = 1.0,
              hybrid: tuple[DiscoDiff, float] | None = None, callback=None,
              device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """One sample per seed: (x in model space [N, *shape], z [N, m]).
+    """One sample per seed: (x in model space [N, *shape], z [N, m], or [N, D] for continuous latents).
 
     `sigmas`: the decreasing noise levels ending in 0 (e.g. `karras_sigmas(steps)`); `sampler(denoise, noise,
     sigmas, callback=...)` is any sampler function, and one that draws noise of its own (a `randn_like` argument)
@@ -141,9 +151,9 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     device = _device_of(model, device)
     gen = StackedGenerator(seeds, device)
     m = model.num_latents
-    uniforms = gen.rand([max(m, 1)])[:, :m]  # drawn even when z is given, so the noise stays the same
+    prior_input = prior_noise(model, gen)  # drawn even when z is given, so the noise stays the same
     class_labels = _labels(class_labels, len(seeds), device)
-    z = draw_latents(prior, uniforms, class_labels, prior_temperature) if z is None else z.to(device)
+    z = draw_latents(prior, prior_input, class_labels, prior_temperature) if z is None else z.to(device)
     sigmas = sigmas.to(device)
     noise = gen.randn(model.config.data_shape) * sigmas[0].float()
     denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance, class_guidance=class_guidance)
@@ -162,7 +172,7 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
 def generate_batches(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, batch: int = 256,
                      z: torch.Tensor | None = None, class_labels=None, progress: bool = False,
                      **options) -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor]]:
-    """`generate` over many seeds, `batch` at a time: yields (seeds of the batch, x, z). `z` [N, m] and
+    """`generate` over many seeds, `batch` at a time: yields (seeds of the batch, x, z). `z` ([N, m] or [N, D]) and
     `class_labels` ([N] or one label) are split alongside the seeds. The samples do not depend on `batch`."""
     import sys
 

@@ -1,4 +1,7 @@
-"""Stage II: an autoregressive transformer prior p(z) = prod_i p(z_i | z_<i [, c]) over the m latent tokens."""
+"""Stage II: an autoregressive transformer prior p(z) = prod_i p(z_i | z_<i [, c]) over the m latent tokens.
+
+(Continuous latents have a diffusion prior instead, diffusion_prior.py; `prior_class` picks the one a model needs.)
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -103,6 +106,11 @@ class ARPrior(nn.Module):
             z = torch.cat([z, nxt], dim=1)
         return z
 
+    def training_loss(self, z: torch.Tensor, class_labels: torch.Tensor | None = None, *, generator=None):
+        """The mean cross-entropy of full sequences z [B, m], what stage II minimises (`generator`: unused, as the
+        diffusion prior's draws its noise from it)."""
+        return self(z, class_labels)[1]
+
     @torch.no_grad()
     def nll(self, z: torch.Tensor, class_labels: torch.Tensor | None = None) -> torch.Tensor:
         """Mean negative log-likelihood per token (nats); exp of it is the token perplexity."""
@@ -124,3 +132,12 @@ class ARPrior(nn.Module):
         prior = cls.for_model(cfg)
         load_state_into(prior, load_tensors(path), path)
         return prior
+
+
+def prior_class(cfg):
+    """The stage-II prior of a model of configuration `cfg`: ARPrior over discrete latents, DiffusionPrior
+    (diffusion_prior.py) over continuous ones. Both have for_model, load, save and sample(noise, labels, temperature)."""
+    if cfg.continuous:
+        from .diffusion_prior import DiffusionPrior
+        return DiffusionPrior
+    return ARPrior

@@ -185,7 +185,7 @@ class Run:
     def load_prior(self, device="cpu"):
         """The prior in eval mode (None for a plain model, m = 0). A missing prior, or one fitted to other stage-I
         weights than the current model.safetensors, is refused with one line that names `discodiff train-prior`."""
-        from .prior import ARPrior
+        from .prior import prior_class
         status = self.prior_status()
         if status == "none":
             return None
@@ -195,7 +195,7 @@ class Run:
         if status == "stale":
             raise CheckpointError(f"the prior in {self.path} was fitted to older stage-I weights (training continued "
                                   f"since); run `discodiff train-prior --run-dir {self.path}` to fit it again")
-        return ARPrior.load(self.prior_path, self.config.model).to(device).eval()
+        return prior_class(self.config.model).load(self.prior_path, self.config.model).to(device).eval()
 
     # ---- one training process at a time ------------------------------------------------------------------------
 

@@ -1,7 +1,9 @@
-"""Stage II (paper Alg. 2): the autoregressive prior, by maximum likelihood on latents of the frozen EMA encoder.
+"""Stage II (paper Alg. 2): the prior, fitted to latents of the frozen EMA encoder.
 
-The encoder runs once over the dataset (its logits are cached); every batch then draws fresh latents from
-those logits with Gumbel-Softmax at tau = 0.01, i.e. z ~ Cat(softmax(logits)), as the paper does.
+The encoder runs once over the dataset (its outputs are cached); every batch then draws fresh latents from them.
+Discrete latents: z ~ Cat(softmax(logits)) by Gumbel-Softmax at tau = 0.01, as the paper does, and the
+autoregressive prior learns them by maximum likelihood. Continuous latents: z ~ N(mean, var) of each image's
+posterior, and the diffusion prior (diffusion_prior.py) learns them with EDM's loss.
 """
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import contextlib
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .. import dist
@@ -17,9 +20,9 @@ from ..checkpoint import (discard_training_states, latest_training_state, load_s
 from ..config import RunConfig
 from ..data import ArrayDataset
 from ..fileio import write_json
-from ..latents import codebook_usage, gumbel_softmax
+from ..latents import codebook_usage, gaussian_kl, split_posterior
 from ..model import DiscoDiff
-from ..prior import ARPrior
+from ..prior import ARPrior, prior_class
 from ..runs import STAGE1_HASH_KEY, Run
 from .common import RunLog, Timer, progress_bar, resume_line, step_generator
 
@@ -51,12 +54,14 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
     run_dir, cfg = run.path, run.config
     device = next(model.parameters()).device
     p, log = cfg.prior_train, RunLog(run_dir, quiet)
-    m, k = cfg.model.num_latents, cfg.model.codebook_size
+    continuous = cfg.model.continuous
     stage1 = run.stage1_sha256()
-    logits = model.encode_all(data.x.to(device))
+    encoded = model.encode_all(data.x.to(device))  # logits, or the continuous latents' posteriors
     labels = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
     torch.manual_seed(p.seed)
-    prior = ARPrior.for_model(cfg.model).to(device)
+    prior = prior_class(cfg.model).for_model(cfg.model).to(device)
+    if continuous:  # (a resumed state brings the same values back)
+        prior.fit_standardisation(*split_posterior(encoded))
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
@@ -70,16 +75,17 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         cur_nimg = state.nimg
         log.line(resume_line("the prior", state))
     total, tick_nimg = int(p.kimg * 1000), max(int(p.tick_kimg * 1000), 1)
-    log.line(f"stage II: prior with {sum(q.numel() for q in prior.parameters()):,} parameters over m={m} latents, "
-             f"k={k}, {len(data)} encoded examples, {p.kimg:g} kimg")
+    log.line(f"stage II: {'diffusion' if continuous else 'autoregressive'} prior with "
+             f"{sum(q.numel() for q in prior.parameters()):,} parameters over {cfg.model.latent_summary()}, "
+             f"{len(data)} encoded examples, {p.kimg:g} kimg")
     timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "prior")
     tick_idx, loss_sum, steps = cur_nimg // tick_nimg, 0.0, 0
     prior.train()
     while cur_nimg < total:
         g = step_generator(device, p.seed, 0, cur_nimg)
-        idx = torch.randint(len(logits), (p.batch,), generator=g, device=device)
-        z = gumbel_softmax(logits[idx], p.tau, hard=True, generator=g).argmax(-1)
-        _, loss = prior(z, labels[idx] if labels is not None else None)
+        idx = torch.randint(len(encoded), (p.batch,), generator=g, device=device)
+        z = model.latent_sample(encoded[idx], p.tau, generator=g)
+        loss = prior.training_loss(z, labels[idx] if labels is not None else None, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -90,9 +96,10 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         if done or cur_nimg // tick_nimg > tick_idx:
             tick_idx = cur_nimg // tick_nimg
             bar.clear()
-            log.line(f"prior kimg {cur_nimg / 1000:8.1f}  nll {loss_sum / steps:.4f} nats/token  "
-                     f"({timer.lap():.1f} s)")
-            log.stats({"stage": 2, "kimg": cur_nimg / 1000, "nll": loss_sum / steps, "seconds": timer.total()})
+            what = "loss" if continuous else "nll"
+            log.line(f"prior kimg {cur_nimg / 1000:8.1f}  {what} {loss_sum / steps:.4f}"
+                     f"{'' if continuous else ' nats/token'}  ({timer.lap():.1f} s)")
+            log.stats({"stage": 2, "kimg": cur_nimg / 1000, what: loss_sum / steps, "seconds": timer.total()})
             loss_sum, steps = 0.0, 0
             optim_tensors, optim_meta = optimizer_to_flat(opt)
             save_training_state(run_dir, "prior", cur_nimg,
@@ -100,13 +107,46 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
                                 {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1})
     bar.close()
     prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, "kimg": str(cur_nimg / 1000)})
-    # The report: the prior's token perplexity on fresh encoder samples, beside the marginal's.
     g = step_generator(device, p.seed, 1, 0)
-    z_eval = gumbel_softmax(logits, p.tau, hard=True, generator=g).argmax(-1)
-    report = {"prior_perplexity": prior_perplexity(prior, z_eval, labels),
-              "marginal_perplexity": marginal_perplexity(z_eval, k),
-              "codebook": codebook_usage(z_eval, k), "kimg": cur_nimg / 1000, "seconds": timer.total()}
+    report, summary = (continuous_report if continuous else discrete_report)(prior, model, encoded, labels, p.tau, g)
+    report.update(kimg=cur_nimg / 1000, seconds=timer.total())
     write_json(report, Path(run_dir) / "prior_report.json")
-    log.line(f"prior done: token perplexity {report['prior_perplexity']:.3f} vs marginal "
-             f"{report['marginal_perplexity']:.3f} (codebook size {k}); weights in {run.prior_path}")
+    log.line(f"prior done: {summary}; weights in {run.prior_path}")
     return prior, report
+
+
+def discrete_report(prior: ARPrior, model: DiscoDiff, logits, labels, tau: float, generator) -> tuple[dict, str]:
+    """(report, its line): the autoregressive prior's token perplexity on fresh encoder samples, beside the
+    marginal's."""
+    k = model.config.codebook_size
+    z_eval = model.latent_sample(logits, tau, generator=generator)
+    report = {"prior_perplexity": prior_perplexity(prior, z_eval, labels),
+              "marginal_perplexity": marginal_perplexity(z_eval, k), "codebook": codebook_usage(z_eval, k)}
+    return report, (f"token perplexity {report['prior_perplexity']:.3f} vs marginal "
+                    f"{report['marginal_perplexity']:.3f} (codebook size {k})")
+
+
+@torch.no_grad()
+def continuous_report(prior, model: DiscoDiff, encoded, labels, tau: float, generator, num: int = 2000,
+                      batch: int = 1024) -> tuple[dict, str]:
+    """(report, its line): how well the diffusion prior's draws match the encoder's posterior samples: the Frechet distance between
+    Gaussians fitted to `num` of each (standardised coordinates, so a unit means one posterior std per coordinate),
+    beside the same distance between two independent sets of posterior samples (the floor at this N)."""
+    from ..metrics.fid import frechet_distance
+
+    def moments(z):
+        u = ((z - prior.shift) / prior.scale).double().cpu().numpy()
+        return u.mean(0), np.atleast_2d(np.cov(u, rowvar=False))
+
+    idx = torch.randint(len(encoded), (2, num), generator=generator, device=encoded.device)
+    posterior = [model.latent_sample(encoded[i], tau, generator=generator) for i in idx]
+    noise = torch.randn(num, prior.latent_dim, generator=generator, device=encoded.device)
+    cls = None if labels is None else labels[idx[0]]
+    drawn = torch.cat([prior.sample(noise[i:i + batch], None if cls is None else cls[i:i + batch])
+                       for i in range(0, num, batch)])
+    fd = frechet_distance(*moments(drawn), *moments(posterior[0]))
+    floor = frechet_distance(*moments(posterior[1]), *moments(posterior[0]))
+    kl = gaussian_kl(*split_posterior(encoded))
+    report = {"latent_fd": fd, "latent_fd_floor": floor, "num": num, "posterior_kl_nats": float(kl.mean())}
+    return report, (f"Frechet distance to the posterior samples {fd:.4f} (standardised latents; two posterior "
+                    f"sample sets: {floor:.4f}), mean KL of the posteriors {report['posterior_kl_nats']:.1f} nats")

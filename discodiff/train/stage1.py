@@ -15,7 +15,7 @@ from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
 from ..model import DiscoDiff
-from ..prior import ARPrior
+from ..prior import prior_class
 from ..networks import init_encoder_from_data
 from ..runs import Run
 from .common import (DivergenceGuard, RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, resume_line,
@@ -62,7 +62,7 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         # Training still draws from the global generator after this point (dropout masks, the encoder's k-means++
         # seeding). Building the prior here, and dropping it, leaves that generator where it was when the model
         # also held the prior, so a seed gives the same run as it did then and published results reproduce.
-        ARPrior.for_model(cfg.model)
+        prior_class(cfg.model).for_model(cfg.model)
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=True)  # one kernel for all tensors, on CPU as on GPU
@@ -84,8 +84,8 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
                 else contextlib.nullcontext())
     total = int(t.kimg * 1000)
     tick_nimg, tick_idx = max(int(t.tick_kimg * 1000), 1), cur_nimg // max(int(t.tick_kimg * 1000), 1)
-    log.line(f"stage I: {sum(p.numel() for p in model.parameters()):,} parameters, m={model.num_latents} "
-             f"k={cfg.model.codebook_size}, {len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
+    log.line(f"stage I: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.model.latent_summary()}, "
+             f"{len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
              f"{t.kimg:g} kimg, device {device}")
     timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "stage I")
     loss_sum = torch.zeros((), device=device)
