@@ -17,19 +17,19 @@ from ..data import to_uint8
 from ..latents import codebook_usage, gumbel_softmax
 from ..pipeline import generate_batches, sample_latents, sampler_from_name, shared_latents
 from ..sampling import karras_sigmas
-from .common import chunks, generation_labels, require_latents, require_prior
+from .common import chunks, generation_labels, require_discrete, require_latents, require_prior
 
 
 def encoder_logits(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """The encoder's logits [N, m, k] of every image, on the CPU."""
+    """The encoder's logits [N, m, k] of every image (for continuous latents: its outputs), on the CPU."""
     require_latents(model, "the encoder's latents")
     device = next(model.parameters()).device
     return model.encode_all(x.to(device), batch).cpu()
 
 
 def encoder_latents(model, x: torch.Tensor, batch: int = 512) -> torch.Tensor:
-    """z = argmax E(y) [N, m] for every image, on the CPU."""
-    return encoder_logits(model, x, batch).argmax(-1)
+    """z = argmax E(y) [N, m] for every image, on the CPU (for continuous latents: the posterior mean [N, D])."""
+    return model.latent_mode(encoder_logits(model, x, batch))
 
 
 def _perplexity(counts) -> float:
@@ -69,6 +69,7 @@ def codebook_analysis(model, prior, x: torch.Tensor, *, prior_samples: int = 0, 
     (what stage II fits the prior to), "confidence" the mean top probability of each latent; with `prior_samples`
     > 0 and a `prior` (not None), "prior" of that many draws from it, and "prior_vs_encoder_tv", the per-latent
     total variation between the prior's marginals and the sampled encoder latents' (0 for a perfect prior)."""
+    require_discrete(model, "codebook usage")
     logits = encoder_logits(model, x, batch)
     k = model.config.codebook_size
     z = logits.argmax(-1)

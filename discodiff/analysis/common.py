@@ -29,6 +29,13 @@ def require_latents(model, what: str, where: str = "this run") -> None:
                             f"model (m = 0)")
 
 
+def require_discrete(model, what: str, where: str = "this run") -> None:
+    """Analyses of codes (their usage, their tuples) need discrete latents, not continuous ones."""
+    if model.config.continuous:
+        raise AnalysisError(f"{what} needs discrete latents, but {where} has a continuous latent "
+                            f"(latent_type continuous)")
+
+
 def require_prior(model, prior, what: str, where: str = "this run") -> None:
     """Sampling a model with latents needs its prior (stage II); `prior` as Run.load_prior gives it (None for m = 0)."""
     if prior is None and model.num_latents:

@@ -268,12 +268,14 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
     """Per-latent perplexity, dead codes and counts over the dataset's encoder latents, with picture grids:
     samples sharing one z per row, and dataset images grouped by code."""
     from ..analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
+    from ..analysis.common import require_discrete
     from ..data import to_uint8
     from ..plots.analysis import plot_codebook, save_grid
 
     _check_out(out)
     device = resolve_device(device)
     run, model, _ = _load(run_dir, "codebook usage", latents=True, device=device)
+    require_discrete(model, "codebook usage", str(run_dir))
     cfg = run.config
     status = run.prior_status()  # the prior is optional here: without a usable one, its rows and grid are left out
     prior = run.load_prior(device) if status == "ok" else None
@@ -360,8 +362,10 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, detector_ba
     table(["latents", "FID", "diversity", "N"],
            [["oracle (encoder)", result["oracle"]["fid"], result["oracle"]["diversity"], num],
             ["prior", result["prior"]["fid"], result["prior"]["diversity"], num]])
-    click.echo(f"gap (prior - oracle) {result['gap']:.4g}; {100 * result['prior_tuples_seen_in_data']:.1f}% of the "
-               f"prior's tuples occur in the data. {FID_NOTE.format(num=num)}.")
+    seen = result["prior_tuples_seen_in_data"]  # (None for continuous latents: no tuples)
+    click.echo(f"gap (prior - oracle) {result['gap']:.4g}"
+               + ("" if seen is None else f"; {100 * seen:.1f}% of the prior's tuples occur in the data")
+               + f". {FID_NOTE.format(num=num)}.")
     click.echo(f"{png}: rows = images, samples with their oracle latents, samples with prior latents")
     _finish(out, "oracle", result, [png])
 

@@ -21,7 +21,8 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--class", "class_label", type=int, default=None, help="Class label for class-conditional models.")
 @click.option("--class-guidance", type=float, default=0.0, help="Guidance weight on the class.")
 @click.option("--prior-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Temperature of the prior's categorical draws (> 0).")
+              help="Temperature of the prior's draws (> 0): of its categorical draws, or for continuous latents the "
+                   "scale of the diffusion prior's initial noise.")
 @click.option("--churn", type=click.FloatRange(min=0), default=0.0, help="S_churn of the stochastic sampler (--sampler edm).")
 @restart_options
 @hybrid_options
@@ -35,7 +36,7 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
            device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
-    Writes OUT (.npz: `x`, `z`, `seeds`, and `labels` / `traj` when asked, `hybrid_run` / `switch_sigma` for a
+    Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` / `traj` when asked, `hybrid_run` / `switch_sigma` for a
     hybrid) in bounded memory, whatever --num, and for image models a PNG grid of the first samples beside it."""
     from pathlib import Path
 
@@ -75,7 +76,8 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     shape = cfg.model.data_shape
     out_shape = [shape[1], shape[2], shape[0]] if kind == "image" else shape
     arrays = {"x": ([num, *out_shape], np.uint8 if kind == "image" else np.float32),
-              "z": ([num, cfg.model.num_latents], np.int64), "seeds": ([num], np.int64)}
+              "z": ([num, cfg.model.latent_size], np.float32 if cfg.model.continuous else np.int64),
+              "seeds": ([num], np.int64)}
     if class_label is not None:
         arrays["labels"] = ([num], np.int64)
     if trajectory:

@@ -16,6 +16,13 @@ from .options import RUN_DIR, SEED, parse_key_values
 @click.option("--run-dir", type=RUN_DIR, required=True, help="Where the run lives. An existing run directory is resumed.")
 @click.option("--latents", "num_latents", type=int, default=None, help="m, the number of discrete latents (0: plain EDM baseline).")
 @click.option("--codebook", "codebook_size", type=int, default=None, help="k, the codebook size of each latent.")
+@click.option("--latent-type", type=click.Choice(["discrete", "continuous"]), default=None,
+              help="discrete: DisCo-Diff's m categorical latents (the default). continuous: a Gaussian latent vector "
+                   "with a KL penalty, cut into m tokens, and a diffusion prior (the paper's Table 3 ablation).")
+@click.option("--latent-dim", type=int, default=None,
+              help="D, the size of a continuous latent, a multiple of m (default: m * k, as the paper matches them).")
+@click.option("--kl-weight", type=float, default=None,
+              help="beta, the weight of a continuous latent's KL to N(0, I) per data entry (default: 1).")
 @click.option("--kimg", type=float, default=None, help="Training duration in thousands of examples.")
 @click.option("--seed", type=SEED, default=None, help="Seed of the weights and of every random draw in training.")
 @click.option("--batch", type=int, default=None, help="Total batch size.")
@@ -26,14 +33,15 @@ from .options import RUN_DIR, SEED, parse_key_values
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config entry, e.g. --set model.tau=0.5.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
-def train(preset, run_dir, num_latents, codebook_size, kimg, seed, batch, batch_gpu, lr, data_path, cond, sets,
-          dry_run, quiet):
+def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, kl_weight, kimg, seed, batch, batch_gpu,
+          lr, data_path, cond, sets, dry_run, quiet):
     """Stage I: train the denoiser and the encoder jointly (resumes an existing run directory)."""
     from .. import dist
     from ..runs import Run, resolve_run, run_lock
     from ..train.stage1 import train_stage1
 
-    model_o = {k: v for k, v in {"num_latents": num_latents, "codebook_size": codebook_size}.items() if v is not None}
+    model_o = {k: v for k, v in {"num_latents": num_latents, "codebook_size": codebook_size, "latent_type": latent_type,
+                                 "latent_dim": latent_dim, "kl_weight": kl_weight}.items() if v is not None}
     train_o = {k: v for k, v in {"kimg": kimg, "seed": seed, "batch": batch, "batch_gpu": batch_gpu, "lr": lr}.items()
                if v is not None}
     overrides = merge({"model": model_o, "train": train_o}, parse_key_values(sets))

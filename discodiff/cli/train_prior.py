@@ -1,4 +1,5 @@
-"""`discodiff train-prior`: stage II, the autoregressive prior fitted to the trained encoder's latents."""
+"""`discodiff train-prior`: stage II, the prior fitted to the trained encoder's latents (autoregressive for discrete
+latents, a diffusion model for continuous ones)."""
 from __future__ import annotations
 
 import click
@@ -16,7 +17,8 @@ from .options import RUN_DIR, parse_key_values
               help="Override a prior_train entry, e.g. --set prior_train.tau=0.1 (only prior_train.* and sample.*).")
 @click.option("--quiet", is_flag=True, help="No status lines.")
 def train_prior(run_dir, kimg, batch, lr, sets, quiet):
-    """Stage II: fit the autoregressive prior to the latents of the trained (EMA) encoder.
+    """Stage II: fit the prior to the latents of the trained (EMA) encoder: autoregressive over discrete latents, a
+    diffusion model over continuous ones.
 
     A prior fitted to older stage-I weights (training continued since) is fitted again from scratch."""
     from ..config import ConfigError
