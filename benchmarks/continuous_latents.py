@@ -1,0 +1,250 @@
+"""Benchmark: continuous latents against discrete ones, the paper's Table 3 ablation (issue #13).
+
+    .venv/bin/python benchmarks/continuous_latents.py --preset digits [--device cuda] [--num 2000] [--out DIR]
+    .venv/bin/python benchmarks/continuous_latents.py --quick          # a tiny end-to-end check, about 2 minutes
+
+Trains, with the preset's network, data, seed and number of training images (through benchmarks/images.py's
+helpers: the library's own train_stage1 and train_prior), in DIR/<row>:
+- baseline: the plain EDM model (m = 0);
+- continuous, KL weight beta in --betas (default 0.1, 0.3, 1): a Gaussian latent of D = m * k entries, cut into the
+  preset's m tokens, with a diffusion prior (the paper matches its 1000-d latent to m * k = 10 * 100 the same way);
+- DisCo-Diff: the preset's m discrete latents with k codes, with the autoregressive prior.
+Every prior gets the same budget (--prior-kimg, --prior-batch, --prior-lr); the preset's sampler and step count.
+
+For each row, over --num samples against the training images (one cached reference, the same noise seeds):
+- FID with oracle latents (the encoder on training images: argmax codes, or posterior means), and from the prior at
+  w = 0 and w = 1 (guidance on the latents);
+- how much the denoiser uses the latent: the weighted loss at sigma in {2, 5, 10, 20} given the oracle latents over
+  the loss given the null latent (1: the latent is ignored), and the gap null - oracle;
+- for continuous latents, the rate: the posteriors' mean KL to N(0, I) in nats per image and the active coordinates
+  (mean KL above 0.01 nats), and the diffusion prior's Frechet distance to the posterior samples (prior_report.json).
+  A discrete latent carries at most m ln k nats.
+
+The paper's two failure modes, as they would show here: memorisation (small beta) as a good oracle FID with a much
+worse FID from the prior, and a large rate; collapse (large beta) as oracle = prior = baseline FID, a loss ratio near
+1 and a rate near 0. Writes benchmarks/results/continuous-latents-<preset>.json (--quick: into DIR).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+HIGH_SIGMAS = [2.0, 5.0, 10.0, 20.0]
+ACTIVE_NATS = 0.01  # a coordinate whose mean KL is below this carries (almost) nothing
+# --quick: tiny networks, 128 training images, 16 samples per FID: it checks the pipeline, not the paper.
+QUICK = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2,
+                               "latent_depth": 1},
+                   "encoder": {"width": 16, "heads": 2, "depth": 1},
+                   "prior": {"depth": 1, "width": 32, "heads": 2}},
+         "data": {"options": {"max_images": 128}},
+         "train": {"batch": 32, "tick_kimg": 0.256, "lr_rampup_kimg": 0}, "sample": {"steps": 4}}
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def row_overrides(preset: str, betas, *, kimg=None, prior_kimg=None, prior_batch=None, prior_lr=None, seed=0,
+                  overrides=None) -> dict:
+    """{row name: run overrides}: the baseline and DisCo-Diff of benchmarks/images.py (the same names, so its runs
+    are reused when --out is its folder), and one continuous-latent run per beta; every prior with the same budget."""
+    import images as bench
+
+    from discodiff.config import merge
+
+    prior = {k: v for k, v in {"batch": prior_batch, "lr": prior_lr}.items() if v is not None}
+    base = bench.run_overrides(preset, kimg=kimg, prior_kimg=prior_kimg, seed=seed, overrides=overrides)
+    rows = {"baseline": base["baseline"]}
+    for beta in betas:
+        rows[f"continuous-kl{beta:g}"] = merge(base["discodiff"], {"model": {"latent_type": "continuous",
+                                                                          "kl_weight": beta}})
+    rows["discodiff"] = base["discodiff"]
+    return {name: merge(o, {"prior_train": prior}) for name, o in rows.items()}
+
+
+def latent_use(model, y: torch.Tensor, seed: int) -> dict:
+    """The loss at HIGH_SIGMAS given the oracle latents and given the null latent, on the images y."""
+    from discodiff.analysis.loss_sigma import loss_vs_sigma
+
+    curves = loss_vs_sigma({"m": model}, y, sigmas=HIGH_SIGMAS, seed=seed)["curves"]
+    oracle, null = curves["m"]["loss"], curves["m (null z)"]["loss"]
+    return {"sigmas": HIGH_SIGMAS, "loss_oracle": oracle, "loss_null": null,
+            "loss_ratio": sum(a / b for a, b in zip(oracle, null)) / len(oracle),
+            "loss_gap": sum(b - a for a, b in zip(oracle, null)) / len(oracle)}
+
+
+def rate(model, x: torch.Tensor) -> dict:
+    """What the latent carries: for continuous latents the posteriors' mean KL to N(0, I) (nats per image) and the
+    coordinates whose mean KL exceeds ACTIVE_NATS; for discrete ones the capacity m ln k."""
+    import math
+
+    from discodiff.analysis.codebook import encoder_logits
+    from discodiff.latents import split_posterior
+
+    cfg = model.config
+    if not cfg.continuous:
+        return {"max_nats": cfg.num_latents * math.log(cfg.codebook_size)}
+    mean, logvar = split_posterior(encoder_logits(model, x))
+    per_coordinate = (0.5 * (mean.square() + logvar.exp() - 1 - logvar)).flatten(1).mean(0)
+    return {"kl_nats": float(per_coordinate.sum()), "active_dims": int((per_coordinate > ACTIVE_NATS).sum()),
+            "latent_dim": cfg.latent_size, "posterior_std": float((0.5 * logvar).exp().mean())}
+
+
+def measure(name: str, model, prior, data, ref, det, cache, args, y) -> dict:
+    """One row: the FIDs, the latent's use and its rate."""
+    import images as bench
+
+    from discodiff.analysis.oracle import oracle_vs_prior
+    from discodiff.analysis.quality import sample_fid
+
+    seeds = list(range(args.seed, args.seed + args.num))
+    common = dict(steps=args.steps, batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap,
+                  model_key=name)
+    if not model.num_latents:
+        return {"prior_w0": sample_fid(model, None, seeds, ref, det, desc=f"{name}", **common)}
+    row = oracle_vs_prior(model, prior, data.x, data.labels, ref, det, num=args.num, seed=args.seed, **common)
+    row = {"oracle": row["oracle"], "prior_w0": row["prior"], "oracle_vs_prior": {k: v for k, v in row.items()
+                                                                                 if k not in ("oracle", "prior")}}
+    row["prior_w1"] = sample_fid(model, prior, seeds, ref, det, guidance=1.0, desc=f"{name}, prior latents, w = 1",
+                                 **common)
+    row["use"] = latent_use(model, y, args.seed)
+    row["rate"] = rate(model, data.x)
+    _log(f"[continuous] {name}: oracle {bench._fid(row['oracle'])}, prior w=0 {bench._fid(row['prior_w0'])}, "
+         f"w=1 {bench._fid(row['prior_w1'])}, loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}")
+    return row
+
+
+def format_table(rows: dict, cfgs: dict, args) -> str:
+    import images as bench
+
+    def fid(r, key):
+        return bench._fid(r[key]) if key in r else "-"
+
+    lines = [f"{args.preset}: FID ± bootstrap std over {args.num} samples ({args.steps} Heun steps) against the "
+             f"training images; loss ratio = loss given the oracle latent / given the null latent, mean over sigma "
+             f"{HIGH_SIGMAS} (1: unused); rate = mean KL of the posteriors (nats per image, active coordinates of D) "
+             f"or, for discrete latents, the capacity m ln k", "",
+             f"{'row':>18} {'oracle FID':>16} {'prior FID, w=0':>16} {'prior FID, w=1':>16} {'loss ratio':>10} "
+             f"{'loss gap':>9} {'rate':>18} {'prior latent FD':>16}"]
+    for name, r in rows.items():
+        use, rt, m = r.get("use"), r.get("rate", {}), cfgs[name].model
+        if "kl_nats" in rt:
+            rate_s = f"{rt['kl_nats']:.1f} ({rt['active_dims']}/{rt['latent_dim']})"
+        else:
+            rate_s = f"<= {rt['max_nats']:.1f}" if rt else "-"
+        pr = r.get("prior_report", {})
+        fd = f"{pr['latent_fd']:.3f} ({pr['latent_fd_floor']:.3f})" if "latent_fd" in pr else "-"
+        label = name if m.num_latents else "baseline (m=0)"
+        lines.append(f"{label:>18} {fid(r, 'oracle'):>16} {fid(r, 'prior_w0'):>16} {fid(r, 'prior_w1'):>16} "
+                     f"{use['loss_ratio'] if use else float('nan'):>10.3f} "
+                     f"{use['loss_gap'] if use else float('nan'):>9.4f} {rate_s:>18} {fd:>16}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--betas", default="0.1,0.3,1", help="KL weights of the continuous rows, comma-separated")
+    ap.add_argument("--kimg", type=float, default=None, help="stage-I kimg per run (default: the preset's)")
+    ap.add_argument("--prior-kimg", type=float, default=1000, help="stage-II kimg of every prior")
+    ap.add_argument("--prior-batch", type=int, default=1024, help="stage-II batch of every prior")
+    ap.add_argument("--prior-lr", type=float, default=1e-4, help="stage-II learning rate of every prior")
+    ap.add_argument("--num", type=int, default=2000, help="samples per FID")
+    ap.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for each FID's std")
+    ap.add_argument("--seed", type=int, default=0, help="training seed and first sampling seed")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available): training, "
+                                                   "sampling and the FID detector")
+    ap.add_argument("--batch", type=int, default=256, help="samples per batch")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a fixed folder under "
+                                                           "the system's temporary directory, so re-runs reuse it)")
+    ap.add_argument("--results", type=Path, default=None, help="the JSON report (default: benchmarks/results/"
+                                                               "continuous-latents-<preset>.json; --quick: in --out)")
+    ap.add_argument("--quick", action="store_true", help="tiny networks and budgets, 16 samples per FID: a smoke test")
+    args = ap.parse_args(argv)
+
+    import images as bench
+
+    from discodiff.analysis import jsonable
+    from discodiff.cli.options import parse_list, resolve_device
+    from discodiff.config import ConfigError
+    from discodiff.data import to_uint8
+    from discodiff.fileio import check_writable, write_json
+    from discodiff.metrics.fid import InceptionDetector
+    from discodiff.runs import resolve_run
+
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    overrides, kimg = None, args.kimg
+    if args.quick:
+        overrides, kimg = QUICK, 0.512 if kimg is None else kimg
+        args.num, args.bootstrap, args.prior_kimg, args.prior_batch, args.prior_lr = 16, 0, 2, 256, 1e-3
+    suffix = "-quick" if args.quick else ""
+    out = args.out or Path(tempfile.gettempdir()) / f"discodiff-continuous-{args.preset}{suffix}"
+    path = args.results or (out if args.quick else RESULTS) / f"continuous-latents-{args.preset}.json"
+    start, seconds = time.perf_counter(), {}
+    try:
+        if args.num < 2:
+            raise ConfigError("--num must be at least 2")
+        betas = parse_list(args.betas, float, "--betas")
+        check_writable(out, folder=True)
+        check_writable(path)
+        rows = row_overrides(args.preset, betas, kimg=kimg, prior_kimg=args.prior_kimg, prior_batch=args.prior_batch,
+                             prior_lr=args.prior_lr, seed=args.seed, overrides=overrides)
+        resolved = {name: resolve_run(out / name, preset=args.preset, overrides=o) for name, o in rows.items()}
+        cfgs = {name: cfg for name, (cfg, _) in resolved.items()}
+        data = resolved["discodiff"][1]
+        if data.kind != "image":
+            raise ConfigError(f"preset {args.preset!r} is not an image preset")
+        args.steps = cfgs["discodiff"].sample.steps
+        det = InceptionDetector.from_file(device=device)
+        _log(f"continuous latents benchmark: preset {args.preset}, rows {', '.join(cfgs)}, "
+             f"{cfgs['discodiff'].train.kimg:g} kimg each, priors {args.prior_kimg:g} kimg at batch "
+             f"{args.prior_batch} and lr {args.prior_lr:g}, {args.num} samples per FID, device {device}, detector "
+             f"backend {det.backend}; runs in {out}")
+        models, reused = bench.train_both(out, cfgs, data, seconds, device=device)
+        ref, floor, _ = bench.log_timed(seconds, "fid_reference", bench.reference_and_floor, to_uint8(data.x), det,
+                                        out, args.num, args.seed, args.bootstrap)
+        cache = bench.disk_cache(out / "fid-cache-continuous.json", {n: bench.fingerprint(out / n) for n in cfgs},
+                                 args.num)
+        y = data.x[torch.randperm(len(data.x), generator=torch.Generator().manual_seed(args.seed))[:512]]
+        results = {}
+        for name, (model, prior) in models.items():
+            results[name] = bench.log_timed(seconds, f"measure_{name}", measure, name, model, prior, data, ref, det,
+                                            cache, args, y)
+            report = out / name / "prior_report.json"
+            if report.is_file() and model.num_latents:
+                results[name]["prior_report"] = json.loads(report.read_text())
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    table = format_table(results, cfgs, args)
+    _log("\n" + table + f"\n\ndata floor: {floor['num']} training images score FID {bench._fid(floor)}\nseconds: "
+         + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
+    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "quick": args.quick,
+              "betas": betas, "num": args.num, "bootstrap": args.bootstrap, "seed": args.seed, "steps": args.steps,
+              "budget": {"kimg_per_run": cfgs["discodiff"].train.kimg, "batch": cfgs["discodiff"].train.batch,
+                         "prior_kimg": args.prior_kimg, "prior_batch": args.prior_batch, "prior_lr": args.prior_lr},
+              "runs": {name: {"latent": c.model.latent_summary() if c.model.num_latents else "none",
+                              "parameters_stage1": sum(p.numel() for p in models[name][0].parameters())}
+                       for name, c in cfgs.items()},
+              "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
+                          "device": device, "detector_backend": det.backend},
+              "data_floor": floor, "seconds": seconds, "reused": reused, "table": table, "rows": results,
+              "out": str(out)}
+    write_json(jsonable(report), path)
+    _log(f"wrote {path}; runs and caches in {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
