@@ -312,3 +312,18 @@ def test_codebook_analysis_refuses_a_continuous_run(continuous_run, tmp_path, ca
     code, _, err = run_cli(["analyze", "codebook", "--run-dir", str(continuous_run), "--out", str(tmp_path / "cb")],
                            capsys)
     assert code == 2 and "needs discrete latents" in err, err
+
+
+def test_oracle_and_switching_analyses_run_on_a_continuous_run(continuous_run, tmp_path, capsys):
+    from conftest import save_tiny_detector
+
+    detector = save_tiny_detector(tmp_path / "tiny.pt", kernel=13)
+    out = tmp_path / "fid"
+    code, stdout, err = run_cli(["analyze", "oracle", "--run-dir", str(continuous_run), "--steps", "2", "--out",
+                                 str(out), "--num", "4", "--detector", str(detector)], capsys)
+    assert code == 0, err
+    res = json.loads((out / "oracle.json").read_text())
+    assert res["oracle"]["num"] == 4 and res["prior_tuples_seen_in_data"] is None and "gap (prior - oracle)" in stdout
+    code, _, err = run_cli(["analyze", "switching", "--run-dir", str(continuous_run), "--out", str(tmp_path / "sw"),
+                            "--num", "4", "--steps", "3", "--fractions", "0.5"], capsys)
+    assert code == 0, err
