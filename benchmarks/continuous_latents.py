@@ -1,6 +1,7 @@
 """Benchmark: continuous latents against discrete ones, the paper's Table 3 ablation (issue #13).
 
-    .venv/bin/python benchmarks/continuous_latents.py --preset digits [--device cuda] [--num 2000] [--out DIR]
+    .venv/bin/python benchmarks/continuous_latents.py --preset digits [--betas 0.01,0.1,0.3,1] [--device cuda]
+                                                      [--num 2000] [--out DIR]
     .venv/bin/python benchmarks/continuous_latents.py --quick          # a tiny end-to-end check, about 2 minutes
 
 Trains, with the preset's network, data, seed and number of training images (through benchmarks/images.py's
@@ -169,8 +170,9 @@ def main(argv=None) -> int:
     ap.add_argument("--num", type=int, default=2000, help="samples per FID")
     ap.add_argument("--bootstrap", type=int, default=50, help="bootstrap resamples for each FID's std")
     ap.add_argument("--seed", type=int, default=0, help="training seed and first sampling seed")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available): training, "
-                                                   "sampling and the FID detector")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available): the priors, sampling "
+                                                   "and the FID detector (stage I trains on the GPU whenever there "
+                                                   "is one, as `discodiff train` does)")
     ap.add_argument("--batch", type=int, default=256, help="samples per batch")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a fixed folder under "
