@@ -34,7 +34,7 @@ class ModelConfig:
     # The paper's Table 3 ablation (docs/continuous_latents.md): "continuous" replaces the m categorical latents by a
     # Gaussian vector of D entries, cut into m tokens of D / m, with a KL penalty, and a diffusion prior in stage II.
     latent_type: str = "discrete"     # "discrete" (DisCo-Diff) or "continuous"
-    latent_dim: int | None = None     # D of a continuous latent (None: m * k, the discrete one-hots' size, as the paper)
+    latent_dim: int | None = None     # D of a continuous latent (None: m * k, the discrete one-hots' size)
     kl_weight: float | None = None    # beta on the KL per data entry, continuous latents only (None: 1, the ELBO's)
 
     @property

@@ -169,7 +169,7 @@ class DiscoDiff(nn.Module):
 
     @torch.no_grad()
     def encode(self, y: torch.Tensor, *, tau: float | None = None, generator=None) -> torch.Tensor:
-        """Latents of clean data: the posterior's mode (`latent_mode`), or with `tau` a sample of it (`latent_sample`)."""
+        """Latents of clean data: the posterior's mode (`latent_mode`), or with `tau` a sample (`latent_sample`)."""
         encoded = self.encoder(y)
         return self.latent_mode(encoded) if tau is None else self.latent_sample(encoded, tau, generator=generator)
 

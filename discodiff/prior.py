@@ -136,7 +136,8 @@ class ARPrior(nn.Module):
 
 def prior_class(cfg):
     """The stage-II prior of a model of configuration `cfg`: ARPrior over discrete latents, DiffusionPrior
-    (diffusion_prior.py) over continuous ones. Both have for_model, load, save and sample(noise, labels, temperature)."""
+    (diffusion_prior.py) over continuous ones. Both have for_model, load, save, training_loss and
+    sample(noise, labels, temperature)."""
     if cfg.continuous:
         from .diffusion_prior import DiffusionPrior
         return DiffusionPrior

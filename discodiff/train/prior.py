@@ -129,9 +129,10 @@ def discrete_report(prior: ARPrior, model: DiscoDiff, logits, labels, tau: float
 @torch.no_grad()
 def continuous_report(prior, model: DiscoDiff, encoded, labels, tau: float, generator, num: int = 2000,
                       batch: int = 1024) -> tuple[dict, str]:
-    """(report, its line): how well the diffusion prior's draws match the encoder's posterior samples: the Frechet distance between
-    Gaussians fitted to `num` of each (standardised coordinates, so a unit means one posterior std per coordinate),
-    beside the same distance between two independent sets of posterior samples (the floor at this N)."""
+    """(report, its line): how well the diffusion prior's draws match the encoder's posterior samples: the Frechet
+    distance between Gaussians fitted to `num` of each, in the standardised coordinates the prior models, beside the
+    same distance between two independent sets of posterior samples (its floor at this N); and the posteriors' mean
+    KL to N(0, I), the nats per image the latent carries."""
     from ..metrics.fid import frechet_distance
 
     def moments(z):
