@@ -37,7 +37,8 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
     Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` /
-    `traj` when asked, `hybrid_run` / `switch_sigma` for a hybrid) in bounded memory, whatever --num, and for image models a PNG grid of the first samples beside it."""
+    `traj` when asked, `hybrid_run` / `switch_sigma` for a hybrid) in bounded memory, whatever --num, and for image
+    models a PNG grid of the first samples beside it."""
     from pathlib import Path
 
     import numpy as np
