@@ -79,10 +79,17 @@ def train_commands(preset: str, run: dict, extra_sets: list[str]) -> list[list[s
              *sets, "--quiet"]
     if run["model"] == "baseline":
         return [train + ["--latents", "0"]]
-    return [train, [*cli, "train-prior", "--run-dir", str(run["dir"]), "--quiet"]]
+    # the prior's settings are given, so that a run trained before the preset's prior changed is fitted again
+    from discodiff.cli.options import parse_key_values
+    from discodiff.config import preset_config
+
+    p = preset_config(preset, parse_key_values(extra_sets)).prior_train
+    return [train, [*cli, "train-prior", "--run-dir", str(run["dir"]), "--kimg", f"{p.kimg:g}", "--batch",
+                    str(p.batch), "--lr", f"{p.lr:g}", "--quiet"]]
 
 
-def is_trained(run: dict) -> bool:
+def is_trained(run: dict, p) -> bool:
+    """Whether the run's stage I and (for DisCo-Diff) its prior are done, the prior with the settings `p`."""
     from discodiff.config import ConfigError, RunConfig
     from discodiff.runs import Run
 
@@ -91,6 +98,9 @@ def is_trained(run: dict) -> bool:
     except ConfigError:
         return False
     r = Run(run["dir"], cfg)
+    if cfg.model.num_latents and (cfg.prior_train.kimg, cfg.prior_train.batch, cfg.prior_train.lr) != (p.kimg, p.batch,
+                                                                                                      p.lr):
+        return False  # a prior fitted with other settings than the preset's
     if not r.model_path.is_file() or r.trained_nimg("stage1") < cfg.train.kimg * 1000:
         return False
     return cfg.model.num_latents == 0 or (r.prior_status() == "ok" and
@@ -432,7 +442,8 @@ def main(argv=None) -> int:
     _log(f"[sweep] {args.preset}: widths {widths} (preset {own}), seeds {seeds} at the preset's width, steps {steps}, "
          f"{args.num} samples per FID, {len(runs)} runs, {args.jobs} jobs x {threads} threads on {device}; in {out}")
 
-    todo = [r for r in runs if not is_trained(r)]
+    prior_settings = preset_config(args.preset, parse_key_values(args.sets)).prior_train
+    todo = [r for r in runs if not is_trained(r, prior_settings)]
     _log(f"[sweep] training {len(todo)} runs ({len(runs) - len(todo)} already trained)")
     t0 = time.perf_counter()
     train_s = in_parallel(args.jobs, [(str(r["dir"]), train_commands(args.preset, r, args.sets),

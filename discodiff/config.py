@@ -62,6 +62,7 @@ class PriorTrainConfig:
     batch: int = 256
     lr: float = 1e-3
     tau: float = 0.01                 # Gumbel temperature of the latents the prior learns from
+    ema_halflife_kimg: float = 0.0    # EMA of the prior's weights (0: none; the last iterate is saved)
     seed: int = 0
     tick_kimg: float = 10.0
 
@@ -298,6 +299,7 @@ def validate(cfg: RunConfig) -> None:
     p = cfg.prior_train
     _require(p.kimg >= 0, f"prior_train.kimg must be >= 0, got {p.kimg}")
     _require(p.batch >= 1, f"prior_train.batch must be >= 1, got {p.batch}")
+    _require(p.ema_halflife_kimg >= 0, f"prior_train.ema_halflife_kimg must be >= 0, got {p.ema_halflife_kimg}")
     for key in ("lr", "tau", "tick_kimg"):
         _require(getattr(p, key) > 0, f"prior_train.{key} must be positive, got {getattr(p, key)}")
     _require(0 <= p.seed <= MAX_SEED, f"prior_train.seed must lie in [0, 2**63), got {p.seed}")

@@ -16,6 +16,7 @@ from ..checkpoint import (discard_training_states, latest_training_state, load_s
                           optimizer_to_flat, prefixed, save_training_state, with_prefix)
 from ..config import RunConfig
 from ..data import ArrayDataset
+from ..ema import EMA
 from ..fileio import write_json
 from ..latents import codebook_usage, gumbel_softmax
 from ..model import DiscoDiff
@@ -58,6 +59,7 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
     torch.manual_seed(p.seed)
     prior = ARPrior.for_model(cfg.model).to(device)
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    ema = EMA(prior, p.ema_halflife_kimg, rampup=None) if p.ema_halflife_kimg > 0 else None
     cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
     if state is not None and state.meta.get(STAGE1_HASH_KEY) != stage1:
@@ -66,6 +68,9 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         state = None
     if state is not None:
         load_state_into(prior, prefixed(state.tensors, "prior."), state.path)
+        if ema is not None:  # (a state saved without an EMA starts it from the resumed weights)
+            ema_tensors = prefixed(state.tensors, "ema.")
+            load_state_into(ema.module, ema_tensors if ema_tensors else prefixed(state.tensors, "prior."), state.path)
         optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
         cur_nimg = state.nimg
         log.line(resume_line("the prior", state))
@@ -84,6 +89,8 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         loss.backward()
         opt.step()
         cur_nimg += p.batch
+        if ema is not None:
+            ema.update(prior, p.batch, cur_nimg)
         loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
         bar.update(p.batch)
         done = cur_nimg >= total
@@ -96,17 +103,49 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
             loss_sum, steps = 0.0, 0
             optim_tensors, optim_meta = optimizer_to_flat(opt)
             save_training_state(run_dir, "prior", cur_nimg,
-                                {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim.")},
+                                {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim."),
+                                 **(with_prefix(ema.module.state_dict(), "ema.") if ema is not None else {})},
                                 {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1})
     bar.close()
+    if ema is not None:
+        prior = ema.module
     prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, "kimg": str(cur_nimg / 1000)})
-    # The report: the prior's token perplexity on fresh encoder samples, beside the marginal's.
+    # The report: the prior's token perplexity on fresh encoder samples, beside the marginal's, and how its draws
+    # (those of sampling seeds 0, 1, ...) match the encoder's latents on the data, beside two draws of those.
     g = step_generator(device, p.seed, 1, 0)
     z_eval = gumbel_softmax(logits, p.tau, hard=True, generator=g).argmax(-1)
     report = {"prior_perplexity": prior_perplexity(prior, z_eval, labels),
               "marginal_perplexity": marginal_perplexity(z_eval, k),
-              "codebook": codebook_usage(z_eval, k), "kimg": cur_nimg / 1000, "seconds": timer.total()}
+              "codebook": codebook_usage(z_eval, k), "fit": fit_report(model, prior, logits, z_eval, p),
+              "kimg": cur_nimg / 1000, "seconds": timer.total()}
     write_json(report, Path(run_dir) / "prior_report.json")
+    fit = report["fit"]
     log.line(f"prior done: token perplexity {report['prior_perplexity']:.3f} vs marginal "
              f"{report['marginal_perplexity']:.3f} (codebook size {k}); weights in {run.prior_path}")
+    log.line(f"prior fit over {fit['num']} draws (floor: a second draw of the data's latents): marginal TV max "
+             f"{max(fit['prior']['marginal_tv']):.3f} (floor {max(fit['floor']['marginal_tv']):.3f}), pairwise TV "
+             f"mean {fit['prior']['pairwise_tv_mean']:.3f} (floor {fit['floor']['pairwise_tv_mean']:.3f}), tuples "
+             f"unseen in the data {100 * fit['prior']['unseen_share']:.1f}% (floor "
+             f"{100 * fit['floor']['unseen_share']:.1f}%)")
     return prior, report
+
+
+FIT_DRAWS = 20_000
+
+
+@torch.no_grad()
+def fit_report(model: DiscoDiff, prior: ARPrior, logits: torch.Tensor, z_data: torch.Tensor, p) -> dict:
+    """analysis.codebook.prior_fit of the prior's draws for sampling seeds 0 .. n-1 (n = the data's size, at most
+    FIT_DRAWS) against the encoder's latents z_data on the data, with a second draw of those on n random examples
+    as the floor."""
+    from ..analysis.codebook import prior_fit
+    from ..analysis.common import generation_labels
+    from ..pipeline import sample_latents
+
+    n = min(len(z_data), FIT_DRAWS)
+    seeds = list(range(n))
+    z_prior = sample_latents(model, prior, seeds, class_labels=generation_labels(model, seeds)).cpu()
+    g = step_generator(logits.device, p.seed, 2, 0)
+    pick = torch.randperm(len(logits), generator=g, device=logits.device)[:n]
+    z_again = gumbel_softmax(logits[pick], p.tau, hard=True, generator=g).argmax(-1).cpu()
+    return prior_fit(z_prior, z_data.cpu(), z_again, model.config.codebook_size)
