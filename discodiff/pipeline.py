@@ -7,7 +7,8 @@ seeds in batches. `sampler_from_name` turns the names of the CLI and the config 
 `hybrid=(second_model, switch_sigma)` hands the low-noise part of the ODE to a second model (paper App. D).
 
 Each seed drives its own generator, in this order: the m uniforms for the prior, the initial noise (for PFGM++,
-model.process = "pfgmpp", its Gaussian and then its one Gamma draw), then any noise the sampler draws. A sample therefore depends on its seed only, never on the batch it is drawn in.
+model.process = "pfgmpp", its Gaussian and then its one Gamma draw), then any noise the sampler draws. A sample
+therefore depends on its seed only, never on the batch it is drawn in.
 """
 from __future__ import annotations
 
