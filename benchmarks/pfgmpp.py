@@ -41,7 +41,8 @@ DIGITS_STEPS = "8,18"
 QUICK_TOY = {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32},
                        "prior": {"depth": 1, "width": 32, "heads": 2}},
              "train": {"batch": 64, "tick_kimg": 1}, "prior_train": {"batch": 64, "tick_kimg": 0.5}}
-QUICK_DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 16, "latent_dim": 16, "latent_depth": 1},
+QUICK_DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 16, "latent_dim": 16,
+                                      "latent_depth": 1},
                           "encoder": {"width": 16, "depth": 1}, "prior": {"depth": 1, "width": 16}},
                 "train": {"tick_kimg": 0.5}, "prior_train": {"batch": 64, "tick_kimg": 0.5}}
 
