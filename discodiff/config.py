@@ -28,6 +28,8 @@ class ModelConfig:
     p_class_drop: float = 0.0         # class-label dropout, for guidance on the class
     P_mean: float = -1.2              # ln(sigma) ~ N(P_mean, P_std^2) during training
     P_std: float = 1.2
+    process: str = "edm"              # forward process: "edm" (Gaussian) or "pfgmpp" (PFGM++, D extra dimensions)
+    pfgm_D: int = 128                 # PFGM++'s D (process "pfgmpp"); D -> infinity is EDM
     network: dict = field(default_factory=lambda: {"name": "mlp"})
     encoder: dict = field(default_factory=lambda: {"name": "mlp"})
     prior: dict = field(default_factory=lambda: {"depth": 4, "width": 128, "heads": 4, "dropout": 0.0})
@@ -269,6 +271,7 @@ def _require(ok: bool, message: str) -> None:
 
 def validate(cfg: RunConfig) -> None:
     """Checks every value's range at once, when the config is resolved, not at its first use."""
+    from .process import PROCESSES
     from .sampling import NAMED_SAMPLERS, SAMPLERS, required_options
     m = cfg.model
     _require(0 <= m.num_latents <= 256, f"--latents (model.num_latents) must be between 0 and 256, got {m.num_latents}")
@@ -281,6 +284,9 @@ def validate(cfg: RunConfig) -> None:
         _require(getattr(m, key) > 0, f"model.{key} must be positive, got {getattr(m, key)}")
     for key in ("p_null", "p_class_drop"):
         _require(0 <= getattr(m, key) < 1, f"model.{key} must lie in [0, 1), got {getattr(m, key)}")
+    _require(m.process in PROCESSES, f"unknown model.process {m.process!r}; choose from: {', '.join(PROCESSES)}")
+    _require(m.pfgm_D >= 1, f"model.pfgm_D must be an integer >= 1, got {m.pfgm_D} (D -> infinity is EDM: "
+                            f"model.process=edm)")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
     t = cfg.train

@@ -33,6 +33,11 @@ class _Stage1Loss(nn.Module):
         return self.model.training_loss(y, class_labels, loss_fn=self.loss_fn, generator=generator)
 
 
+def _process(m) -> str:
+    """The log line's mention of a process other than EDM, the default."""
+    return f"process {m.process} (D={m.pfgm_D}), " if m.process != "edm" else ""
+
+
 def micro_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
     """(per-process micro-batch, accumulation rounds) such that micro * rounds * world == batch."""
     t = cfg.train
@@ -74,7 +79,7 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
         cur_nimg = state.nimg
         log.line(resume_line("stage I", state))
-    loss_fn = EDMLoss(cfg.model.P_mean, cfg.model.P_std, cfg.model.sigma_data)
+    loss_fn = EDMLoss.for_model(cfg.model)  # EDM's Gaussian or PFGM++'s kernel (model.process)
     module = _Stage1Loss(model, loss_fn)
     ddp = (nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
            if world > 1 else module)
@@ -85,8 +90,8 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     total = int(t.kimg * 1000)
     tick_nimg, tick_idx = max(int(t.tick_kimg * 1000), 1), cur_nimg // max(int(t.tick_kimg * 1000), 1)
     log.line(f"stage I: {sum(p.numel() for p in model.parameters()):,} parameters, m={model.num_latents} "
-             f"k={cfg.model.codebook_size}, {len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
-             f"{t.kimg:g} kimg, device {device}")
+             f"k={cfg.model.codebook_size}, {_process(cfg.model)}{len(data)} examples, "
+             f"batch {t.batch} = {micro} x {rounds} x {world}, {t.kimg:g} kimg, device {device}")
     timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "stage I")
     loss_sum = torch.zeros((), device=device)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
