@@ -56,6 +56,10 @@ class TrainConfig:
     snapshot_ticks: int = 5           # inference snapshot (config.json + model.safetensors)
     state_ticks: int = 5              # resumable training state
     bf16: bool = True                 # bf16 autocast on GPU (CPU always runs fp32)
+    # `--init-from RUN` (finetune.py): {"run": the plain run's resolved path, "sha256": of its model.safetensors}.
+    # The weights start from there; like the seed, it cannot change on resume.
+    init_from: dict | None = None
+    new_parts_lr: float | None = None  # with init_from: the learning rate of the encoder and the latent path (null: lr)
 
 
 @dataclass
@@ -295,6 +299,15 @@ def validate(cfg: RunConfig) -> None:
     _require(t.batch_gpu is None or t.batch_gpu >= 1, f"train.batch_gpu must be >= 1, got {t.batch_gpu}")
     _require(t.lr > 0, f"the learning rate (train.lr) must be positive, got {t.lr}")
     _require(0 <= t.seed <= MAX_SEED, f"train.seed must lie in [0, 2**63), got {t.seed}")
+    _require(t.new_parts_lr is None or t.new_parts_lr > 0,
+             f"train.new_parts_lr must be positive or null, got {t.new_parts_lr}")
+    _require(t.new_parts_lr is None or t.init_from is not None,
+             "train.new_parts_lr sets the learning rate of the parts a fine-tuned run adds; it needs --init-from")
+    if t.init_from is not None:
+        _require(set(t.init_from) == {"run", "sha256"} and all(isinstance(v, str) for v in t.init_from.values()),
+                 f"train.init_from must be {{\"run\": path, \"sha256\": hash}} (set by --init-from), got {t.init_from}")
+        _require(m.num_latents > 0, "--init-from turns a plain run into DisCo-Diff, so this run needs latents "
+                 "(--latents M > 0); to train a plain run further, resume it with a larger --kimg")
     for key in ("lr_rampup_kimg",):
         _require(getattr(t, key) >= 0, f"train.{key} must be >= 0, got {getattr(t, key)}")
     for key in ("ema_halflife_kimg", "tick_kimg"):

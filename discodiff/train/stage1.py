@@ -14,6 +14,7 @@ from ..config import ConfigError, RunConfig
 from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
+from ..finetune import group_lrs, load_base_weights, parameter_groups
 from ..model import DiscoDiff
 from ..prior import ARPrior
 from ..networks import init_encoder_from_data
@@ -68,11 +69,18 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         # seeding). Building the prior here, and dropping it, leaves that generator where it was when the model
         # also held the prior, so a seed gives the same run as it did then and published results reproduce.
         ARPrior.for_model(cfg.model)
+    state = latest_training_state(run_dir, "stage1")
+    if state is None and t.init_from is not None:
+        # A fine-tuned run's first start (on every rank alike): the plain run's EMA weights, the new parts as
+        # built but with the latent path silent. The EMA below starts from the same weights.
+        load_base_weights(model, t.init_from)
+        log.line(f"stage I starts from the plain run {t.init_from['run']} (EMA weights, sha256 "
+                 f"{t.init_from['sha256'][:12]}); the encoder and the latent path start fresh")
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
+    base_lrs = group_lrs(cfg)  # [lr] (a fine-tuned run: [lr, new_parts_lr]), one per parameter group
+    opt = torch.optim.Adam(parameter_groups(model, cfg), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=True)  # one kernel for all tensors, on CPU as on GPU
     cur_nimg = 0
-    state = latest_training_state(run_dir, "stage1")
     if state is not None:
         load_state_into(model, prefixed(state.tensors, "model."), state.path)
         load_state_into(ema.module, prefixed(state.tensors, "ema."), state.path)
@@ -114,9 +122,10 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
                 (loss.sum() / (micro * rounds)).backward()
             loss_sum += loss.detach().sum()
             loss_count += micro
-        lr = t.lr * min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else t.lr
-        for group in opt.param_groups:
-            group["lr"] = lr
+        ramp = min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else 1.0
+        for group, base_lr in zip(opt.param_groups, base_lrs):
+            group["lr"] = base_lr * ramp
+        lr = t.lr * ramp
         nonfinite += neutralise_nonfinite(model.parameters())
         opt.step()
         cur_nimg += t.batch
