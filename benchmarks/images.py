@@ -105,9 +105,9 @@ def train_or_reuse(seconds: dict, key: str, what: str, run_dir: Path, stage: int
     return done
 
 
-def train_both(out: Path, cfgs: dict, data, seconds: dict) -> tuple[dict, dict]:
+def train_both(out: Path, cfgs: dict, data, seconds: dict, device="cpu") -> tuple[dict, dict]:
     """Stage I of both runs and stage II of DisCo-Diff, skipping what is already done.
-    Returns ({name: (EMA model, prior or None)}, which stages were reused)."""
+    Returns ({name: (EMA model, prior or None)} on `device`, which stages were reused)."""
     from discodiff.train.prior import train_prior
     from discodiff.train.stage1 import train_stage1
 
@@ -119,13 +119,13 @@ def train_both(out: Path, cfgs: dict, data, seconds: dict) -> tuple[dict, dict]:
         key, what = f"stage1_{name}", f"stage I of {name} (m={cfg.model.num_latents}, {cfg.train.kimg:g} kimg)"
         done = run.model_path.is_file() and run.trained_nimg("stage1") >= cfg.train.kimg * 1000
         reused[key] = train_or_reuse(seconds, key, what, run_dir, 1, done, train_stage1, run_dir, cfg, data)
-        model = run.load_model()  # the EMA weights, as `discodiff train-prior` / `sample` load them
+        model = run.load_model(device)  # the EMA weights, as `discodiff train-prior` / `sample` load them
         if cfg.model.num_latents:
             key, what = f"prior_{name}", f"stage II of {name} (prior, {cfg.prior_train.kimg:g} kimg)"
             # a prior fitted to older stage-I weights (prior_status "stale") is fitted again
             done = run.prior_status() == "ok" and run.trained_nimg("prior") >= cfg.prior_train.kimg * 1000
             reused[key] = train_or_reuse(seconds, key, what, run_dir, 2, done, train_prior, run_dir, cfg, data, model)
-        models[name] = (model, run.load_prior())
+        models[name] = (model, run.load_prior(device))
     return models, reused
 
 
