@@ -26,6 +26,7 @@ import torch
 
 from .checkpoint import MODEL, CheckpointError, load_tensors, read_metadata
 from .config import ConfigError, ModelConfig, RunConfig
+from .process import kernel_D
 from .runs import Run, file_sha256
 
 LATENT_OPTION_PREFIX = "latent_"  # network options of the latent path only: free to differ from RUN's
@@ -70,8 +71,9 @@ def trained_nimg(run: Run) -> int:
 
 def check_base(cfg: RunConfig) -> None:
     """Refuses, in one line, a run whose `train.init_from` names a run that cannot start it: unreadable, not plain
-    (m > 0), unfinished, of another data shape, class conditioning, sigma_data or backbone, or whose weights are
-    not the file recorded or do not fit the network. Also refuses a backbone whose latents cannot start silent."""
+    (m > 0), unfinished, of another data shape, class conditioning, sigma_data, process or backbone, or whose
+    weights are not the file recorded or do not fit the network. Also refuses a backbone whose latents cannot start
+    silent."""
     record = cfg.train.init_from
     path = Path(record["run"])
     run = _open_base(path)
@@ -93,6 +95,9 @@ def check_base(cfg: RunConfig) -> None:
                           f"{'--cond' if a.num_classes else '--uncond'} (and data with the same classes)")
     if a.sigma_data != b.sigma_data:
         raise ConfigError(f"--init-from: {path} has sigma_data {a.sigma_data:g}, this run {b.sigma_data:g}")
+    if kernel_D(a) != kernel_D(b):  # the pretrained denoiser is the posterior mean under its own noise kernel
+        raise ConfigError(f"--init-from: {path} was trained with model.process {_process(a)}, this run has "
+                          f"{_process(b)}; give this run the same process")
     changed = backbone_differences(a.network, b.network)
     if changed:
         raise ConfigError(f"--init-from: {path} has another backbone: {'; '.join(changed)}; give this run the same "
@@ -100,6 +105,10 @@ def check_base(cfg: RunConfig) -> None:
     _checked_weights(path / MODEL, record["sha256"], b)
     with torch.device("meta"):  # no memory, no random draws: only whether the latent path can start silent
         silence_latents(_build(b))
+
+
+def _process(m: ModelConfig) -> str:
+    return f"{m.process} (D={m.pfgm_D})" if m.process != "edm" else m.process
 
 
 def backbone_differences(base: dict, new: dict) -> list[str]:

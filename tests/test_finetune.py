@@ -215,6 +215,7 @@ CASES = {
     "another data shape": (_npz_16px, ["--data", "{tmp}/big.npz"], ["data of shape [1, 8, 8]", "[1, 16, 16]"]),
     "class conditioning": (lambda b, t: b, ["--cond"], ["no class conditioning", "--uncond"]),
     "no latents": (lambda b, t: b, ["--latents", "0"], ["needs latents"]),
+    "another process": (lambda b, t: b, ["--set", "model.process=pfgmpp"], ["model.process edm", "pfgmpp (D=128)"]),
 }
 
 
