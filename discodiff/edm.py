@@ -3,6 +3,7 @@
 Notation follows the paper: x = y + n with n ~ N(0, sigma^2 I), and the denoiser
     D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
 is trained with the weighted loss lambda(sigma) ||D(y + n, sigma) - y||^2, ln sigma ~ N(P_mean, P_std^2).
+PFGM++ (model.process = "pfgmpp") changes only the law of n, to its heavier-tailed kernel (`process.py`).
 """
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import math
 
 import torch
 from torch import nn
+
+from .process import kernel_D, perturbation, standard_gamma
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float | torch.Tensor):
@@ -71,10 +74,18 @@ class Denoiser(nn.Module):
 
 
 class EDMLoss:
-    """Per-sample EDM loss with log-normal noise levels. Randomness comes only from `generator`."""
+    """Per-sample EDM loss with log-normal noise levels. Randomness comes only from `generator`.
 
-    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5):
-        self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+    `D`: the perturbation kernel's D (`process.perturbation`); infinity, the default, is EDM's Gaussian, a finite D
+    PFGM++'s kernel at the same sigma, with everything else unchanged (PFGM++'s EDM-aligned form)."""
+
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, D: float = math.inf):
+        self.P_mean, self.P_std, self.sigma_data, self.D = P_mean, P_std, sigma_data, D
+
+    @classmethod
+    def for_model(cls, cfg) -> "EDMLoss":
+        """The stage-I loss of a model config: its noise-level distribution, sigma_data and process."""
+        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, D=kernel_D(cfg))
 
     def sample_sigma(self, n: int, *, generator=None, device=None) -> torch.Tensor:
         rnd = torch.randn(n, generator=generator, device=device)
@@ -84,7 +95,9 @@ class EDMLoss:
         """Returns lambda(sigma) * mean_i (D(y+n, sigma) - y)_i^2 for each sample ([B])."""
         if sigma is None:
             sigma = self.sample_sigma(y.shape[0], generator=generator, device=y.device)
-        noise = torch.randn(y.shape, generator=generator, device=y.device) * _broadcast(sigma, y)
+        g = torch.randn(y.shape, generator=generator, device=y.device)
+        noise = perturbation(g, _broadcast(sigma, y), self.D,
+                             lambda alpha: standard_gamma(alpha, y.shape[0], generator=generator, device=y.device))
         D = denoise(y + noise, sigma, **cond)
         err = (D - y).square().flatten(1).mean(1)
         return loss_weight(sigma, self.sigma_data) * err

@@ -7,8 +7,9 @@ seeds in batches. `sampler_from_name` turns the names of the CLI and the config 
 `hybrid=(second_model, switch_sigma)` hands the low-noise part of the ODE to a second model (paper App. D).
 
 Each seed drives its own generator, in this order: the prior's randomness (`prior_noise`: m uniforms for the
-autoregressive prior, D Gaussians for the diffusion prior of continuous latents), the initial noise, then any noise
-the sampler draws. A sample therefore depends on its seed only, never on the batch it is drawn in.
+autoregressive prior, D Gaussians for the diffusion prior of continuous latents), the initial noise (for PFGM++,
+model.process = "pfgmpp", its Gaussian and then its one Gamma draw), then any noise the sampler draws. A sample
+therefore depends on its seed only, never on the batch it is drawn in.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import torch
 from .config import ConfigError
 from .model import DiscoDiff
 from .prior import ARPrior
+from .process import kernel_D, perturbation
 from .sampling import Denoise, StackedGenerator, get_sampler, required_options, sample_heun, takes_noise_source
 
 
@@ -155,7 +157,9 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     class_labels = _labels(class_labels, len(seeds), device)
     z = draw_latents(prior, prior_input, class_labels, prior_temperature) if z is None else z.to(device)
     sigmas = sigmas.to(device)
-    noise = gen.randn(model.config.data_shape) * sigmas[0].float()
+    # the initial sample at sigma_max, from the model's kernel: sigma_max g for EDM (process.perturbation)
+    noise = perturbation(gen.randn(model.config.data_shape), sigmas[0].float(), kernel_D(model.config),
+                         gen.standard_gamma)
     denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance, class_guidance=class_guidance)
     if hybrid is not None:
         second, switch_sigma = hybrid

@@ -3,9 +3,10 @@
 This module owns the rules of a run, and every entry point (the CLI, the demo, the experiments, the benchmarks)
 goes through it:
 - `resolve_run` turns a preset or an existing run, overrides and data into a validated RunConfig and the dataset.
-  A new run takes its input shape and class count from the data. An existing run is resumed: only its training
-  duration and schedule (`train`, `prior_train`) and its sampling defaults (`sample`) may change, never its model,
-  its data or its seed.
+  A new run takes its input shape and class count from the data; with `init_from` it starts from a finished plain
+  run's weights (finetune.py). An existing run is resumed: only its training duration and schedule (`train`,
+  `prior_train`) and its sampling defaults (`sample`) may change, never its model, its data, its seed or the run it
+  started from.
 - `Run` opens the folder: config.json written atomically and only once the model builds, a lock that keeps a
   second training process out, and loading of the model and of a prior that belongs to the current stage-I weights.
 
@@ -46,19 +47,21 @@ def file_sha256(path: Path) -> str:
 
 
 def differences(old: RunConfig, new: RunConfig) -> list[str]:
-    """The keys whose change would make `new` another run than `old` (model, data, training seed)."""
+    """The keys whose change would make `new` another run than `old` (model, data, training seed, the run its
+    weights started from)."""
     a, b = old.to_dict(), new.to_dict()
     changed = [f"{sec}.{k}" for sec in ("model", "data") for k in b[sec] if b[sec][k] != a[sec].get(k)]
-    if old.train.seed != new.train.seed:
-        changed.append("train.seed")
+    changed += [f"train.{k}" for k in ("seed", "init_from") if getattr(old.train, k) != getattr(new.train, k)]
     return changed
 
 
 def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | None = None,
-                data: DataConfig | None = None, cond: bool | None = None):
+                data: DataConfig | None = None, cond: bool | None = None, init_from: Path | None = None):
     """(RunConfig, ArrayDataset) for training in `run_dir`: a new run from `preset` + `overrides` (+ `data` instead
-    of the preset's data; `cond` to switch class conditioning), or the run already there with `overrides` applied.
-    Validates everything, including that the model builds, before anything is written."""
+    of the preset's data; `cond` to switch class conditioning; `init_from`, a finished plain run, to fine-tune it
+    into DisCo-Diff), or the run already there with `overrides` applied (`init_from` must then name the run it
+    started from). Validates everything, including that the model builds, before anything is written."""
+    from . import finetune
     from .data import load_dataset
     from .model import DiscoDiff
 
@@ -71,6 +74,8 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
     if new_run:
         if preset is None:
             raise ConfigError(f"{run_dir} is not a run directory yet: name a --preset ({', '.join(sorted(PRESETS))})")
+        if init_from is not None:
+            overrides = merge(overrides, {"train": {"init_from": finetune.base_record(init_from)}})
         if data is not None:  # a user's data replace the preset's data section whole: its options were for its own
             cfg = preset_config(preset, {k: v for k, v in overrides.items() if k != "data"})
             cfg.data = DataConfig(**overrides["data"])
@@ -89,6 +94,8 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
             raise ConfigError(f"{run_dir} already holds a run with different {', '.join(changed)}; use a new --run-dir "
                               f"(only {', '.join(RESUMABLE_SECTIONS)} settings can change on resume)")
         validate(cfg)
+        if init_from is not None:
+            finetune.check_same_base(cfg, init_from, run_dir)
     dataset = load_dataset(cfg.data)
     if new_run:  # the data decide the model's input shape and, when conditioning, its number of classes
         cfg.model.data_shape = dataset.shape
@@ -98,6 +105,8 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
         cfg.model.num_classes = dataset.num_classes if wants_classes else 0
         validate(cfg)
         DiscoDiff(cfg.model)  # a configuration whose network cannot be built fails here, before any file exists
+        if cfg.train.init_from is not None:
+            finetune.check_base(cfg)
     else:
         check_data_matches(cfg, dataset, run_dir)
         if cond is not None and cond != bool(cfg.model.num_classes):

@@ -1,8 +1,9 @@
 """Samplers for the EDM probability-flow ODE and SDE, as pure functions (k-diffusion style).
 
-Every sampler takes a `denoise(x, sigma) -> D` callable, the initial `noise` (already scaled by sigmas[0])
+Every sampler takes a `denoise(x, sigma) -> D` callable, the initial `noise` (already drawn at sigmas[0])
 and a decreasing tensor of `sigmas` ending in 0, and returns the final sample. With sigma(t) = t the ODE
-is dx/dt = (x - D(x, t)) / t (EDM eq. 1 with beta = 0).
+is dx/dt = (x - D(x, t)) / t (EDM eq. 1 with beta = 0). PFGM++ (model.process = "pfgmpp") solves the same ODE in
+sigma from another initial draw (`process.py`); the churn and restart noise stay Gaussian.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from .config import ConfigError
+from .process import standard_gamma
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 Callback = Callable[[int, torch.Tensor], None]
@@ -332,6 +334,10 @@ class StackedGenerator:
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.randn(x.shape[1:], dtype=x.dtype)
+
+    def standard_gamma(self, alpha: float) -> torch.Tensor:
+        """One Gamma(alpha, 1) draw per sample, float64 [B] (the radius of PFGM++'s kernel, `process.perturbation`)."""
+        return torch.cat([standard_gamma(alpha, 1, generator=g, device=self.device) for g in self.generators])
 
 
 def trajectory_recorder():

@@ -212,10 +212,11 @@ def test_data_options_from_set(tmp_path, capsys, with_folder):
 
 @pytest.mark.slow
 def test_demo_at_a_tiny_budget(tmp_path, capsys):
-    """20-40 s on two busy cores: the priors train for their presets' budgets (400 and 30 kimg) whatever --kimg says,
-    and the digits stage I is the full-size preset U-Net."""
+    """20-40 s on two busy cores: the toy prior trains for its preset's 400 kimg whatever --kimg says, and the digits
+    stage I is the full-size preset U-Net."""
     out = tmp_path / "demo"
-    code, stdout, err = run_cli(["demo", "--out", str(out), "--kimg", "0.05", "--num", "16", "--digits-kimg", "0.05"],
+    code, stdout, err = run_cli(["demo", "--out", str(out), "--kimg", "0.05", "--num", "16", "--digits-kimg", "0.05",
+                                "--digits-prior-kimg", "10"],
                                 capsys)
     assert code in (0, None), err
     said = [out / "metrics.json", out / "samples.png", out / "curvature.png", out / "digits_samples.png",

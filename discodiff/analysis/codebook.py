@@ -62,6 +62,49 @@ def marginal_tv(a: dict, b: dict) -> list[float]:
     return out
 
 
+def _tv(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Total variation between the normalised histograms `a` and `b` (counts of the same cells)."""
+    return float(0.5 * (a / a.sum() - b / b.sum()).abs().sum())
+
+
+def pairwise_tv(za: torch.Tensor, zb: torch.Tensor, codebook_size: int) -> list[float]:
+    """For every pair of latent positions i < j, the total variation between the joint code distributions of
+    (z_i, z_j) in `za` and in `zb` ([N, m] each): what the marginals cannot see of a prior's fit."""
+    k, m = codebook_size, za.shape[1]
+
+    def joint(z, i, j):
+        return torch.bincount(z[:, i] * k + z[:, j], minlength=k * k).double()
+
+    return [_tv(joint(za, i, j), joint(zb, i, j)) for i in range(m) for j in range(i + 1, m)]
+
+
+def unseen_share(z: torch.Tensor, reference: torch.Tensor) -> float:
+    """The share of the rows of `z` whose whole tuple never occurs in `reference`."""
+    seen = {tuple(r) for r in reference.tolist()}
+    return sum(tuple(r) not in seen for r in z.tolist()) / max(len(z), 1)
+
+
+def prior_fit(z_prior: torch.Tensor, z_data: torch.Tensor, z_data_again: torch.Tensor, codebook_size: int) -> dict:
+    """How well prior draws `z_prior` reproduce the encoder's latents on the data `z_data` (z ~ Cat(softmax E(y)),
+    what the prior is fitted to), per latent (marginals), per pair of latents and per whole tuple (the share of
+    prior tuples the data never produce). `z_data_again`, a second draw of the encoder's latents on the same data,
+    gives the same figures between two samples of the target itself: the floor that a finite sample sets."""
+    k = codebook_size
+
+    def marginals(a, b):
+        return [_tv(torch.bincount(a[:, i], minlength=k).double(), torch.bincount(b[:, i], minlength=k).double())
+                for i in range(a.shape[1])]
+
+    def figures(z):
+        pair = pairwise_tv(z, z_data, k)
+        return {"marginal_tv": marginals(z, z_data), "pairwise_tv_mean": float(sum(pair) / max(len(pair), 1)),
+                "pairwise_tv_max": max(pair, default=0.0), "unseen_share": unseen_share(z, z_data),
+                "distinct_tuples": len({tuple(r) for r in z.tolist()})}
+
+    return {"prior": figures(z_prior), "floor": figures(z_data_again), "num": len(z_prior),
+            "data_distinct_tuples": len({tuple(r) for r in z_data.tolist()})}
+
+
 @torch.no_grad()
 def codebook_analysis(model, prior, x: torch.Tensor, *, prior_samples: int = 0, seed: int = 0,
                       batch: int = 512) -> dict:

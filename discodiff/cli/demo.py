@@ -19,7 +19,9 @@ import click
                    "another process stalls both (measured 500 against 20,000 examples/s).")
 @click.option("--digits-kimg", type=click.FloatRange(min=0), default=48.0,
               help="Training duration of the digits model (the digits preset's own default is 96); 0 skips digits.")
-def demo(out_dir, kimg, seed, num_eval, threads, digits_kimg):
+@click.option("--digits-prior-kimg", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Training duration of the digits prior (default: the digits preset's).")
+def demo(out_dir, kimg, seed, num_eval, threads, digits_kimg, digits_prior_kimg):
     """Train a plain EDM model and DisCo-Diff on 8 Gaussians, sample both, compare them and plot (paper Fig. 3/4);
     then train DisCo-Diff on 8x8 digits and draw sample grids."""
     import torch
@@ -45,7 +47,7 @@ def demo(out_dir, kimg, seed, num_eval, threads, digits_kimg):
 
         torch.set_num_threads(max(threads, min(2, os.cpu_count() or 1)))  # the U-Net gains from a second core
         click.echo(f"\ndiscodiff demo: DisCo-Diff on 8x8 digits ({digits_kimg:g} kimg) into {out_dir}/digits/")
-        d = run_digits(out_dir, kimg=digits_kimg, seed=seed)
+        d = run_digits(out_dir, kimg=digits_kimg, prior_kimg=digits_prior_kimg, seed=seed)
         s = d["seconds"]
         click.echo(f"digits: stage I {s['stage1']:.0f} s, prior {s['prior']:.0f} s, sampling {s['sampling']:.0f} s; "
                    f"codes in use per latent {d['codes_used']}, prior perplexity {d['prior_perplexity']:.2f} "

@@ -1,4 +1,5 @@
-"""`discodiff train`: stage I, the denoiser and the encoder trained jointly; an existing run is resumed."""
+"""`discodiff train`: stage I, the denoiser and the encoder trained jointly; an existing run is resumed; with
+`--init-from`, a new run fine-tunes a finished plain run into DisCo-Diff (finetune.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -30,11 +31,16 @@ from .options import RUN_DIR, SEED, parse_key_values
 @click.option("--lr", type=float, default=None, help="Learning rate.")
 @click.option("--data", "data_path", type=str, default=None, help="A folder, zip or .npz of images to train on instead of the preset's data.")
 @click.option("--cond/--uncond", "cond", default=None, help="Condition on the dataset's class labels (default: the preset's choice).")
+@click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="Fine-tune a finished plain run (m = 0) with the same backbone into DisCo-Diff: the denoiser and "
+                   "its EMA start from RUN's EMA weights, the encoder and latent path fresh, with no effect at first. "
+                   "--kimg counts this run's own images; --set train.new_parts_lr=LR gives the new parts their own "
+                   "learning rate.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config entry, e.g. --set model.tau=0.5.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
 @click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
 def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, kl_weight, kimg, seed, batch, batch_gpu,
-          lr, data_path, cond, sets, dry_run, quiet):
+          lr, data_path, cond, init_from, sets, dry_run, quiet):
     """Stage I: train the denoiser and the encoder jointly (resumes an existing run directory)."""
     from .. import dist
     from ..runs import Run, resolve_run, run_lock
@@ -49,7 +55,7 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     if data_path is not None:
         path = Path(data_path)  # resolved, so that the run resumes from any working directory
         data = DataConfig(name="path", path=str(path.resolve()) if path.exists() else data_path, options={})
-    cfg, dataset = resolve_run(run_dir, preset=preset, overrides=overrides, data=data, cond=cond)
+    cfg, dataset = resolve_run(run_dir, preset=preset, overrides=overrides, data=data, cond=cond, init_from=init_from)
     if dry_run:
         click.echo(json.dumps(cfg.to_dict(), indent=2))
         return

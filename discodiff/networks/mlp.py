@@ -59,6 +59,18 @@ class MLPBackbone(nn.Module):
             self.null_centre = nn.Parameter(torch.zeros(dim))
             self.null_log_scale = nn.Parameter(torch.tensor(log_s / g))
 
+    def silence_latents(self) -> None:
+        """Zeroes the latent embedding (its tables and null sequence), which is the latents' only way in: the output
+        is then the plain network's for any z. The centred variant's latents also move its centre and scale,
+        which no zero makes equal to the plain network's single centre, so it is refused (ValueError)."""
+        if self.centred and self.num_latents:
+            raise ValueError("the centred mlp network's latents move its centre, so they cannot start with no "
+                             "effect: a centred network cannot be fine-tuned from a plain run")
+        if self.latent_embed is not None:
+            with torch.no_grad():
+                self.latent_embed.table.zero_()
+                self.latent_embed.null.zero_()
+
     def latent_features(self, latents, null_latent, batch: int) -> torch.Tensor | None:
         """What the latents add to the embedding, [B, emb_dim], a function of z alone (None without a latent
         embedding). `forward(..., latent_features=...)` takes it precomputed, as a sampler does with its fixed z."""

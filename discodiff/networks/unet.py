@@ -276,6 +276,19 @@ class UNet(nn.Module):
             if G > 1:
                 b.latent_group = res_levels.index(b.resolution)  # the lowest resolution reads group 0
 
+    def silence_latents(self) -> None:
+        """Zeroes the layers through which the latents reach the image path (the latent embedding's projection, or
+        every cross-attention's output projection), as a fresh network has them: the output is then the plain
+        network's for any z and for the null latent. Fine-tuning from a plain run calls this after loading it."""
+        if not self.num_latents:
+            return
+        if self.latent_injection == "embedding":
+            zero_init(self.latent_proj)
+            return
+        for b in self._attention_blocks(decoder_only=False):
+            if b.cross_attn is not None:
+                zero_init(b.cross_attn.proj)
+
     def latent_context(self, latents, null_latent, batch: int) -> torch.Tensor:
         """Latent tokens [B, m, latent_dim]: the keys and values of the cross-attention."""
         h = self.latent_embed(latents, null_latent, batch) + self.latent_pos

@@ -19,6 +19,7 @@ from ..checkpoint import (discard_training_states, latest_training_state, load_s
                           optimizer_to_flat, prefixed, save_training_state, with_prefix)
 from ..config import RunConfig
 from ..data import ArrayDataset
+from ..ema import EMA
 from ..fileio import write_json
 from ..latents import codebook_usage, gaussian_kl, split_posterior
 from ..model import DiscoDiff
@@ -63,6 +64,7 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
     if continuous:  # (a resumed state brings the same values back)
         prior.fit_standardisation(*split_posterior(encoded))
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
+    ema = EMA(prior, p.ema_halflife_kimg, rampup=None) if p.ema_halflife_kimg > 0 else None
     cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
     if state is not None and state.meta.get(STAGE1_HASH_KEY) != stage1:
@@ -71,6 +73,9 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         state = None
     if state is not None:
         load_state_into(prior, prefixed(state.tensors, "prior."), state.path)
+        if ema is not None:  # (a state saved without an EMA starts it from the resumed weights)
+            ema_tensors = prefixed(state.tensors, "ema.")
+            load_state_into(ema.module, ema_tensors if ema_tensors else prefixed(state.tensors, "prior."), state.path)
         optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
         cur_nimg = state.nimg
         log.line(resume_line("the prior", state))
@@ -90,6 +95,8 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         loss.backward()
         opt.step()
         cur_nimg += p.batch
+        if ema is not None:
+            ema.update(prior, p.batch, cur_nimg)
         loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
         bar.update(p.batch)
         done = cur_nimg >= total
@@ -103,9 +110,12 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
             loss_sum, steps = 0.0, 0
             optim_tensors, optim_meta = optimizer_to_flat(opt)
             save_training_state(run_dir, "prior", cur_nimg,
-                                {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim.")},
+                                {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim."),
+                                 **(with_prefix(ema.module.state_dict(), "ema.") if ema is not None else {})},
                                 {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1})
     bar.close()
+    if ema is not None:
+        prior = ema.module
     prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, "kimg": str(cur_nimg / 1000)})
     g = step_generator(device, p.seed, 1, 0)
     report, summary = (continuous_report if continuous else discrete_report)(prior, model, encoded, labels, p.tau, g)
@@ -120,10 +130,38 @@ def discrete_report(prior: ARPrior, model: DiscoDiff, logits, labels, tau: float
     marginal's."""
     k = model.config.codebook_size
     z_eval = model.latent_sample(logits, tau, generator=generator)
+    fit = fit_report(model, prior, logits, z_eval, tau, generator)
     report = {"prior_perplexity": prior_perplexity(prior, z_eval, labels),
-              "marginal_perplexity": marginal_perplexity(z_eval, k), "codebook": codebook_usage(z_eval, k)}
+              "marginal_perplexity": marginal_perplexity(z_eval, k), "codebook": codebook_usage(z_eval, k),
+              "fit": fit}
     return report, (f"token perplexity {report['prior_perplexity']:.3f} vs marginal "
-                    f"{report['marginal_perplexity']:.3f} (codebook size {k})")
+                    f"{report['marginal_perplexity']:.3f} (codebook size {k}); fit over {fit['num']} draws (floor: a "
+                    f"second draw of the data's latents): marginal TV max {max(fit['prior']['marginal_tv']):.3f} "
+                    f"(floor {max(fit['floor']['marginal_tv']):.3f}), pairwise TV mean "
+                    f"{fit['prior']['pairwise_tv_mean']:.3f} (floor {fit['floor']['pairwise_tv_mean']:.3f}), tuples "
+                    f"unseen in the data {100 * fit['prior']['unseen_share']:.1f}% (floor "
+                    f"{100 * fit['floor']['unseen_share']:.1f}%)")
+
+
+FIT_DRAWS = 20_000
+
+
+@torch.no_grad()
+def fit_report(model: DiscoDiff, prior: ARPrior, logits: torch.Tensor, z_data: torch.Tensor, tau: float,
+               generator) -> dict:
+    """analysis.codebook.prior_fit of the prior's draws for sampling seeds 0 .. n-1 (n = the data's size, at most
+    FIT_DRAWS) against the encoder's latents z_data on the data, with a second draw of those on n random examples
+    as the floor."""
+    from ..analysis.codebook import prior_fit
+    from ..analysis.common import generation_labels
+    from ..pipeline import sample_latents
+
+    n = min(len(z_data), FIT_DRAWS)
+    seeds = list(range(n))
+    z_prior = sample_latents(model, prior, seeds, class_labels=generation_labels(model, seeds)).cpu()
+    pick = torch.randperm(len(logits), generator=generator, device=logits.device)[:n]
+    z_again = model.latent_sample(logits[pick], tau, generator=generator).cpu()
+    return prior_fit(z_prior, z_data.cpu(), z_again, model.config.codebook_size)
 
 
 @torch.no_grad()

@@ -14,6 +14,7 @@ from ..config import ConfigError, RunConfig
 from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
+from ..finetune import group_lrs, load_base_weights, parameter_groups
 from ..model import DiscoDiff
 from ..prior import prior_class
 from ..networks import init_encoder_from_data
@@ -31,6 +32,11 @@ class _Stage1Loss(nn.Module):
 
     def forward(self, y, class_labels, generator):
         return self.model.training_loss(y, class_labels, loss_fn=self.loss_fn, generator=generator)
+
+
+def _process(m) -> str:
+    """The log line's mention of a process other than EDM, the default."""
+    return f"process {m.process} (D={m.pfgm_D}), " if m.process != "edm" else ""
 
 
 def micro_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
@@ -63,18 +69,25 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         # seeding). Building the prior here, and dropping it, leaves that generator where it was when the model
         # also held the prior, so a seed gives the same run as it did then and published results reproduce.
         prior_class(cfg.model).for_model(cfg.model)
+    state = latest_training_state(run_dir, "stage1")
+    if state is None and t.init_from is not None:
+        # A fine-tuned run's first start (on every rank alike): the plain run's EMA weights, the new parts as
+        # built but with the latent path silent. The EMA below starts from the same weights.
+        load_base_weights(model, t.init_from)
+        log.line(f"stage I starts from the plain run {t.init_from['run']} (EMA weights, sha256 "
+                 f"{t.init_from['sha256'][:12]}); the encoder and the latent path start fresh")
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
-    opt = torch.optim.Adam(model.parameters(), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
+    base_lrs = group_lrs(cfg)  # [lr] (a fine-tuned run: [lr, new_parts_lr]), one per parameter group
+    opt = torch.optim.Adam(parameter_groups(model, cfg), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=True)  # one kernel for all tensors, on CPU as on GPU
     cur_nimg = 0
-    state = latest_training_state(run_dir, "stage1")
     if state is not None:
         load_state_into(model, prefixed(state.tensors, "model."), state.path)
         load_state_into(ema.module, prefixed(state.tensors, "ema."), state.path)
         optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
         cur_nimg = state.nimg
         log.line(resume_line("stage I", state))
-    loss_fn = EDMLoss(cfg.model.P_mean, cfg.model.P_std, cfg.model.sigma_data)
+    loss_fn = EDMLoss.for_model(cfg.model)  # EDM's Gaussian or PFGM++'s kernel (model.process)
     module = _Stage1Loss(model, loss_fn)
     ddp = (nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
            if world > 1 else module)
@@ -85,7 +98,7 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     total = int(t.kimg * 1000)
     tick_nimg, tick_idx = max(int(t.tick_kimg * 1000), 1), cur_nimg // max(int(t.tick_kimg * 1000), 1)
     log.line(f"stage I: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.model.latent_summary()}, "
-             f"{len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
+             f"{_process(cfg.model)}{len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
              f"{t.kimg:g} kimg, device {device}")
     timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "stage I")
     loss_sum = torch.zeros((), device=device)
@@ -109,9 +122,10 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
                 (loss.sum() / (micro * rounds)).backward()
             loss_sum += loss.detach().sum()
             loss_count += micro
-        lr = t.lr * min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else t.lr
-        for group in opt.param_groups:
-            group["lr"] = lr
+        ramp = min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else 1.0
+        for group, base_lr in zip(opt.param_groups, base_lrs):
+            group["lr"] = base_lr * ramp
+        lr = t.lr * ramp
         nonfinite += neutralise_nonfinite(model.parameters())
         opt.step()
         cur_nimg += t.batch

@@ -1,0 +1,531 @@
+"""Benchmark: where the latents pay off (issue #10, item 3). Plain EDM (m = 0) against DisCo-Diff across network
+width, sampler steps and training seeds, with the same data, training images and noise seeds everywhere.
+
+    python benchmarks/sweep.py --preset digits|fashion16 [--widths 16,24,40] [--seeds 0,1] [--steps 4,6,8,12,18]
+        [--num 2000] [--bootstrap 20] [--jobs 4] [--device cpu|cuda] [--out DIR]
+
+1. Training. For each width (the U-Net's model_channels; attention keeps the preset's number of heads) and model,
+   `discodiff train` runs, then `discodiff train-prior` for DisCo-Diff: the commands a user types, as --jobs
+   parallel processes. The preset's own width is trained with every --seeds, the other widths with the first.
+   Finished runs are reused, so an interrupted sweep is re-run with the same command.
+2. Cost. Seconds per training image of both models at the preset's width, timed side by side in this process
+   (interleaved rounds of training steps), because the parallel jobs share the device.
+3. Evaluation, one process per run (--jobs at a time): for every step count, --num samples with seeds 0..num-1,
+   FID ± its bootstrap std and KID ± std against all training images, and the class frequencies of the samples as
+   a small classifier (trained here on the data's labels) sees them, against that classifier's view of the data.
+4. Report: a table, the FID ratio DisCo-Diff / baseline with its propagated error, the seed spread at the preset's
+   width, two plots (the ratio against NFE for each width; the ratio against width at the most steps) in
+   docs/sweep-<preset>-*.png, and benchmarks/results/sweep-<preset>.json.
+
+FID over a few thousand samples is biased upward (KID is not), so compare only at equal --num.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DOCS = ROOT / "docs"
+MODELS = ("baseline", "discodiff")
+
+
+def _log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+# ---- the plan ----------------------------------------------------------------------------------------------------
+
+def width_sets(preset: str, width: int) -> list[str]:
+    """--set overrides that give the preset's U-Net `width` base channels, with the preset's number of attention
+    heads (channels_per_head scaled alike), everything else the preset's."""
+    from discodiff.config import preset_config
+
+    net = preset_config(preset).model.network
+    per_head = max(1, net.get("channels_per_head", 64) * width // net["model_channels"])
+    return [f"model.network.model_channels={width}", f"model.network.channels_per_head={per_head}"]
+
+
+def plan(preset: str, widths: list[int], seeds: list[int], out: Path) -> list[dict]:
+    """One entry per run: {"width", "seed", "model", "dir"}; every seed at the preset's width, the first elsewhere."""
+    from discodiff.config import preset_config
+
+    own = preset_config(preset).model.network["model_channels"]
+    runs = []
+    for width in widths:
+        for seed in (seeds if width == own else seeds[:1]):
+            for model in MODELS:
+                runs.append({"width": width, "seed": seed, "model": model,
+                             "dir": out / f"w{width}-s{seed}" / model})
+    return runs
+
+
+def train_commands(preset: str, run: dict, extra_sets: list[str]) -> list[list[str]]:
+    cli = [sys.executable, "-m", "discodiff"]
+    sets = [a for s in (*width_sets(preset, run["width"]), *extra_sets) for a in ("--set", s)]
+    train = [*cli, "train", "--preset", preset, "--run-dir", str(run["dir"]), "--seed", str(run["seed"]),
+             *sets, "--quiet"]
+    if run["model"] == "baseline":
+        return [train + ["--latents", "0"]]
+    # the prior's settings are given, so that a run trained before the preset's prior changed is fitted again
+    from discodiff.cli.options import parse_key_values
+    from discodiff.config import preset_config
+
+    p = preset_config(preset, parse_key_values(extra_sets)).prior_train
+    return [train, [*cli, "train-prior", "--run-dir", str(run["dir"]), "--kimg", f"{p.kimg:g}", "--batch",
+                    str(p.batch), "--lr", f"{p.lr:g}", "--quiet"]]
+
+
+def is_trained(run: dict, p) -> bool:
+    """Whether the run's stage I and (for DisCo-Diff) its prior are done, the prior with the settings `p`."""
+    from discodiff.config import ConfigError, RunConfig
+    from discodiff.runs import Run
+
+    try:
+        cfg = RunConfig.load(run["dir"] / "config.json")
+    except ConfigError:
+        return False
+    r = Run(run["dir"], cfg)
+    if cfg.model.num_latents and (cfg.prior_train.kimg, cfg.prior_train.batch, cfg.prior_train.lr) != (p.kimg, p.batch,
+                                                                                                      p.lr):
+        return False  # a prior fitted with other settings than the preset's
+    if not r.model_path.is_file() or r.trained_nimg("stage1") < cfg.train.kimg * 1000:
+        return False
+    return cfg.model.num_latents == 0 or (r.prior_status() == "ok" and
+                                          r.trained_nimg("prior") >= cfg.prior_train.kimg * 1000)
+
+
+def run_logged(commands: list[list[str]], log: Path, env: dict) -> float:
+    """Runs the commands one after the other, output into `log`; returns the seconds; raises on a failure."""
+    t0 = time.perf_counter()
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a") as f:
+        for cmd in commands:
+            f.write("$ " + " ".join(cmd) + "\n")
+            f.flush()
+            if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode:
+                raise RuntimeError(f"failed: {' '.join(cmd)} (see {log})")
+    return time.perf_counter() - t0
+
+
+def in_parallel(jobs: int, tasks: list[tuple[str, list[list[str]], Path]], env: dict) -> dict:
+    """{name: seconds} of the tasks (name, commands, log), `jobs` at a time."""
+    seconds = {}
+    with futures.ThreadPoolExecutor(jobs) as pool:
+        running = {pool.submit(run_logged, cmds, log, env): name for name, cmds, log in tasks}
+        for fut in futures.as_completed(running):
+            seconds[running[fut]] = round(fut.result(), 1)
+            _log(f"[sweep]   done: {running[fut]} ({seconds[running[fut]]:.0f} s)")
+    return seconds
+
+
+def child_env(threads: int) -> dict:
+    return {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
+        [str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
+
+
+# ---- training cost -----------------------------------------------------------------------------------------------
+
+def training_cost(preset: str, extra_sets: list[str], device: torch.device, rounds: int = 5,
+                  steps: int = 20) -> dict:
+    """Seconds per training image of the baseline and DisCo-Diff at the preset's width and batch: forward, backward
+    and the optimizer step of each model, timed in interleaved rounds (the median round counts)."""
+    from discodiff.cli.options import parse_key_values
+    from discodiff.config import merge, preset_config
+    from discodiff.data import load_dataset
+    from discodiff.edm import EDMLoss
+    from discodiff.model import DiscoDiff
+
+    base = parse_key_values(extra_sets)
+    cfg = preset_config(preset, base)
+    data = load_dataset(cfg.data)
+    cfgs = {"baseline": preset_config(preset, merge(base, {"model": {"num_latents": 0}})), "discodiff": cfg}
+    x_all = data.x.to(device)
+    state = {}
+    for name, c in cfgs.items():
+        c.model.data_shape = data.shape
+        torch.manual_seed(0)
+        model = DiscoDiff(c.model).to(device)
+        opt = torch.optim.Adam(model.parameters(), lr=c.train.lr, fused=True)
+        state[name] = (model, opt, EDMLoss(c.model.P_mean, c.model.P_std, c.model.sigma_data))
+    batch = cfg.train.batch
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and cfg.train.bf16
+                else torch.autocast("cpu", enabled=False))
+    g = torch.Generator(device).manual_seed(0)
+
+    def step(name):
+        model, opt, loss_fn = state[name]
+        y = x_all[torch.randint(len(x_all), (batch,), generator=g, device=device)]
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            loss = model.training_loss(y, None, loss_fn=loss_fn, generator=g)
+        loss.mean().backward()
+        opt.step()
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    for name in state:  # warm-up
+        for _ in range(3):
+            step(name)
+    times = {name: [] for name in state}
+    for _ in range(rounds):
+        for name in state:
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step(name)
+            sync()
+            times[name].append((time.perf_counter() - t0) / (steps * batch))
+    med = {name: float(np.median(v)) for name, v in times.items()}
+    return {"seconds_per_image": med, "ratio": med["discodiff"] / med["baseline"], "batch": batch,
+            "rounds": rounds, "steps_per_round": steps, "device": str(device)}
+
+
+# ---- a classifier's view of class frequencies --------------------------------------------------------------------
+
+class SmallClassifier(nn.Module):
+    """Two conv layers and a linear head on [N, C, H, W] images in [-1, 1]; enough to read the class of 8x8 digits
+    and 16x16 Fashion-MNIST."""
+
+    def __init__(self, channels: int, classes: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(channels, width, 3, padding=1), nn.SiLU(), nn.Conv2d(width, 2 * width, 3, padding=1), nn.SiLU(),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(2 * width * 16, 128), nn.SiLU(), nn.Linear(128, classes))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float in [-1, 1]."""
+    return images_uint8.float() / 127.5 - 1
+
+
+def train_classifier(x: torch.Tensor, labels: torch.Tensor, device, *, steps: int = 3000, seed: int = 0) -> tuple:
+    """(classifier, held-out accuracy): trained on 90% of (x in [-1, 1], labels), scored on the other 10%."""
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=g)
+    cut = len(x) * 9 // 10
+    tr, te = order[:cut], order[cut:]
+    torch.manual_seed(seed)
+    net = SmallClassifier(x.shape[1], int(labels.max()) + 1).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    xd, ld = x.to(device), labels.to(device)
+    for _ in range(steps):
+        idx = tr[torch.randint(len(tr), (128,), generator=g)].to(device)
+        loss = nn.functional.cross_entropy(net(xd[idx]), ld[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    net.eval()
+    with torch.no_grad():
+        acc = float((predict(net, x[te], device) == labels[te]).float().mean())
+    return net, acc
+
+
+@torch.no_grad()
+def predict(net, x: torch.Tensor, device, batch: int = 1024) -> torch.Tensor:
+    return torch.cat([net(x[i:i + batch].to(device)).argmax(1).cpu() for i in range(0, len(x), batch)])
+
+
+def frequencies(pred: torch.Tensor, classes: int) -> np.ndarray:
+    return np.bincount(pred.numpy(), minlength=classes) / len(pred)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    return float(0.5 * np.abs(p - q).sum())
+
+
+# ---- evaluation of one run (a child process) ---------------------------------------------------------------------
+
+def evaluate_run(run_dir: Path, ref_path: Path, classifier_path: Path, steps: list[int], num: int, bootstrap: int,
+                 device: torch.device, batch: int) -> dict:
+    """{steps: {fid, fid_std, kid, kid_std, class_tv, ...}} for one run, samples with seeds 0..num-1."""
+    from safetensors.torch import load_file
+
+    from discodiff.analysis.quality import diversity, sample_batches
+    from discodiff.metrics.fid import FIDStats, InceptionDetector, scores, stats_of_images
+    from discodiff.runs import Run
+    from discodiff.sampling import nfe
+
+    run = Run(run_dir)
+    model, prior = run.load_model(device), run.load_prior(device)
+    ref = FIDStats.load(ref_path)
+    det = InceptionDetector.from_file(device=device)
+    meta = json.loads(classifier_path.with_suffix(".json").read_text())
+    net = SmallClassifier(meta["channels"], meta["classes"]).to(device)
+    net.load_state_dict(load_file(classifier_path))
+    net.eval()
+    data_freq = np.array(meta["data_frequencies"])
+    out = {}
+    for n in steps:
+        t0 = time.perf_counter()
+        images = torch.cat(list(sample_batches(model, prior, range(num), steps=n, batch=batch)))
+        t1 = time.perf_counter()
+        stats = stats_of_images(images, det, batch=256 if device.type == "cuda" else 32)
+        freq = frequencies(predict(net, to_unit(images), device), meta["classes"])
+        out[str(n)] = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "steps": n,
+                       "nfe": nfe("heun", n), "class_tv": total_variation(freq, data_freq),
+                       "class_frequencies": freq.tolist(), "sampling_s": round(t1 - t0, 1),
+                       "seconds": round(time.perf_counter() - t0, 1)}
+        _log(f"{run_dir}: {n} steps FID {out[str(n)]['fid']:.3f} class TV {out[str(n)]['class_tv']:.3f}")
+    return out
+
+
+# ---- the report --------------------------------------------------------------------------------------------------
+
+def ratio(d: dict, b: dict) -> tuple[float, float]:
+    """FID ratio and its error from the two bootstrap stds, propagated as independent."""
+    r = d["fid"] / b["fid"]
+    return r, r * ((d.get("fid_std", 0) / d["fid"]) ** 2 + (b.get("fid_std", 0) / b["fid"]) ** 2) ** 0.5
+
+
+def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -> dict:
+    """Ratios per (width, seed, steps); per width the mean over seeds, and the seed spread at the preset's width."""
+    pairs = {}
+    for r in runs:
+        pairs.setdefault((r["width"], r["seed"]), {})[r["model"]] = evals[str(r["dir"])]
+    rows = []
+    for (width, seed), e in sorted(pairs.items()):
+        for n in steps:
+            b, d = e["baseline"][str(n)], e["discodiff"][str(n)]
+            rr, err = ratio(d, b)
+            rows.append({"width": width, "seed": seed, "steps": n, "nfe": b["nfe"], "baseline": b, "discodiff": d,
+                         "ratio": rr, "ratio_err": err,
+                         "differ": abs(d["fid"] - b["fid"]) > 2 * (d.get("fid_std", 0) ** 2 + b.get("fid_std", 0) ** 2) ** 0.5})
+    spread = {}
+    for n in steps:
+        rs = [r["ratio"] for r in rows if r["width"] == own_width and r["steps"] == n]
+        if len(rs) > 1:
+            spread[str(n)] = {"mean": float(np.mean(rs)), "std_over_seeds": float(np.std(rs, ddof=1)), "n": len(rs)}
+    return {"rows": rows, "seed_spread": spread}
+
+
+def _fid(r: dict) -> str:
+    return f"{r['fid']:.2f} ± {r.get('fid_std', 0):.2f}"
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"{'width':>5} {'seed':>4} {'steps':>5} {'NFE':>4} {'EDM FID':>14} {'DisCo FID':>14} {'ratio':>13} "
+             f"{'differ':>6} {'EDM KIDx1e3':>11} {'DisCo KIDx1e3':>13} {'class TV E/D':>13}"]
+    for r in summary["rows"]:
+        b, d = r["baseline"], r["discodiff"]
+        kid = (lambda x: f"{1000 * x['kid']:.2f}" if x.get("kid") is not None else "-")
+        lines.append(f"{r['width']:>5} {r['seed']:>4} {r['steps']:>5} {r['nfe']:>4} {_fid(b):>14} {_fid(d):>14} "
+                     f"{r['ratio']:>6.3f} ± {r['ratio_err']:.3f} {'yes' if r['differ'] else 'no':>6} {kid(b):>11} "
+                     f"{kid(d):>13} {b['class_tv']:>6.3f}/{d['class_tv']:.3f}")
+    if summary["seed_spread"]:
+        lines += ["", "ratio over training seeds at the preset's width: " + ", ".join(
+            f"{n} steps {s['mean']:.3f} ± {s['std_over_seeds']:.3f} (n={s['n']})"
+            for n, s in summary["seed_spread"].items())]
+    return "\n".join(lines)
+
+
+def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: Path) -> list[Path]:
+    """The FID ratio against NFE for each width (mean over seeds), and against width at the most steps."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def mean_ratio(width, n):
+        rs = [r for r in summary["rows"] if r["width"] == width and r["steps"] == n]
+        value = float(np.mean([r["ratio"] for r in rs]))
+        # error: the seeds' spread when there are several, else the bootstrap error of the one pair
+        err = (float(np.std([r["ratio"] for r in rs], ddof=1)) if len(rs) > 1 else rs[0]["ratio_err"])
+        return value, err, rs[0]["nfe"]
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for w in widths:
+        vals = [mean_ratio(w, n) for n in steps]
+        ax.errorbar([v[2] for v in vals], [v[0] for v in vals], yerr=[v[1] for v in vals], marker="o", capsize=3,
+                    label=f"width {w}")
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xscale("log")
+    ax.set_xticks([mean_ratio(widths[0], n)[2] for n in steps], [str(mean_ratio(widths[0], n)[2]) for n in steps])
+    ax.set_xlabel("NFE (Heun)")
+    ax.set_ylabel("FID ratio DisCo-Diff / EDM")
+    ax.set_title(f"{preset}: the latents' gain against sampler steps", fontsize=10)
+    ax.legend(fontsize=8)
+    paths.append(docs / f"sweep-{preset}-ratio-vs-nfe.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    n = max(steps)
+    vals = [mean_ratio(w, n) for w in widths]
+    ax.errorbar(widths, [v[0] for v in vals], yerr=[v[1] for v in vals], marker="o", capsize=3)
+    ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("U-Net base channels")
+    ax.set_ylabel(f"FID ratio at {n} steps (NFE {vals[0][2]})")
+    ax.set_title(f"{preset}: the latents' gain against network width", fontsize=10)
+    paths.append(docs / f"sweep-{preset}-ratio-vs-width.png")
+    fig.tight_layout()
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+    return paths
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
+
+def _ints(s: str) -> list[int]:
+    return [int(v) for v in s.split(",") if v.strip()]
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="digits")
+    ap.add_argument("--widths", default=None, help="U-Net base channels, comma-separated (default: about 2/3, 1 "
+                                                    "and 5/3 of the preset's, rounded to multiples of 8)")
+    ap.add_argument("--seeds", default="0,1", help="training seeds at the preset's width (the first elsewhere)")
+    ap.add_argument("--steps", default="4,6,8,12,18", help="Heun step counts")
+    ap.add_argument("--num", type=int, default=2000, help="samples per FID")
+    ap.add_argument("--bootstrap", type=int, default=20, help="bootstrap resamples for each FID's std")
+    ap.add_argument("--jobs", type=int, default=1, help="runs trained / evaluated at once (1 on a 2-core CPU)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per job (default: cores / jobs)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=500, help="samples per sampling batch")
+    ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for every run (e.g. train.kimg=50 for a quick check)")
+    ap.add_argument("--out", type=Path, default=None, help="run folders (default: under the temp folder)")
+    ap.add_argument("--results", type=Path, default=None, help="the JSON report")
+    ap.add_argument("--docs", type=Path, default=DOCS, help="where the plots go")
+    ap.add_argument("--eval-run", type=Path, default=None, help=argparse.SUPPRESS)  # a child: one run's evaluation
+    ap.add_argument("--ref", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    steps = _ints(args.steps)
+    device = torch.device(args.device)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
+    torch.set_num_threads(threads)
+
+    if args.eval_run is not None:
+        res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors", steps, args.num,
+                           args.bootstrap, device, args.batch)
+        (args.eval_run / f"sweep-eval-{args.num}.json").write_text(json.dumps(res) + "\n")
+        return 0
+
+    from discodiff.analysis.common import jsonable
+    from discodiff.cli.options import parse_key_values
+    from discodiff.config import preset_config
+    from discodiff.data import load_dataset, to_uint8
+    from discodiff.fileio import write_json
+    from discodiff.metrics.fid import InceptionDetector, stats_of_images
+
+    start = time.perf_counter()
+    cfg = preset_config(args.preset)
+    own = cfg.model.network["model_channels"]
+    widths = _ints(args.widths) if args.widths else sorted({max(8, round(own * f / 8) * 8) for f in (2 / 3, 1, 5 / 3)})
+    seeds = _ints(args.seeds)
+    out = args.out or Path(tempfile.gettempdir()) / f"discodiff-sweep-{args.preset}"
+    out.mkdir(parents=True, exist_ok=True)
+    runs = plan(args.preset, widths, seeds, out)
+    env = child_env(threads)
+    seconds = {}
+    _log(f"[sweep] {args.preset}: widths {widths} (preset {own}), seeds {seeds} at the preset's width, steps {steps}, "
+         f"{args.num} samples per FID, {len(runs)} runs, {args.jobs} jobs x {threads} threads on {device}; in {out}")
+
+    prior_settings = preset_config(args.preset, parse_key_values(args.sets)).prior_train
+    todo = [r for r in runs if not is_trained(r, prior_settings)]
+    _log(f"[sweep] training {len(todo)} runs ({len(runs) - len(todo)} already trained)")
+    t0 = time.perf_counter()
+    train_s = in_parallel(args.jobs, [(str(r["dir"]), train_commands(args.preset, r, args.sets),
+                                       r["dir"].parent / f"{r['model']}-train.log") for r in todo], env)
+    seconds["training"] = round(time.perf_counter() - t0, 1)
+
+    _log("[sweep] training cost per image, side by side")
+    cost = training_cost(args.preset, args.sets, device)
+    _log(f"[sweep]   DisCo-Diff / EDM seconds per training image: {cost['ratio']:.3f}")
+
+    data = load_dataset(cfg.data)
+    images = to_uint8(data.x)
+    ref_path = out / "fid-ref.npz"
+    if not ref_path.is_file():
+        _log(f"[sweep] reference features of the {len(images)} training images")
+        det = InceptionDetector.from_file(device=device)
+        stats_of_images(images, det, batch=256 if device.type == "cuda" else 32).save(ref_path)
+        del det
+    cls_path = out / "classifier.safetensors"
+    if not cls_path.is_file() and data.labels is not None:
+        from safetensors.torch import save_file
+        _log("[sweep] training the classifier that reads the samples' classes")
+        net, acc = train_classifier(to_unit(images), data.labels, device)
+        classes = int(data.labels.max()) + 1
+        save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, cls_path)
+        data_freq = frequencies(predict(net, to_unit(images), device), classes)
+        cls_path.with_suffix(".json").write_text(json.dumps({"channels": images.shape[1], "classes": classes,
+                                                             "held_out_accuracy": acc,
+                                                             "data_frequencies": data_freq.tolist()}) + "\n")
+    classifier = json.loads(cls_path.with_suffix(".json").read_text())
+    _log(f"[sweep]   classifier held-out accuracy {classifier['held_out_accuracy']:.3f}")
+
+    def eval_path(r):
+        return r["dir"] / f"sweep-eval-{args.num}.json"
+
+    fresh = [r for r in runs if not eval_path(r).is_file() or r in todo]
+    _log(f"[sweep] evaluating {len(fresh)} runs")
+    t0 = time.perf_counter()
+    child = [sys.executable, str(Path(__file__).resolve()), "--num", str(args.num), "--steps", args.steps,
+             "--bootstrap", str(args.bootstrap), "--device", args.device, "--batch", str(args.batch),
+             "--out", str(out), "--ref", str(ref_path), "--threads", str(threads)]
+    eval_s = in_parallel(args.jobs, [(str(r["dir"]), [child + ["--eval-run", str(r["dir"])]],
+                                      r["dir"].parent / f"{r['model']}-eval.log") for r in fresh], env)
+    seconds["evaluation"] = round(time.perf_counter() - t0, 1)
+    evals = {str(r["dir"]): json.loads(eval_path(r).read_text()) for r in runs}
+
+    summary = summarise(runs, evals, steps, own)
+    table = format_table(summary)
+    args.docs.mkdir(parents=True, exist_ok=True)
+    plots = plot(summary, args.preset, widths, steps, args.docs)
+    seconds["total"] = round(time.perf_counter() - start, 1)
+    _log("\n" + table + f"\n\nclassifier held-out accuracy {classifier['held_out_accuracy']:.3f}; training cost "
+         f"DisCo-Diff / EDM per image {cost['ratio']:.3f} ({device}); seconds: "
+         + ", ".join(f"{k} {v:g}" for k, v in seconds.items()))
+    params = {}
+    for w in widths:
+        from discodiff.model import DiscoDiff
+        for name, m in (("baseline", 0), ("discodiff", cfg.model.num_latents)):
+            c = preset_config(args.preset, parse_key_values([*width_sets(args.preset, w), *args.sets,
+                                                                  f"model.num_latents={m}"]))
+            c.model.data_shape = data.shape
+            params[f"{name}-w{w}"] = sum(p.numel() for p in DiscoDiff(c.model).parameters())
+    report = {
+        "command": " ".join(["python", *[str(a) for a in sys.argv]]), "preset": args.preset, "widths": widths,
+        "preset_width": own, "seeds": seeds, "steps": steps, "num": args.num, "bootstrap": args.bootstrap,
+        "overrides": args.sets, "jobs": args.jobs, "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+        "parameters": params, "training_cost": cost, "classifier": {k: v for k, v in classifier.items()},
+        "seconds": seconds, "training_seconds_per_run": train_s, "evaluation_seconds_per_run": eval_s,
+        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "summary": summary, "table": table, "plots": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+                                                      for p in plots],
+        "note": "FID over --num samples against all training images (biased upward relative to FID-50k; compare at "
+                "equal N). Ratio errors propagate the two bootstrap stds; the seed spread is over training seeds. "
+                "class TV: total variation between the class frequencies a small classifier reads off the samples "
+                "and those it reads off the training images.",
+    }
+    path = args.results or RESULTS / f"sweep-{args.preset}.json"
+    write_json(jsonable(report), path)
+    _log(f"wrote {path} and {', '.join(str(p) for p in plots)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
