@@ -5,7 +5,9 @@
 
 toy2d.json comes from benchmarks/toy2d.py, images-<preset>.json from benchmarks/images.py, fid-speed.json from
 benchmarks/fid_speed.py, samplers-<preset>.json from benchmarks/samplers.py, latent-injection-<preset>.json from
-benchmarks/latent_injection.py and throughput-<preset>-<device>.json from benchmarks/throughput.py.
+benchmarks/latent_injection.py, throughput-<preset>-<device>.json from benchmarks/throughput.py and
+sweep-<preset>.json from benchmarks/sweep.py; any other report with a "table" (pfgmpp-*.json, finetune-*.json,
+guidance-*.json) is printed as that text.
 """
 import json
 import sys
@@ -147,14 +149,52 @@ def throughput(d: dict) -> None:
           f"{'met' if t['prior_fraction_ok'] else 'NOT met'}{extra}.")
 
 
+def sweep(d: dict) -> None:
+    """The FID ratio DisCo-Diff / EDM for each width (mean over training seeds, ± their spread where there are
+    several, else ± the bootstrap error) and step count, then the class balance at the most steps."""
+    rows, steps = d["summary"]["rows"], d["steps"]
+    print("| U-Net width (parameters EDM / DisCo-Diff) | seeds | " + " | ".join(
+        f"{n} steps (NFE {2 * n - 1})" for n in steps) + " |")
+    print("|---|---|" + "---|" * len(steps))
+    for w in d["widths"]:
+        mine = [r for r in rows if r["width"] == w]
+        seeds = sorted({r["seed"] for r in mine})
+        cells = []
+        for n in steps:
+            rs = [r for r in mine if r["steps"] == n]
+            mean = sum(r["ratio"] for r in rs) / len(rs)
+            err = ((sum((r["ratio"] - mean) ** 2 for r in rs) / (len(rs) - 1)) ** 0.5 if len(rs) > 1
+                   else rs[0]["ratio_err"])
+            fids = ", ".join(f"{r['discodiff']['fid']:.2f}/{r['baseline']['fid']:.2f}" for r in rs)
+            cells.append(f"**{mean:.3f} ± {err:.3f}** ({fids})")
+        params = d["parameters"]
+        print(f"| {w} ({params[f'baseline-w{w}'] / 1e6:.2f} M / {params[f'discodiff-w{w}'] / 1e6:.2f} M) | "
+              f"{', '.join(map(str, seeds))} | " + " | ".join(cells) + " |")
+    n = max(steps)
+    print(f"\nEach cell: the FID ratio, then DisCo-Diff's / EDM's FID per seed. {d['num']} samples per FID (seeds "
+          f"0 to {d['num'] - 1} for every model), {d['bootstrap']} bootstrap resamples. Class balance at {n} steps "
+          f"(total variation between the class frequencies a small classifier, {100 * d['classifier']['held_out_accuracy']:.1f}% "
+          f"held-out accuracy, reads off the samples and off the training images), EDM / DisCo-Diff: "
+          + "; ".join(f"width {r['width']} seed {r['seed']}: {r['baseline']['class_tv']:.3f} / "
+                      f"{r['discodiff']['class_tv']:.3f}" for r in rows if r["steps"] == n) + ".")
+    c = d["training_cost"]
+    print(f"\nTraining cost per image, DisCo-Diff / EDM at the preset's width: {c['ratio']:.3f} (timed side by "
+          f"side, {c['device']}). Wall time {d['seconds']['total'] / 60:.0f} min ({d['jobs']} jobs).")
+
+
+def text_table(d: dict) -> None:
+    print("```\n" + d["table"] + "\n```")
+
+
 def main(paths) -> None:
     for path in paths:
         d = json.loads(Path(path).read_text())
         print(f"<!-- {Path(path).name} -->")
         name = Path(path).name
         kind = next((f for prefix, f in (("toy2d", toy2d), ("images", images), ("fid-speed", fid_speed),
-                                          ("samplers", samplers), ("latent-injection", latent_injection))
-                     if name.startswith(prefix)), throughput)
+                                          ("samplers", samplers), ("latent-injection", latent_injection),
+                                          ("sweep", sweep), ("throughput", throughput))
+                     if name.startswith(prefix)), text_table)
         kind(d)
         print()
 
