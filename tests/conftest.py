@@ -7,6 +7,18 @@ from torch import nn
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a test module of tiny models (`pytestmark = [pytest.mark.usefixtures("one_thread")]`); the
+    previous setting is restored for the other modules. A second thread buys nothing on tiny models, while on a busy
+    2-core machine OpenMP's spin-waiting makes two threads 5-10x slower (measured: 110 s vs 13 s for test_unet.py at
+    load 6)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def gaussian_mixture_denoiser(means: torch.Tensor, std: float, weights: torch.Tensor | None = None):
     """The exact denoiser E[y | x] of data y ~ sum_j w_j N(mu_j, std^2 I) observed as x = y + N(0, sigma^2 I)."""
     K = means.shape[0]

@@ -27,7 +27,8 @@ from discodiff.sampling import karras_sigmas
 from discodiff.train.prior import train_prior
 from discodiff.train.stage1 import train_stage1
 
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 
 TOY = {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32},
                  "prior": {"depth": 1, "width": 32, "heads": 2}},
@@ -42,14 +43,6 @@ DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "la
           "sample": {"steps": 3}, "data": {"name": "digits", "options": {"max_images": 300}}}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread than on two (thread start-up dominates), and much faster on a busy
-    machine; the previous setting is restored for the other test files."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _train(run_dir, preset, overrides, m=None, prior=True):

@@ -20,13 +20,7 @@ TINY_DIGITS = ["--set", 'model.network={"model_channels": 8, "channels_per_head"
 FEW_DIGITS = ["--set", 'data={"name": "digits", "options": {"max_images": 300}}']
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread (see test_analysis.py); the previous setting is restored."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
 def _train_run(run, *extra, kimg="0.128", prior_kimg="0.256"):

@@ -16,13 +16,7 @@ from discodiff.prior import ARPrior
 from discodiff.sampling import guided, karras_sigmas
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: a second thread buys nothing and spin-waits on a busy machine (see test_unet.py)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
 UNET = dict(name="unet", model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), dropout=0.0,

@@ -12,14 +12,7 @@ from discodiff.networks import build_backbone, build_encoder
 from discodiff.networks.unet import UNet
 from discodiff.networks.vit import ViTEncoder
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny, so a second thread buys nothing, while on a busy 2-core machine OpenMP's spin-waiting
-    makes two threads 5-10x slower (measured: 110 s vs 13 s for this file at load 6)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = [pytest.mark.usefixtures("one_thread")]
 
 
 TINY = dict(model_channels=16, channel_mult=(1, 2), num_blocks=1, attn_resolutions=(4,), dropout=0.0,
