@@ -90,14 +90,11 @@ def prior_fit(z_prior: torch.Tensor, z_data: torch.Tensor, z_data_again: torch.T
     prior tuples the data never produce). `z_data_again`, a second draw of the encoder's latents on the same data,
     gives the same figures between two samples of the target itself: the floor that a finite sample sets."""
     k = codebook_size
-
-    def marginals(a, b):
-        return [_tv(torch.bincount(a[:, i], minlength=k).double(), torch.bincount(b[:, i], minlength=k).double())
-                for i in range(a.shape[1])]
+    data_usage = codebook_usage(z_data, k)
 
     def figures(z):
         pair = pairwise_tv(z, z_data, k)
-        return {"marginal_tv": marginals(z, z_data), "pairwise_tv_mean": float(sum(pair) / max(len(pair), 1)),
+        return {"marginal_tv": marginal_tv(codebook_usage(z, k), data_usage), "pairwise_tv_mean": float(sum(pair) / max(len(pair), 1)),
                 "pairwise_tv_max": max(pair, default=0.0), "unseen_share": unseen_share(z, z_data),
                 "distinct_tuples": len({tuple(r) for r in z.tolist()})}
 
