@@ -42,7 +42,6 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).resolve().parent / "results"
-HIGH_SIGMAS = [2.0, 5.0, 10.0, 20.0]
 ACTIVE_NATS = 0.01  # a coordinate whose mean KL is below this carries (almost) nothing
 # --quick: tiny networks, 128 training images, 16 samples per FID: it checks the pipeline, not the paper.
 QUICK = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2,
@@ -76,17 +75,6 @@ def row_overrides(preset: str, betas, *, kimg=None, prior_kimg=None, prior_batch
                                                                           "kl_weight": beta}, "prior_train": lr})
     rows["discodiff"] = base["discodiff"]
     return rows
-
-
-def latent_use(model, y: torch.Tensor, seed: int) -> dict:
-    """The loss at HIGH_SIGMAS given the oracle latents and given the null latent, on the images y."""
-    from discodiff.analysis.loss_sigma import loss_vs_sigma
-
-    curves = loss_vs_sigma({"m": model}, y, sigmas=HIGH_SIGMAS, seed=seed)["curves"]
-    oracle, null = curves["m"]["loss"], curves["m (null z)"]["loss"]
-    return {"sigmas": HIGH_SIGMAS, "loss_oracle": oracle, "loss_null": null,
-            "loss_ratio": sum(a / b for a, b in zip(oracle, null)) / len(oracle),
-            "loss_gap": sum(b - a for a, b in zip(oracle, null)) / len(oracle)}
 
 
 def rate(model, x: torch.Tensor) -> dict:
@@ -123,7 +111,7 @@ def measure(name: str, model, prior, data, ref, det, cache, args, y) -> dict:
                                                                                  if k not in ("oracle", "prior")}}
     row["prior_w1"] = sample_fid(model, prior, seeds, ref, det, guidance=1.0, desc=f"{name}, prior latents, w = 1",
                                  **common)
-    row["use"] = latent_use(model, y, args.seed)
+    row["use"] = bench.latent_use(model, y, args.seed)
     row["rate"] = rate(model, data.x)
     _log(f"[continuous] {name}: oracle {bench._fid(row['oracle'])}, prior w=0 {bench._fid(row['prior_w0'])}, "
          f"w=1 {bench._fid(row['prior_w1'])}, loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}")
@@ -138,8 +126,8 @@ def format_table(rows: dict, cfgs: dict, args) -> str:
 
     lines = [f"{args.preset}: FID ± bootstrap std over {args.num} samples ({args.steps} Heun steps) against the "
              f"training images; loss ratio = loss given the oracle latent / given the null latent, mean over sigma "
-             f"{HIGH_SIGMAS} (1: unused); rate = mean KL of the posteriors (nats per image, active coordinates of D) "
-             f"or, for discrete latents, the capacity m ln k", "",
+             f"{bench.HIGH_SIGMAS} (1: unused); rate = mean KL of the posteriors (nats per image, active coordinates "
+             f"of D) or, for discrete latents, the capacity m ln k", "",
              f"{'row':>18} {'oracle FID':>16} {'prior FID, w=0':>16} {'prior FID, w=1':>16} {'loss ratio':>10} "
              f"{'loss gap':>9} {'rate':>18} {'prior latent FD':>16}"]
     for name, r in rows.items():

@@ -16,9 +16,10 @@ work resumed, so the benchmark can be re-run. The default DIR names the budget, 
 
 Measured, all with the same --num samples and noise seeds against one reference (the preset's training images, their
 detector features cached in DIR): FID ± bootstrap std and KID at 4, 8 and 18 Heun steps (--steps) for B, (a), (b)
-and (c), no guidance; and the seconds each route spent training. The FID detector runs on --device; the models are
-trained where the library trains them (the GPU when there is one) and sampled there. Prints a table and writes
-benchmarks/results/finetune-<preset>.json. `--quick` is a smoke check of the whole pipeline on a tiny network
+and (c), no guidance; how much (b) and (c) use their latents (the loss at sigma >= 2 given the encoder's latents
+over the loss given the null latent); and the seconds each route spent training. The FID detector runs on --device;
+the models are trained where the library trains them (the GPU when there is one) and sampled there. Prints a table
+and writes benchmarks/results/finetune-<preset>.json. `--quick` is a smoke check of the whole pipeline on a tiny network
 (minutes on a CPU; its numbers mean nothing, and its report goes to DIR, not to benchmarks/results).
 """
 from __future__ import annotations
@@ -110,7 +111,10 @@ def format_table(res: dict, args, route_seconds: dict) -> str:
     cost = [f"{ROUTES[n]} {t['total']:.0f} s" + (f" ({t['after_b']:.0f} s after B)" if t["after_b"] is not None else "")
             for n, t in route_seconds.items()]
     lines += ["", "(b) vs (x): 'better' / 'worse' when the FIDs differ by more than twice their combined bootstrap "
-                  "std, else 'same'", "training seconds, priors included: " + ", ".join(cost)]
+                  "std, else 'same'", "training seconds, priors included: " + ", ".join(cost),
+              f"how much the latents are used: loss given the encoder's latents / given the null latent, mean over "
+              f"sigma {bench.HIGH_SIGMAS} (1: ignored): " + ", ".join(f"{ROUTES[n]} {u['loss_ratio']:.3f}"
+                                                                     for n, u in res["latent_use"].items())]
     return "\n".join(lines)
 
 
@@ -214,10 +218,12 @@ def main(argv=None) -> int:
         seeds = list(range(args.seed, args.seed + args.num))
         nfe = bench.log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
                               batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
+        y = data.x[torch.randperm(len(data.x), generator=torch.Generator().manual_seed(args.seed))[:512]]
+        use = {n: bench.latent_use(m, y, args.seed) for n, (m, _) in models.items() if m.num_latents}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = {"nfe": nfe, "data_floor": floor, "reference_reused": ref_reused, "reference_num": len(images)}
+    res = {"nfe": nfe, "latent_use": use, "data_floor": floor, "reference_reused": ref_reused, "reference_num": len(images)}
     wall = time.perf_counter() - start
     seconds["total"] = round(wall, 1)
     route_seconds = _route_seconds(seconds)

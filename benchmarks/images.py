@@ -171,6 +171,22 @@ def disk_cache(path: Path, fingerprints: dict, num: int):
     return cache
 
 
+# noise levels where a latent can help most: the coarse structure is still undecided
+HIGH_SIGMAS = [2.0, 5.0, 10.0, 20.0]
+
+
+def latent_use(model, y: torch.Tensor, seed: int) -> dict:
+    """How much the denoiser uses its latent: the EDM-weighted loss at HIGH_SIGMAS on the images y given the oracle
+    latents (the encoder's) and given the null latent; loss_ratio 1 means the latent is ignored."""
+    from discodiff.analysis.loss_sigma import loss_vs_sigma
+
+    curves = loss_vs_sigma({"m": model}, y, sigmas=HIGH_SIGMAS, seed=seed)["curves"]
+    oracle, null = curves["m"]["loss"], curves["m (null z)"]["loss"]
+    return {"sigmas": HIGH_SIGMAS, "loss_oracle": oracle, "loss_null": null,
+            "loss_ratio": sum(a / b for a, b in zip(oracle, null)) / len(oracle),
+            "loss_gap": sum(b - a for a, b in zip(oracle, null)) / len(oracle)}
+
+
 def floor_num(num: int, data_size: int) -> int:
     """Real images in the floor: `num`, but at most half the data, so the floor is not the reference itself."""
     return min(num, data_size // 2)

@@ -34,7 +34,6 @@ VARIANTS = {
     "xattn-soft": ("xattn-soft", {"network": {"latent_injection": "cross_attention"}, "hard": False}),
     "embedding-soft": ("embedding-soft", {"hard": False}),
 }
-HIGH_SIGMAS = [2.0, 5.0, 10.0, 20.0]
 
 
 def main(argv=None) -> int:
@@ -52,7 +51,6 @@ def main(argv=None) -> int:
 
     from discodiff.analysis import jsonable
     from discodiff.analysis.codebook import codebook_analysis
-    from discodiff.analysis.loss_sigma import loss_vs_sigma
     from discodiff.analysis.quality import sample_fid
     from discodiff.cli.options import parse_list
     from discodiff.config import merge
@@ -86,8 +84,7 @@ def main(argv=None) -> int:
         folder = VARIANTS[name][0]
         model, prior = models[folder]
         cb = codebook_analysis(model, prior, data.x, prior_samples=args.num, seed=args.seed)
-        loss = loss_vs_sigma({name: model}, y, sigmas=HIGH_SIGMAS, seed=args.seed)
-        oracle, null = loss["curves"][name]["loss"], loss["curves"][f"{name} (null z)"]["loss"]
+        use = bench.latent_use(model, y, args.seed)
         report_path = out / folder / "prior_report.json"
         prior_report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         fid = sample_fid(model, prior, seeds, ref, det, steps=cfgs[folder].sample.steps, batch=128, progress=True,
@@ -96,13 +93,13 @@ def main(argv=None) -> int:
         rows[name] = {"codes_used": cb["encoder"]["codes_used"], "perplexity": cb["encoder"]["perplexity"],
                       "distinct_tuples": cb["encoder"]["distinct_tuples"],
                       "prior_vs_encoder_tv": cb.get("prior_vs_encoder_tv"), "prior_report": prior_report,
-                      "loss_ratio_high_sigma": sum(a / b for a, b in zip(oracle, null)) / len(oracle),
-                      "loss_oracle": oracle, "loss_null": null, "fid": fid, "model": VARIANTS[name][1]}
+                      "loss_ratio_high_sigma": use["loss_ratio"], "loss_oracle": use["loss_oracle"],
+                      "loss_null": use["loss_null"], "fid": fid, "model": VARIANTS[name][1]}
         print(f"{name}: codes used {rows[name]['codes_used']}, loss ratio (sigma >= 2) "
               f"{rows[name]['loss_ratio_high_sigma']:.3f}, FID {bench._fid(fid)}", flush=True)
     k = next(iter(cfgs.values())).model.codebook_size
     lines = [f"{args.preset}, equal budget; FID ± bootstrap std over {args.num} samples, KID x 1000; loss ratio = "
-             f"loss given the encoder's latents / given the null latent, mean over sigma {HIGH_SIGMAS}", "",
+             f"loss given the encoder's latents / given the null latent, mean over sigma {bench.HIGH_SIGMAS}", "",
              f"{'variant':>15} {'codes used of ' + str(k):>16} {'tuples':>7} {'prior TV':>22} {'loss ratio':>10} "
              f"{'FID':>16} {'KID':>12}"]
     for name, r in rows.items():
