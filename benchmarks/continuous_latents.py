@@ -94,7 +94,7 @@ def rate(model, x: torch.Tensor) -> dict:
             "latent_dim": cfg.latent_size, "posterior_std": float((0.5 * logvar).exp().mean())}
 
 
-def measure(name: str, model, prior, data, ref, det, cache, args, y) -> dict:
+def measure(name: str, model, prior, data, ref, det, cache, args) -> dict:
     """One row: the FIDs, the latent's use and its rate."""
     import images as bench
 
@@ -111,7 +111,7 @@ def measure(name: str, model, prior, data, ref, det, cache, args, y) -> dict:
                                                                                  if k not in ("oracle", "prior")}}
     row["prior_w1"] = sample_fid(model, prior, seeds, ref, det, guidance=1.0, desc=f"{name}, prior latents, w = 1",
                                  **common)
-    row["use"] = bench.latent_use(model, y, args.seed)
+    row["use"] = bench.latent_use(model, data.x, args.seed)
     row["rate"] = rate(model, data.x)
     _log(f"[continuous] {name}: oracle {bench._fid(row['oracle'])}, prior w=0 {bench._fid(row['prior_w0'])}, "
          f"w=1 {bench._fid(row['prior_w1'])}, loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}")
@@ -216,11 +216,10 @@ def main(argv=None) -> int:
                                         out, args.num, args.seed, args.bootstrap)
         cache = bench.disk_cache(out / "fid-cache-continuous.json", {n: bench.fingerprint(out / n) for n in cfgs},
                                  args.num)
-        y = data.x[torch.randperm(len(data.x), generator=torch.Generator().manual_seed(args.seed))[:512]]
         results = {}
         for name, (model, prior) in models.items():
             results[name] = bench.log_timed(seconds, f"measure_{name}", measure, name, model, prior, data, ref, det,
-                                            cache, args, y)
+                                            cache, args)
             report = out / name / "prior_report.json"
             if report.is_file() and model.num_latents:
                 results[name]["prior_report"] = json.loads(report.read_text())

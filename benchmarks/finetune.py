@@ -218,12 +218,12 @@ def main(argv=None) -> int:
         seeds = list(range(args.seed, args.seed + args.num))
         nfe = bench.log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
                               batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
-        y = data.x[torch.randperm(len(data.x), generator=torch.Generator().manual_seed(args.seed))[:512]]
-        use = {n: bench.latent_use(m, y, args.seed) for n, (m, _) in models.items() if m.num_latents}
+        use = {n: bench.latent_use(m, data.x, args.seed) for n, (m, _) in models.items() if m.num_latents}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = {"nfe": nfe, "latent_use": use, "data_floor": floor, "reference_reused": ref_reused, "reference_num": len(images)}
+    res = {"nfe": nfe, "latent_use": use, "data_floor": floor, "reference_reused": ref_reused,
+           "reference_num": len(images)}
     wall = time.perf_counter() - start
     seconds["total"] = round(wall, 1)
     route_seconds = _route_seconds(seconds)

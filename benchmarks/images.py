@@ -175,11 +175,13 @@ def disk_cache(path: Path, fingerprints: dict, num: int):
 HIGH_SIGMAS = [2.0, 5.0, 10.0, 20.0]
 
 
-def latent_use(model, y: torch.Tensor, seed: int) -> dict:
-    """How much the denoiser uses its latent: the EDM-weighted loss at HIGH_SIGMAS on the images y given the oracle
-    latents (the encoder's) and given the null latent; loss_ratio 1 means the latent is ignored."""
+def latent_use(model, x: torch.Tensor, seed: int, num: int = 512) -> dict:
+    """How much the denoiser uses its latent: the EDM-weighted loss at HIGH_SIGMAS on `num` of the images x (picked by
+    `seed`, so every model sees the same ones) given the oracle latents (the encoder's) and given the null latent;
+    loss_ratio 1 means the latent is ignored."""
     from discodiff.analysis.loss_sigma import loss_vs_sigma
 
+    y = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:num]]
     curves = loss_vs_sigma({"m": model}, y, sigmas=HIGH_SIGMAS, seed=seed)["curves"]
     oracle, null = curves["m"]["loss"], curves["m (null z)"]["loss"]
     return {"sigmas": HIGH_SIGMAS, "loss_oracle": oracle, "loss_null": null,

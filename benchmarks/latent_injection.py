@@ -78,13 +78,12 @@ def main(argv=None) -> int:
     ref, floor, _ = bench.reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
     cache = bench.disk_cache(out / "fid-cache-injection.json", {f: bench.fingerprint(out / f) for f in cfgs}, args.num)
     seeds = list(range(args.seed, args.seed + args.num))
-    y = data.x[torch.randperm(len(data.x), generator=torch.Generator().manual_seed(args.seed))[:512]]
     rows = {}
     for name in names:
         folder = VARIANTS[name][0]
         model, prior = models[folder]
         cb = codebook_analysis(model, prior, data.x, prior_samples=args.num, seed=args.seed)
-        use = bench.latent_use(model, y, args.seed)
+        use = bench.latent_use(model, data.x, args.seed)
         report_path = out / folder / "prior_report.json"
         prior_report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         fid = sample_fid(model, prior, seeds, ref, det, steps=cfgs[folder].sample.steps, batch=128, progress=True,

@@ -43,8 +43,6 @@ DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "la
           "sample": {"steps": 3}, "data": {"name": "digits", "options": {"max_images": 300}}}
 
 
-
-
 def _train(run_dir, preset, overrides, m=None, prior=True):
     over = {**overrides, "model": {**overrides["model"], **({"num_latents": m} if m is not None else {})}}
     cfg = preset_config(preset, over)

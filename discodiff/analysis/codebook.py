@@ -94,9 +94,9 @@ def prior_fit(z_prior: torch.Tensor, z_data: torch.Tensor, z_data_again: torch.T
 
     def figures(z):
         pair = pairwise_tv(z, z_data, k)
-        return {"marginal_tv": marginal_tv(codebook_usage(z, k), data_usage), "pairwise_tv_mean": float(sum(pair) / max(len(pair), 1)),
-                "pairwise_tv_max": max(pair, default=0.0), "unseen_share": unseen_share(z, z_data),
-                "distinct_tuples": len({tuple(r) for r in z.tolist()})}
+        return {"marginal_tv": marginal_tv(codebook_usage(z, k), data_usage),
+                "pairwise_tv_mean": float(sum(pair) / max(len(pair), 1)), "pairwise_tv_max": max(pair, default=0.0),
+                "unseen_share": unseen_share(z, z_data), "distinct_tuples": len({tuple(r) for r in z.tolist()})}
 
     return {"prior": figures(z_prior), "floor": figures(z_data_again), "num": len(z_prior),
             "data_distinct_tuples": len({tuple(r) for r in z_data.tolist()})}
