@@ -13,7 +13,8 @@ width, sampler steps and training seeds, with the same data, training images and
 3. Evaluation, one process per run (--jobs at a time): for every step count, --num samples with seeds 0..num-1,
    FID ± its bootstrap std and KID ± std against the training images (or a fixed subset of --ref-num of them), and
    the class frequencies of the samples as a small classifier (trained here on the data's labels) sees them, against
-   that classifier's view of the data.
+   that classifier's view of the data. Each run keeps its results per step count, so a later --steps with more
+   counts evaluates only the new ones.
 4. Report: a table, the FID ratio DisCo-Diff / baseline with its propagated error, the seed spread at the preset's
    width, two plots (the ratio against NFE for each width; the ratio against width at the most steps) in
    docs/sweep-<preset>-*.png, and benchmarks/results/sweep-<preset>.json.
@@ -340,7 +341,8 @@ def format_table(summary: dict) -> str:
 
 
 def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: Path) -> list[Path]:
-    """The FID ratio against NFE for each width (mean over seeds), and against width at the most steps."""
+    """The FID ratio against NFE for each width (mean over seeds), and against width at the most steps (when there
+    are several widths)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -371,6 +373,8 @@ def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: 
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
 
+    if len(widths) < 2:
+        return paths  # one width: the ratio against width would be a single point
     fig, ax = plt.subplots(figsize=(5, 4))
     n = max(steps)
     vals = [mean_ratio(w, n) for w in widths]
@@ -430,10 +434,12 @@ def main(argv=None) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
     torch.set_num_threads(threads)
 
-    if args.eval_run is not None:
-        res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors", steps, args.num,
-                           args.bootstrap, device, args.batch)
-        (args.eval_run / f"sweep-eval-{args.num}.json").write_text(json.dumps(res) + "\n")
+    if args.eval_run is not None:  # evaluates the step counts the run's file lacks, and adds them to it
+        path = args.eval_run / f"sweep-eval-{args.num}.json"
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors",
+                           [n for n in steps if str(n) not in done], args.num, args.bootstrap, device, args.batch)
+        path.write_text(json.dumps({**done, **res}) + "\n")
         return 0
 
     from discodiff.analysis.common import jsonable
@@ -494,7 +500,10 @@ def main(argv=None) -> int:
     def eval_path(r):
         return r["dir"] / f"sweep-eval-{args.num}.json"
 
-    fresh = [r for r in runs if not eval_path(r).is_file() or r in todo]
+    for r in todo:  # trained afresh: its earlier evaluation no longer holds
+        eval_path(r).unlink(missing_ok=True)
+    fresh = [r for r in runs if not eval_path(r).is_file()
+             or any(str(n) not in json.loads(eval_path(r).read_text()) for n in steps)]
     _log(f"[sweep] evaluating {len(fresh)} runs")
     t0 = time.perf_counter()
     child = [sys.executable, str(Path(__file__).resolve()), "--num", str(args.num), "--steps", args.steps,
