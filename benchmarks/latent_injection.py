@@ -33,6 +33,12 @@ VARIANTS = {
     "xattn": ("xattn", {"network": {"latent_injection": "cross_attention"}}),
     "xattn-soft": ("xattn-soft", {"network": {"latent_injection": "cross_attention"}, "hard": False}),
     "embedding-soft": ("embedding-soft", {"hard": False}),
+    # the encoder's heads seeded by k-means++ on its first batch's token features (ViTEncoder head_init)
+    "xattn-kmeans": ("xattn-kmeans", {"network": {"latent_injection": "cross_attention"},
+                                      "encoder": {"head_init": "kmeans"}}),
+    "xattn-soft-kmeans": ("xattn-soft-kmeans", {"network": {"latent_injection": "cross_attention"}, "hard": False,
+                                                "encoder": {"head_init": "kmeans"}}),
+    "embedding-kmeans": ("embedding-kmeans", {"encoder": {"head_init": "kmeans"}}),
 }
 
 

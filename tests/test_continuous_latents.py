@@ -200,6 +200,10 @@ def test_discrete_encoder_options_are_refused_for_continuous_latents(tmp_path, c
     code, _, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "r"),
                             "--latent-type", "continuous"], capsys)
     assert code == 2 and "prototypes=true applies to discrete latents" in err, err
+    code, _, err = run_cli(["train", "--preset", "digits", "--run-dir", str(tmp_path / "r2"), "--latent-type",
+                            "continuous", "--set", "model.encoder.head_init=kmeans"], capsys)
+    assert code == 2 and "head_init=kmeans applies to discrete latents" in err, err
+    assert not (tmp_path / "r2").exists()
 
 
 # ---- the diffusion prior --------------------------------------------------------------------------------------

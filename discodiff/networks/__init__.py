@@ -117,6 +117,9 @@ def _vit_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .vit import ViTEncoder
     channels, resolution = _image_shape(cfg, "vit encoder")
     kw.setdefault("input_scale", cfg.sigma_data)
+    if cfg.continuous and kw.get("head_init", "random") != "random":  # it seeds a categorical distribution's logits
+        raise ConfigError(f"the vit encoder's head_init={kw['head_init']} applies to discrete latents, not continuous "
+                          f"ones; set model.encoder.head_init=random")
     try:
         return ViTEncoder(resolution, channels, cfg.num_latents, encoder_outputs(cfg), **kw)
     except ValueError as e:

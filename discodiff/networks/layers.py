@@ -84,3 +84,19 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), mask)
         return x + self.mlp(self.norm2(x))
+
+
+def kmeans_pp(u: torch.Tensor, k: int, candidates: int | None = None) -> torch.Tensor:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): k rows of u [N, D], each new one drawn with
+    probability proportional to its squared distance to those already chosen (the best of a few draws)."""
+    candidates = candidates or 2 + int(math.log(k))
+    chosen = [u[torch.randint(len(u), ())]]
+    d2 = (u - chosen[0]).square().sum(1)
+    for _ in range(k - 1):
+        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)  # fewer distinct points than k: repeat some
+        idx = torch.multinomial(weights / weights.sum(), candidates, replacement=True)
+        new_d2 = torch.minimum(d2, (u[None] - u[idx][:, None]).square().sum(-1))   # [candidates, N]
+        best = new_d2.sum(1).argmin()
+        chosen.append(u[idx[best]])
+        d2 = new_d2[best]
+    return torch.stack(chosen)

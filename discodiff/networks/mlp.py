@@ -8,7 +8,7 @@ from torch import nn
 
 from ..edm import Denoiser, edm_scalings
 from ..latents import LatentEmbedding
-from .layers import PositionalEmbedding, class_embedding
+from .layers import PositionalEmbedding, class_embedding, kmeans_pp
 
 
 class MLPBackbone(nn.Module):
@@ -131,22 +131,6 @@ class CentredDenoiser(Denoiser):
         f = self.net(c_in * x0, c_noise, class_labels=class_labels, latents=latents, null_latent=null_latent,
                      **self.net_options(latent_features))
         return mu + c_skip * x0 + c_out * f.to(torch.float32)
-
-
-def kmeans_pp(u: torch.Tensor, k: int, candidates: int | None = None) -> torch.Tensor:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007): k rows of u [N, D], each new one drawn with
-    probability proportional to its squared distance to those already chosen (the best of a few draws)."""
-    candidates = candidates or 2 + int(math.log(k))
-    chosen = [u[torch.randint(len(u), ())]]
-    d2 = (u - chosen[0]).square().sum(1)
-    for _ in range(k - 1):
-        weights = d2 if d2.sum() > 0 else torch.ones_like(d2)  # fewer distinct points than k: repeat some
-        idx = torch.multinomial(weights / weights.sum(), candidates, replacement=True)
-        new_d2 = torch.minimum(d2, (u[None] - u[idx][:, None]).square().sum(-1))   # [candidates, N]
-        best = new_d2.sum(1).argmin()
-        chosen.append(u[idx[best]])
-        d2 = new_d2[best]
-    return torch.stack(chosen)
 
 
 class MLPEncoder(nn.Module):
