@@ -61,13 +61,15 @@ def check_hybrid_pair(model: DiscoDiff, second: DiscoDiff) -> None:
 
 class PassCounter:
     """Counts the samples that go through models' denoiser networks (forward hooks) while it is open: over the
-    number of samples drawn, the real network evaluations per sample, guidance, restarts and hybrids included."""
+    number of samples drawn, the real network evaluations per sample, guidance, restarts and hybrids included.
+    `calls` counts the network calls themselves (a guided call on a stacked batch is one)."""
 
     def __init__(self, *models: DiscoDiff):
-        self.models, self.total, self.hooks = models, 0, []
+        self.models, self.total, self.calls, self.hooks = models, 0, 0, []
 
     def _count(self, module, args, output):
         self.total += output.shape[0]
+        self.calls += 1
 
     def __enter__(self) -> "PassCounter":
         self.hooks = [m.denoiser.register_forward_hook(self._count) for m in self.models]
@@ -133,8 +135,8 @@ def shared_latents(model: DiscoDiff, prior: ARPrior | None, seeds: Sequence[int]
 @torch.no_grad()
 def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sampler: Callable = sample_heun,
              prior: ARPrior | None = None, z: torch.Tensor | None = None, class_labels=None,
-             guidance: float = 0.0, class_guidance: float = 0.0, prior_temperature: float = 1.0,
-             hybrid: tuple[DiscoDiff, float] | None = None, callback=None,
+             guidance: float = 0.0, class_guidance: float = 0.0, guidance_interval: tuple[float, float] | None = None,
+             prior_temperature: float = 1.0, hybrid: tuple[DiscoDiff, float] | None = None, callback=None,
              device=None) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample per seed: (x in model space [N, *shape], z [N, m], or [N, D] for continuous latents).
 
@@ -143,7 +145,7 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     gets each seed's generator. `z` fixes the latents, else `prior` draws them; `guidance` w weights the latents,
     `class_guidance` the class (paper eq. 6): the guided passes run as one network call on a batch 2x (3x with
     both) the size of `seeds`, and z's latent tokens are computed once for the whole trajectory
-    (`DiscoDiff.make_denoiser`). `callback(i, x)` is called with i = -1 and the initial noise, then after every step.
+    (`DiscoDiff.make_denoiser`); `guidance_interval=(lo, hi)` guides only at lo < sigma <= hi. `callback(i, x)` is called with i = -1 and the initial noise, then after every step.
 
     `hybrid=(second, switch_sigma)`: `second` denoises below switch_sigma (`hybrid_denoiser`). It gets no latents
     of its own: none for a plain model (m = 0, the usual case), the null latent for a DisCo-Diff model (so no
@@ -160,7 +162,8 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     # the initial sample at sigma_max, from the model's kernel: sigma_max g for EDM (process.perturbation)
     noise = perturbation(gen.randn(model.config.data_shape), sigmas[0].float(), kernel_D(model.config),
                          gen.standard_gamma)
-    denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance, class_guidance=class_guidance)
+    denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance, class_guidance=class_guidance,
+                                  guidance_interval=guidance_interval)
     if hybrid is not None:
         second, switch_sigma = hybrid
         check_hybrid_pair(model, second)

@@ -117,6 +117,16 @@ def test_sample_writes_the_documented_arrays(tmp_path, capsys):
                                "--out", str(tmp_path / "g.npz")], capsys)
     assert code in (0, None)
     assert "6 steps = 22 network evaluations per sample (11 network calls on a doubled batch: guidance)" in stdout
+    # guidance in an interval: of the 6-step grid's sigmas 80, 24.4, 5.84, 0.97, 0.085, 0.002 only 5.84 lies in
+    # (1, 10], and Heun evaluates there twice (step 1's corrector, step 2's predictor): 11 calls, 2 of them guided
+    code, stdout, _ = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--steps", "6", "--guidance", "1",
+                               "--guidance-interval", "1,10", "--out", str(tmp_path / "gi.npz")], capsys)
+    assert code in (0, None) and ("6 steps = 13 network evaluations per sample (11 network calls, those in the "
+                                  "guidance interval on a doubled batch)") in stdout
+    assert "guidance 1 at 1 < sigma <= 10" in stdout
+    code, _, err = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--guidance-interval", "5,1",
+                            "--out", str(tmp_path / "bad.npz")], capsys)
+    assert code == 2 and "--guidance-interval takes LO,HI with 0 <= LO < HI" in err
     # seeds 7..11: drawing seed 9 alone gives the third sample again
     one = tmp_path / "one.npz"
     run_cli(["sample", "--run-dir", str(run), "--num", "1", "--steps", "6", "--seed", "9", "--out", str(one)], capsys)

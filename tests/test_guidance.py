@@ -104,6 +104,33 @@ def test_batched_guidance_equals_the_two_pass_form(backbone, weights):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backbone", ["unet_embedding", "mlp"])
+def test_guidance_interval_guides_only_inside_it(backbone):
+    """guidance_interval=(lo, hi): the guided D where lo < sigma <= hi, the conditional D elsewhere, per sample;
+    outside it at every sample, one network pass of the conditional batch (no stacked call)."""
+    model = make_model(backbone)
+    x, sigma, z, labels = inputs(model)            # sigma = 0.05, 0.3, 1.0, 4.0, 20.0
+    interval = (0.3, 4.0)                          # holds 1.0 and 4.0; 0.3 itself is outside (lo is open)
+    with torch.no_grad():
+        guided_all = model.make_denoiser(z, labels, guidance=1.5, class_guidance=2.0)(x, sigma)
+        cond = model.denoise(x, sigma, z=z, class_labels=labels)
+        out = model.make_denoiser(z, labels, guidance=1.5, class_guidance=2.0, guidance_interval=interval)(x, sigma)
+        inside = torch.tensor([False, False, True, True, False])
+        torch.testing.assert_close(out[inside], guided_all[inside], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out[~inside], cond[~inside], atol=1e-5, rtol=1e-5)
+        assert (out[~inside] - guided_all[~inside]).abs().max() > 1e-2  # the two differ there: not vacuous
+        # a scalar sigma outside the interval: a single pass, bitwise the conditional denoiser
+        calls = []
+        hook = model.denoiser.register_forward_hook(lambda mod, args, output: calls.append(args[0].shape[0]))
+        try:
+            denoise = model.make_denoiser(z, labels, guidance=1.5, guidance_interval=interval)
+            assert torch.equal(denoise(x, torch.tensor(10.0)), model.make_denoiser(z, labels)(x, torch.tensor(10.0)))
+            denoise(x, torch.tensor(2.0))
+        finally:
+            hook.remove()
+        assert calls == [B, B, 2 * B]  # outside: the conditional batch; inside: the stacked one
+
+
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
 def test_without_guidance_the_cached_denoiser_is_bitwise_denoise(backbone):
     """Without guidance there is one pass of the same batch: caching the latent features changes no bit."""

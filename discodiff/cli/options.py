@@ -128,6 +128,22 @@ def hybrid_options(f):
     return f
 
 
+def guidance_interval_option(f):
+    return click.option("--guidance-interval", default=None, metavar="LO,HI",
+                        help="Guide only at noise levels LO < sigma <= HI, conditional sampling elsewhere (one "
+                             "network pass there), e.g. 0.28,5.42 (default: guidance at every step).")(f)
+
+
+def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:
+    """(lo, hi) of --guidance-interval "LO,HI", 0 <= lo < hi; None when not given."""
+    if text is None:
+        return None
+    values = parse_list(text, float, "--guidance-interval")
+    if len(values) != 2 or not 0 <= values[0] < values[1]:
+        raise ConfigError(f"--guidance-interval takes LO,HI with 0 <= LO < HI, got {text!r}")
+    return values[0], values[1]
+
+
 def parse_restart_intervals(text: str) -> list:
     """The intervals of --restart-intervals: a JSON list of [n_levels, k_repeats, t_min, t_max] (checked later,
     against the main grid, by sampling.restart_points)."""

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import click
 
-from .options import RUN_DIR, SAMPLER_CHOICE, SEED, device_option, hybrid_options, restart_options, seed_range
+from .options import (RUN_DIR, SAMPLER_CHOICE, SEED, device_option, guidance_interval_option, hybrid_options,
+                      restart_options, seed_range)
 
 MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever --num is
 
@@ -18,6 +19,7 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--sampler", type=SAMPLER_CHOICE, default=None,
               help="ODE solver (heun, euler, dpmpp-2m), or a stochastic sampler: edm (with --churn), restart.")
 @click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (0: conditional sampling).")
+@guidance_interval_option
 @click.option("--class", "class_label", type=int, default=None, help="Class label for class-conditional models.")
 @click.option("--class-guidance", type=float, default=0.0, help="Guidance weight on the class.")
 @click.option("--prior-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
@@ -31,7 +33,7 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--cols", type=click.IntRange(min=1), default=8, help="Samples per row of the PNG grid.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Samples per batch (results do not depend on it).")
 @device_option
-def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class_guidance, prior_temperature, churn,
+def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval, class_label, class_guidance, prior_temperature, churn,
            restart_preset, restart_intervals, hybrid_run, switch_sigma, trajectory, grid_by_latent, cols, batch,
            device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
@@ -49,7 +51,7 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     from ..pipeline import PassCounter, generate_batches, sampler_from_name, shared_latents
     from ..runs import Run
     from ..sampling import karras_sigmas, trajectory_recorder
-    from .options import load_hybrid, resolve_device, resolve_sampler
+    from .options import load_hybrid, parse_guidance_interval, resolve_device, resolve_sampler
 
     out = check_writable(Path(out))
     seeds = seed_range(seed, num)
@@ -58,6 +60,7 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     sampler, steps, options = resolve_sampler(sampler, steps, s, restart_preset=restart_preset,
                                               restart_intervals=restart_intervals)
     guidance = s.guidance if guidance is None else guidance
+    interval = parse_guidance_interval(guidance_interval)
     prior_temperature = s.prior_temperature if prior_temperature is None else prior_temperature
     if class_label is not None and not 0 <= class_label < cfg.model.num_classes:
         raise ConfigError(f"--class {class_label} is out of range: this model has {cfg.model.num_classes} classes")
@@ -96,7 +99,8 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
         callback, points = trajectory_recorder() if trajectory else (None, None)
         for chunk, x, z in generate_batches(model, seeds, sigmas, batch=batch, sampler=sampler_fn, prior=prior,
                                             z=row_z, class_labels=class_label, guidance=guidance,
-                                            class_guidance=class_guidance, prior_temperature=prior_temperature,
+                                            class_guidance=class_guidance, guidance_interval=interval,
+                                            prior_temperature=prior_temperature,
                                             hybrid=hybrid, callback=callback, progress=True):
             a["x"][i:i + len(chunk)] = to_output(x, kind)
             a["z"][i:i + len(chunk)] = z.cpu().numpy()
@@ -109,8 +113,11 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
     batched = 1 if hybrid is not None else model.guidance_passes(guidance, class_guidance, class_label)
     w_class = model.guidance_weights(guidance, class_guidance, class_label)[1]
     weights = f"guidance {guidance:g}" + (f", class guidance {class_guidance:g}" if w_class else "")
-    click.echo(f"wrote {num} samples ({sampler}, {settings}{describe_passes(steps, passes.total // num, batched)}, "
-               f"{weights}) to {out}")
+    if interval is not None and batched > 1:
+        weights += f" at {interval[0]:g} < sigma <= {interval[1]:g}"
+    calls = passes.calls // -(-num // batch) if interval is not None and batched > 1 else None
+    click.echo(f"wrote {num} samples ({sampler}, {settings}{describe_passes(steps, passes.total // num, batched, calls)}"
+               f", {weights}) to {out}")
     if hybrid is not None:
         click.echo(f"hybrid: {run_dir}'s model for sigma >= {switch_sigma:g}, {hybrid_run}'s below it")
     if grid_images is not None:
@@ -121,12 +128,14 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, class_label, class
 
 
 
-def describe_passes(steps: int, evaluations: int, batched: int = 1) -> str:
+def describe_passes(steps: int, evaluations: int, batched: int = 1, calls: int | None = None) -> str:
     """The cost line `sample` prints: "18 steps = 35 network evaluations per sample", and with guidance, whose
     passes run as one network call on a batch `batched` times larger (DiscoDiff.make_denoiser), "18 steps = 70
-    network evaluations per sample (35 network calls on a doubled batch: guidance)"."""
+    network evaluations per sample (35 network calls on a doubled batch: guidance)". With a guidance interval only
+    some of the `calls` are guided: "(35 network calls, those in the guidance interval on a doubled batch)"."""
     line = f"{steps} steps = {evaluations} network evaluations per sample"
     if batched > 1:
         size = {2: "doubled", 3: "tripled"}.get(batched, f"{batched}x")
-        line += f" ({evaluations // batched} network calls on a {size} batch: guidance)"
+        line += (f" ({evaluations // batched} network calls on a {size} batch: guidance)" if calls is None else
+                 f" ({calls} network calls, those in the guidance interval on a {size} batch)")
     return line
