@@ -5,7 +5,9 @@
 Trains DisCo-Diff variants of an image preset that differ only in how the latents are injected and relaxed, with
 the same network, data, seed and training images, and reports for each:
 
-- codes in use per latent (the encoder's argmax over the whole data set; a collapsed latent uses 1-2 of k codes);
+- codes in use per latent (the encoder's argmax over the whole data set; a collapsed latent uses 1-2 of k codes),
+  after training and at step 0 (a fresh model of the variant's config and seed, its encoder initialised on a seeded
+  first batch as the trainer does: whether a collapse was there from the start or came with training);
 - the prior's token perplexity against the marginal's (stage II's own report);
 - the loss at sigma >= 2 given the encoder's latents, over the loss given the null latent (the same network: how
   much the latents carry at high noise, where the paper says they matter; 1 = nothing);
@@ -40,6 +42,21 @@ VARIANTS = {
                                                 "encoder": {"head_init": "kmeans"}}),
     "embedding-kmeans": ("embedding-kmeans", {"encoder": {"head_init": "kmeans"}}),
 }
+
+
+def at_start(cfg, x: torch.Tensor, seed: int) -> dict:
+    """Codes in use per latent and the argmax code's mean probability, of a fresh model of `cfg` whose encoder has
+    had its data-dependent initialisation (if any) on a seeded batch of train.batch images, over all of `x`."""
+    from discodiff.analysis.codebook import codebook_analysis
+    from discodiff.model import DiscoDiff
+    from discodiff.networks import init_encoder_from_data
+
+    torch.manual_seed(seed)
+    model = DiscoDiff(cfg.model)
+    first = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:cfg.train.batch]
+    init_encoder_from_data(model.encoder, x[first])
+    cb = codebook_analysis(model.eval(), None, x)
+    return {"codes_used": cb["encoder"]["codes_used"], "confidence": cb["confidence"]}
 
 
 def main(argv=None) -> int:
@@ -90,6 +107,7 @@ def main(argv=None) -> int:
         model, prior = models[folder]
         cb = codebook_analysis(model, prior, data.x, prior_samples=args.num, seed=args.seed)
         use = bench.latent_use(model, data.x, args.seed)
+        start = at_start(cfgs[folder], data.x, args.seed)
         report_path = out / folder / "prior_report.json"
         prior_report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         fid = sample_fid(model, prior, seeds, ref, det, steps=cfgs[folder].sample.steps, batch=128, progress=True,
@@ -99,17 +117,20 @@ def main(argv=None) -> int:
                       "distinct_tuples": cb["encoder"]["distinct_tuples"],
                       "prior_vs_encoder_tv": cb.get("prior_vs_encoder_tv"), "prior_report": prior_report,
                       "loss_ratio_high_sigma": use["loss_ratio"], "loss_oracle": use["loss_oracle"],
-                      "loss_null": use["loss_null"], "fid": fid, "model": VARIANTS[name][1]}
-        print(f"{name}: codes used {rows[name]['codes_used']}, loss ratio (sigma >= 2) "
+                      "loss_null": use["loss_null"], "fid": fid, "model": VARIANTS[name][1], "at_start": start}
+        print(f"{name}: codes used {rows[name]['codes_used']} (at step 0: {start['codes_used']}), loss ratio "
+              f"(sigma >= 2) "
               f"{rows[name]['loss_ratio_high_sigma']:.3f}, FID {bench._fid(fid)}", flush=True)
     k = next(iter(cfgs.values())).model.codebook_size
     lines = [f"{args.preset}, equal budget; FID ± bootstrap std over {args.num} samples, KID x 1000; loss ratio = "
              f"loss given the encoder's latents / given the null latent, mean over sigma {bench.HIGH_SIGMAS}", "",
-             f"{'variant':>15} {'codes used of ' + str(k):>16} {'tuples':>7} {'prior TV':>22} {'loss ratio':>10} "
+             f"{'variant':>17} {'codes used of ' + str(k):>16} {'at step 0':>16} {'tuples':>7} {'prior TV':>22} "
+             f"{'loss ratio':>10} "
              f"{'FID':>16} {'KID':>12}"]
     for name, r in rows.items():
         tv = ", ".join(f"{v:.2f}" for v in r["prior_vs_encoder_tv"] or [])
-        lines.append(f"{name:>15} {str(r['codes_used']):>16} {r['distinct_tuples']:>7} {tv:>22} "
+        lines.append(f"{name:>17} {str(r['codes_used']):>16} {str(r['at_start']['codes_used']):>16} "
+                     f"{r['distinct_tuples']:>7} {tv:>22} "
                      f"{r['loss_ratio_high_sigma']:>10.3f} {bench._fid(r['fid']):>16} {bench._kid(r['fid']):>12}")
     table = "\n".join(lines)
     print("\n" + table)

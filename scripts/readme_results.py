@@ -102,14 +102,17 @@ def samplers(d: dict) -> None:
 
 
 def latent_injection(d: dict) -> None:
-    print("| variant | codes in use (of 16), per latent | distinct tuples in the data | prior token / marginal "
-          "perplexity | prior vs encoder marginal TV | loss ratio, σ ≥ 2 | FID (18 steps) | KID ×1000 |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| variant | codes in use (of 16), per latent | at step 0 | distinct tuples in the data | prior token / "
+          "marginal perplexity | prior vs encoder marginal TV | loss ratio, σ ≥ 2 | FID (18 steps) | KID ×1000 |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, r in d["rows"].items():
+        start = r.get("at_start")
+        at_start = ", ".join(map(str, start["codes_used"])) if start else "–"
         pr = r.get("prior_report") or {}
         ppl = f"{pr['prior_perplexity']:.2f} / {pr['marginal_perplexity']:.2f}" if "prior_perplexity" in pr else "–"
         tv = ", ".join(f"{v:.2f}" for v in r["prior_vs_encoder_tv"] or [])
-        print(f"| {name} | {', '.join(map(str, r['codes_used']))} | {r['distinct_tuples']} | {ppl} | {tv} | "
+        print(f"| {name} | {', '.join(map(str, r['codes_used']))} | {at_start} | {r['distinct_tuples']} | {ppl} | "
+              f"{tv} | "
               f"{r['loss_ratio_high_sigma']:.3f} | {_fid(r['fid'])} | {_kid(r['fid'])} |")
 
 
