@@ -1,7 +1,7 @@
 """Benchmark: why latent guidance hurts on digits, and what would make it help (issue #10, item 4).
 
     python benchmarks/guidance.py [--sweep-out DIR] [--run w24-s0/discodiff] [--weights 0,1] [--latents prior,oracle]
-        [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--results FILE]
+        [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--ref fid-ref.npz] [--results FILE]
 
 Guidance D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null) on a finished DisCo-Diff run of `benchmarks/sweep.py`
 (its reference features and its classifier are reused), the same noise seeds everywhere, varying the three things
@@ -77,6 +77,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep-out", type=Path, default=Path(tempfile.gettempdir()) / "discodiff-sweep-digits")
     ap.add_argument("--run", default="w24-s0/discodiff", help="run folder inside --sweep-out")
+    ap.add_argument("--ref", default="fid-ref.npz", help="the sweep's FID reference inside --sweep-out "
+                    "(fid-ref-5000.npz for a sweep run with --ref-num 5000)")
     ap.add_argument("--weights", default="0,1")
     ap.add_argument("--latents", default="prior,oracle", help="prior, oracle or both")
     ap.add_argument("--intervals", default="all", help="guidance forms: all (every step) and/or LO:HI intervals")
@@ -105,7 +107,7 @@ def main(argv=None) -> int:
     runs = [args.sweep_out / args.run]
     if args.p_null is not None:
         runs.append(train_null_share_copy(runs[0], args.p_null))
-    ref = FIDStats.load(args.sweep_out / "fid-ref.npz")
+    ref = FIDStats.load(args.sweep_out / args.ref)
     meta = json.loads((args.sweep_out / "classifier.json").read_text())
     net = sweep.SmallClassifier(meta["channels"], meta["classes"])
     net.load_state_dict(load_file(args.sweep_out / "classifier.safetensors"))

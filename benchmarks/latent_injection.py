@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         model, prior = models[folder]
         cb = codebook_analysis(model, prior, data.x, prior_samples=args.num, seed=args.seed)
         use = bench.latent_use(model, data.x, args.seed)
-        start = at_start(cfgs[folder], data.x, args.seed)
+        init = at_start(cfgs[folder], data.x, args.seed)
         report_path = out / folder / "prior_report.json"
         prior_report = json.loads(report_path.read_text()) if report_path.is_file() else {}
         fid = sample_fid(model, prior, seeds, ref, det, steps=cfgs[folder].sample.steps, batch=128, progress=True,
@@ -117,8 +117,8 @@ def main(argv=None) -> int:
                       "distinct_tuples": cb["encoder"]["distinct_tuples"],
                       "prior_vs_encoder_tv": cb.get("prior_vs_encoder_tv"), "prior_report": prior_report,
                       "loss_ratio_high_sigma": use["loss_ratio"], "loss_oracle": use["loss_oracle"],
-                      "loss_null": use["loss_null"], "fid": fid, "model": VARIANTS[name][1], "at_start": start}
-        print(f"{name}: codes used {rows[name]['codes_used']} (at step 0: {start['codes_used']}), loss ratio "
+                      "loss_null": use["loss_null"], "fid": fid, "model": VARIANTS[name][1], "at_start": init}
+        print(f"{name}: codes used {rows[name]['codes_used']} (at step 0: {init['codes_used']}), loss ratio "
               f"(sigma >= 2) "
               f"{rows[name]['loss_ratio_high_sigma']:.3f}, FID {bench._fid(fid)}", flush=True)
     k = next(iter(cfgs.values())).model.codebook_size
