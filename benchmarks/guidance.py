@@ -36,16 +36,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def parse_intervals(text: str) -> list[tuple[float, float] | None]:
-    """"all,0.28:5.42" -> [None, (0.28, 5.42)]."""
-    out = []
-    for item in text.split(","):
-        item = item.strip()
-        if item == "all":
-            out.append(None)
-        else:
-            lo, hi = (float(v) for v in item.split(":"))
-            out.append((lo, hi))
-    return out
+    """"all,0.28:5.42" -> [None, (0.28, 5.42)], each interval read and checked as --guidance-interval is."""
+    from discodiff.cli.options import parse_guidance_interval
+
+    items = [item.strip() for item in text.split(",")]
+    return [None if item == "all" else parse_guidance_interval(item.replace(":", ",")) for item in items]
 
 
 def train_null_share_copy(run_dir: Path, p_null: float) -> Path:

@@ -153,9 +153,9 @@ class DiscoDiff(nn.Module):
         def denoise(x, sigma):
             B = x.shape[0]
             ins = inputs(B, x.device)
-            inside = _in_interval(sigma, guidance_interval, x)
             if n == 1:
                 return self.denoiser(x, sigma, **ins)
+            inside = _in_interval(sigma, guidance_interval, x)
             if inside is not None and not inside.any():  # no guidance at this noise level: the conditional pass
                 return self.denoiser(x, sigma, **{key: None if v is None else v[:B] for key, v in ins.items()})
             if batched:

@@ -277,7 +277,7 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
     from ..runs import Run
     from ..sampling import nfe
-    from .options import load_hybrid, parse_guidance_interval, resolve_sampler
+    from .options import describe_guidance_interval, load_hybrid, parse_guidance_interval, resolve_sampler
 
     _check_num(num)
     interval = parse_guidance_interval(guidance_interval)
@@ -304,10 +304,9 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     guidance = s.guidance if guidance is None else guidance
     num_classes = cfg.model.num_classes
     hybrid_text = f", {hybrid_run} below sigma {switch_sigma:g}" if hybrid else ""
-    if interval is not None:
-        hybrid_text = f" at {interval[0]:g} < sigma <= {interval[1]:g}" + hybrid_text
-    info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}{hybrid_text}, seeds "
-         f"{seed}..{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
+    guided_at = describe_guidance_interval(interval)
+    info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}{guided_at}"
+         f"{hybrid_text}, seeds {seed}..{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
     batches = sample_batches(model, prior, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
                              prior_temperature=s.prior_temperature, sampler_options=options,
                              hybrid=hybrid, guidance_interval=interval)  # class seed % num_classes, as documented

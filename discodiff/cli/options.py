@@ -144,6 +144,11 @@ def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:
     return values[0], values[1]
 
 
+def describe_guidance_interval(interval: tuple[float, float] | None) -> str:
+    """" at 0.28 < sigma <= 5.42" for the lines `sample` and `fid gen` print; "" without an interval."""
+    return "" if interval is None else f" at {interval[0]:g} < sigma <= {interval[1]:g}"
+
+
 def parse_restart_intervals(text: str) -> list:
     """The intervals of --restart-intervals: a JSON list of [n_levels, k_repeats, t_min, t_max] (checked later,
     against the main grid, by sampling.restart_points)."""

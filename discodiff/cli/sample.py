@@ -33,14 +33,15 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--cols", type=click.IntRange(min=1), default=8, help="Samples per row of the PNG grid.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Samples per batch (results do not depend on it).")
 @device_option
-def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval, class_label, class_guidance, prior_temperature, churn,
-           restart_preset, restart_intervals, hybrid_run, switch_sigma, trajectory, grid_by_latent, cols, batch,
-           device):
+def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval, class_label, class_guidance,
+           prior_temperature, churn, restart_preset, restart_intervals, hybrid_run, switch_sigma, trajectory,
+           grid_by_latent, cols, batch, device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
     Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` /
     `traj` when asked, `hybrid_run` / `switch_sigma` for a hybrid) in bounded memory, whatever --num, and for image
     models a PNG grid of the first samples beside it."""
+    import math
     from pathlib import Path
 
     import numpy as np
@@ -51,7 +52,8 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval,
     from ..pipeline import PassCounter, generate_batches, sampler_from_name, shared_latents
     from ..runs import Run
     from ..sampling import karras_sigmas, trajectory_recorder
-    from .options import load_hybrid, parse_guidance_interval, resolve_device, resolve_sampler
+    from .options import (describe_guidance_interval, load_hybrid, parse_guidance_interval, resolve_device,
+                          resolve_sampler)
 
     out = check_writable(Path(out))
     seeds = seed_range(seed, num)
@@ -113,11 +115,12 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval,
     batched = 1 if hybrid is not None else model.guidance_passes(guidance, class_guidance, class_label)
     w_class = model.guidance_weights(guidance, class_guidance, class_label)[1]
     weights = f"guidance {guidance:g}" + (f", class guidance {class_guidance:g}" if w_class else "")
-    if interval is not None and batched > 1:
-        weights += f" at {interval[0]:g} < sigma <= {interval[1]:g}"
-    calls = passes.calls // -(-num // batch) if interval is not None and batched > 1 else None
-    click.echo(f"wrote {num} samples ({sampler}, {settings}{describe_passes(steps, passes.total // num, batched, calls)}"
-               f", {weights}) to {out}")
+    calls = None
+    if interval is not None and batched > 1:  # only some calls are guided: count them per trajectory
+        weights += describe_guidance_interval(interval)
+        calls = passes.calls // math.ceil(num / batch)
+    cost = describe_passes(steps, passes.total // num, batched, calls)
+    click.echo(f"wrote {num} samples ({sampler}, {settings}{cost}, {weights}) to {out}")
     if hybrid is not None:
         click.echo(f"hybrid: {run_dir}'s model for sigma >= {switch_sigma:g}, {hybrid_run}'s below it")
     if grid_images is not None:
