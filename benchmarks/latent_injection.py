@@ -41,6 +41,12 @@ VARIANTS = {
     "xattn-soft-kmeans": ("xattn-soft-kmeans", {"network": {"latent_injection": "cross_attention"}, "hard": False,
                                                 "encoder": {"head_init": "kmeans"}}),
     "embedding-kmeans": ("embedding-kmeans", {"encoder": {"head_init": "kmeans"}}),
+    # the code-usage penalty (model.usage_weight, latents.usage_penalty) at weight w, against collapse in training
+    **{f"{name}-usage{w:g}": (f"{name}-usage{w:g}", {**model, "usage_weight": w})
+       for name, model in (("xattn", {"network": {"latent_injection": "cross_attention"}}),
+                           ("xattn-soft", {"network": {"latent_injection": "cross_attention"}, "hard": False}),
+                           ("embedding", {}))
+       for w in (0.01, 0.1, 1.0)},
 }
 
 
@@ -124,12 +130,12 @@ def main(argv=None) -> int:
     k = next(iter(cfgs.values())).model.codebook_size
     lines = [f"{args.preset}, equal budget; FID ± bootstrap std over {args.num} samples, KID x 1000; loss ratio = "
              f"loss given the encoder's latents / given the null latent, mean over sigma {bench.HIGH_SIGMAS}", "",
-             f"{'variant':>17} {'codes used of ' + str(k):>16} {'at step 0':>16} {'tuples':>7} {'prior TV':>22} "
+             f"{'variant':>22} {'codes used of ' + str(k):>16} {'at step 0':>16} {'tuples':>7} {'prior TV':>22} "
              f"{'loss ratio':>10} "
              f"{'FID':>16} {'KID':>12}"]
     for name, r in rows.items():
         tv = ", ".join(f"{v:.2f}" for v in r["prior_vs_encoder_tv"] or [])
-        lines.append(f"{name:>17} {str(r['codes_used']):>16} {str(r['at_start']['codes_used']):>16} "
+        lines.append(f"{name:>22} {str(r['codes_used']):>16} {str(r['at_start']['codes_used']):>16} "
                      f"{r['distinct_tuples']:>7} {tv:>22} "
                      f"{r['loss_ratio_high_sigma']:>10.3f} {bench._fid(r['fid']):>16} {bench._kid(r['fid']):>12}")
     table = "\n".join(lines)

@@ -25,6 +25,7 @@ class ModelConfig:
     tau: float = 1.0                  # Gumbel-Softmax temperature in stage I (the paper: 1, no annealing)
     hard: bool = True                 # straight-through one-hot samples (False: soft relaxation)
     p_null: float = 0.1               # latent dropout to the learned null latent
+    usage_weight: float = 0.0         # weight of latents.usage_penalty in stage I: keeps every code in use (0: off)
     p_class_drop: float = 0.0         # class-label dropout, for guidance on the class
     P_mean: float = -1.2              # ln(sigma) ~ N(P_mean, P_std^2) during training
     P_std: float = 1.2
@@ -329,6 +330,7 @@ def validate(cfg: RunConfig) -> None:
                             f"model.process=edm)")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
+    _require(m.usage_weight >= 0, f"model.usage_weight must be >= 0, got {m.usage_weight}")
     _validate_latent_type(m)
     t = cfg.train
     _require(t.kimg >= 0, f"train.kimg must be >= 0, got {t.kimg}")
@@ -379,6 +381,8 @@ def _validate_latent_type(m: ModelConfig) -> None:
             _require(getattr(m, key) is None, f"{flag} (model.{key}) applies to --latent-type continuous only; this "
                                               f"model's latents are {m.latent_type}")
         return
+    _require(not m.usage_weight, "model.usage_weight keeps a discrete latent's codes in use; continuous latents "
+                                 "have no codes (their KL weight, --kl-weight, regularises the encoder)")
     _require(m.num_latents >= 1, "--latent-type continuous needs m >= 1 latent tokens (--latents); for a model "
                                  "without latents use --latents 0 with the default --latent-type discrete")
     D = m.latent_size

@@ -2,6 +2,8 @@
 Gaussian posterior of continuous ones (the paper's Table 3 ablation)."""
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -79,6 +81,20 @@ class LatentEmbedding(nn.Module):
         if null_latent is not None:
             tokens = torch.where(null_latent.view(-1, 1, 1), self.null.unsqueeze(0), tokens)
         return tokens
+
+
+def usage_penalty(logits: torch.Tensor) -> torch.Tensor:
+    """How far a batch's codes are from all being in use: per latent, log k - H(mean over the batch of
+    softmax(logits)), the KL of the batch's mean posterior from the uniform one, averaged over the m latents.
+    0 when the batch spreads evenly over the k codes, log k when every image picks the same one.
+
+    Only the mean posterior is pushed towards uniform, not each image's: an encoder that is sure of a different code
+    for each group of images scores 0, while one that is unsure of everything loses the denoising loss's reward for
+    informative latents. (The codebook-diversity term of wav2vec 2.0; here against the collapse of the latents to
+    one or two codes in training, docs/images.md.) logits: [B, m, k]."""
+    mean_posterior = logits.float().softmax(-1).mean(0)  # [m, k]
+    entropy = -(mean_posterior * mean_posterior.clamp_min(1e-12).log()).sum(-1)
+    return (math.log(logits.shape[-1]) - entropy).mean()
 
 
 def codebook_usage(z: torch.Tensor, codebook_size: int) -> dict:

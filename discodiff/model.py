@@ -15,7 +15,8 @@ from torch import nn
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import EDMLoss
-from .latents import gaussian_kl, gumbel_softmax, null_mask, one_hot, reparameterise, split_posterior
+from .latents import (gaussian_kl, gumbel_softmax, null_mask, one_hot, reparameterise, split_posterior,
+                      usage_penalty)
 from .networks import build_denoiser, build_encoder
 from .sampling import guide
 
@@ -201,15 +202,20 @@ class DiscoDiff(nn.Module):
         Continuous latents draw z ~ N(mean, var) of E(y) instead, and add beta * KL(q(z | y) || N(0, I)) / d to each
         sample's loss, d the number of data entries. The EDM loss is a mean over the d entries, so this weighs the KL
         against the squared error summed over them, as an ELBO does: beta = 1 is the VAE's balance. The KL counts
-        for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw."""
+        for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw.
+        Discrete latents with usage_weight > 0 add usage_weight * latents.usage_penalty of the batch's encoder logits
+        to every sample's loss, against codebook collapse."""
         cfg, B = self.config, y.shape[0]
-        latents = drop = kl = None
+        latents = drop = kl = penalty = None
         if self.num_latents and cfg.continuous:
             mean, logvar = split_posterior(self.encoder(y))
             latents = reparameterise(mean, logvar, generator=generator)
             kl = gaussian_kl(mean, logvar)
         elif self.num_latents:
-            latents = gumbel_softmax(self.encoder(y), cfg.tau, hard=cfg.hard, generator=generator)
+            logits = self.encoder(y)
+            latents = gumbel_softmax(logits, cfg.tau, hard=cfg.hard, generator=generator)
+            if cfg.usage_weight:
+                penalty = cfg.usage_weight * usage_penalty(logits)
         if self.num_latents:
             drop = null_mask(B, cfg.p_null, generator=generator, device=y.device)
         if class_labels is not None and cfg.num_classes and cfg.p_class_drop > 0:
@@ -219,7 +225,9 @@ class DiscoDiff(nn.Module):
             class_onehot = self._class_onehot(class_labels, B, y.device)
         loss = loss_fn(self.denoiser, y, generator=generator, latents=latents, null_latent=drop,
                        class_labels=class_onehot)
-        return loss if kl is None else loss + cfg.beta * kl / y[0].numel()
+        if kl is not None:
+            loss = loss + cfg.beta * kl / y[0].numel()
+        return loss if penalty is None else loss + penalty
 
     @torch.no_grad()
     def encode_all(self, y: torch.Tensor, batch: int = 512) -> torch.Tensor:

@@ -1,7 +1,12 @@
+import math
+
 import pytest
 import torch
 
-from discodiff.latents import LatentEmbedding, codebook_usage, gumbel_softmax, one_hot
+from discodiff.config import ConfigError, ModelConfig, preset_config
+from discodiff.edm import EDMLoss
+from discodiff.latents import LatentEmbedding, codebook_usage, gumbel_softmax, one_hot, usage_penalty
+from discodiff.model import DiscoDiff
 
 
 def test_hard_samples_are_one_hot_and_pass_gradients():
@@ -63,3 +68,55 @@ def test_codebook_usage():
     stats = codebook_usage(torch.tensor([[0], [0], [1], [1]]), 4)
     assert stats["codes_used"] == [2]
     assert stats["perplexity"][0] == pytest.approx(2.0)
+
+
+# ---- the code-usage penalty -------------------------------------------------------------------------------------
+
+def test_usage_penalty_is_log_k_for_one_code_and_zero_for_an_even_spread():
+    sure = torch.full((6, 1, 4), -30.0)
+    sure[..., 2] = 30.0  # every image sure of code 2
+    assert usage_penalty(sure).item() == pytest.approx(math.log(4), abs=1e-5)
+    spread = torch.full((8, 1, 4), -30.0)
+    spread[torch.arange(8), 0, torch.arange(8) % 4] = 30.0  # each code picked by two images, with certainty
+    assert usage_penalty(spread).item() == pytest.approx(0.0, abs=1e-5)
+    assert usage_penalty(torch.zeros(3, 1, 4)).item() == pytest.approx(0.0, abs=1e-6)  # unsure of all: no penalty
+    # two latents: the mean over them. The second splits the images between codes 0 and 1 of 4: log 4 - log 2
+    halves = torch.full((6, 1, 4), -30.0)
+    halves[:3, 0, 0] = halves[3:, 0, 1] = 30.0
+    two = torch.cat([sure, halves], 1)
+    assert usage_penalty(two).item() == pytest.approx((math.log(4) + math.log(4) - math.log(2)) / 2, abs=1e-5)
+
+
+def test_usage_penalty_gradient_moves_images_off_the_crowded_code():
+    logits = torch.zeros(4, 1, 3)
+    logits[:, 0, 0] = 2.0  # every image leans to code 0
+    logits.requires_grad_(True)
+    usage_penalty(logits).backward()
+    assert (logits.grad[:, 0, 0] > 0).all() and (logits.grad[:, 0, 1:] < 0).all()  # descent lowers code 0
+
+
+def _tiny_discrete(**model) -> DiscoDiff:
+    torch.manual_seed(0)
+    return DiscoDiff(ModelConfig(data_shape=[2], num_latents=2, codebook_size=3,
+                                 network={"name": "mlp", "hidden": 16, "depth": 3, "emb_dim": 8},
+                                 encoder={"name": "mlp", "hidden": 16, "depth": 2}, **model))
+
+
+def test_training_loss_adds_the_weighted_usage_penalty_to_every_sample():
+    y = torch.randn(8, 2)
+    plain = _tiny_discrete().training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
+    model = _tiny_discrete(usage_weight=0.3)
+    loss = model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loss, plain + 0.3 * usage_penalty(model.encoder(y)))
+    loss.sum().backward()  # and its gradient reaches the encoder
+    assert all(p.grad is not None for p in model.encoder.parameters())
+
+
+@pytest.mark.parametrize("model,needle", [
+    ({"usage_weight": -0.1}, "model.usage_weight must be >= 0"),
+    ({"usage_weight": 0.1, "latent_type": "continuous"}, "continuous latents have no codes"),
+])
+def test_bad_usage_weights_are_refused(model, needle):
+    with pytest.raises(ConfigError) as e:
+        preset_config("digits", {"model": model})
+    assert needle in str(e.value)
