@@ -143,7 +143,8 @@ def fingerprint(run_dir: Path) -> str:
 
 
 def disk_cache(path: Path, fingerprints: dict, num: int):
-    """A FIDCache that survives the process: keyed by repr of the settings, dropped when the weights change."""
+    """A FIDCache that survives the process: keyed by repr of the settings, dropped when the weights of a model it
+    holds change. A run of the benchmark with more models than the last keeps the last one's entries."""
     from discodiff.analysis.quality import FIDCache
 
     class DiskFIDCache(FIDCache):
@@ -166,8 +167,10 @@ def disk_cache(path: Path, fingerprints: dict, num: int):
             saved = json.loads(path.read_text())
         except json.JSONDecodeError:
             saved = {}
-        if saved.get("fingerprints") == fingerprints and saved.get("num") == num:
+        known = saved.get("fingerprints", {})
+        if saved.get("num") == num and all(known[k] == v for k, v in fingerprints.items() if k in known):
             dict.update(cache, saved.get("entries", {}))
+            fingerprints.update({k: v for k, v in known.items() if k not in fingerprints})
     return cache
 
 

@@ -41,12 +41,14 @@ VARIANTS = {
     "xattn-soft-kmeans": ("xattn-soft-kmeans", {"network": {"latent_injection": "cross_attention"}, "hard": False,
                                                 "encoder": {"head_init": "kmeans"}}),
     "embedding-kmeans": ("embedding-kmeans", {"encoder": {"head_init": "kmeans"}}),
-    # the code-usage penalty (model.usage_weight, latents.usage_penalty) at weight w, against collapse in training
-    **{f"{name}-usage{w:g}": (f"{name}-usage{w:g}", {**model, "usage_weight": w})
+    # against collapse in training, at weight w: the code-usage penalty alone (model.usage_weight,
+    # latents.usage_penalty), and with the posterior entropy (model.confidence_weight) as well, log k - I(y; z)
+    **{f"{name}-{form}{w:g}": (f"{name}-{form}{w:g}", {**model, "usage_weight": w,
+                                                       "confidence_weight": w if form == "info" else 0.0})
        for name, model in (("xattn", {"network": {"latent_injection": "cross_attention"}}),
                            ("xattn-soft", {"network": {"latent_injection": "cross_attention"}, "hard": False}),
                            ("embedding", {}))
-       for w in (0.01, 0.1, 1.0)},
+       for form in ("usage", "info") for w in (0.01, 0.1, 1.0)},
 }
 
 

@@ -25,7 +25,10 @@ class ModelConfig:
     tau: float = 1.0                  # Gumbel-Softmax temperature in stage I (the paper: 1, no annealing)
     hard: bool = True                 # straight-through one-hot samples (False: soft relaxation)
     p_null: float = 0.1               # latent dropout to the learned null latent
-    usage_weight: float = 0.0         # weight of latents.usage_penalty in stage I: keeps every code in use (0: off)
+    # Against codebook collapse in stage I (0: off): usage_weight * latents.usage_penalty (every code in use) +
+    # confidence_weight * latents.posterior_entropy (each image sure of its code); equal weights: log k - I(y; z).
+    usage_weight: float = 0.0
+    confidence_weight: float = 0.0
     p_class_drop: float = 0.0         # class-label dropout, for guidance on the class
     P_mean: float = -1.2              # ln(sigma) ~ N(P_mean, P_std^2) during training
     P_std: float = 1.2
@@ -330,7 +333,8 @@ def validate(cfg: RunConfig) -> None:
                             f"model.process=edm)")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
-    _require(m.usage_weight >= 0, f"model.usage_weight must be >= 0, got {m.usage_weight}")
+    for key in ("usage_weight", "confidence_weight"):
+        _require(getattr(m, key) >= 0, f"model.{key} must be >= 0, got {getattr(m, key)}")
     _validate_latent_type(m)
     t = cfg.train
     _require(t.kimg >= 0, f"train.kimg must be >= 0, got {t.kimg}")
@@ -381,8 +385,9 @@ def _validate_latent_type(m: ModelConfig) -> None:
             _require(getattr(m, key) is None, f"{flag} (model.{key}) applies to --latent-type continuous only; this "
                                               f"model's latents are {m.latent_type}")
         return
-    _require(not m.usage_weight, "model.usage_weight keeps a discrete latent's codes in use; continuous latents "
-                                 "have no codes (their KL weight, --kl-weight, regularises the encoder)")
+    for key in ("usage_weight", "confidence_weight"):
+        _require(not getattr(m, key), f"model.{key} acts on a discrete latent's codes; continuous latents have "
+                                      f"none (their KL weight, --kl-weight, regularises the encoder)")
     _require(m.num_latents >= 1, "--latent-type continuous needs m >= 1 latent tokens (--latents); for a model "
                                  "without latents use --latents 0 with the default --latent-type discrete")
     D = m.latent_size

@@ -86,15 +86,25 @@ class LatentEmbedding(nn.Module):
 def usage_penalty(logits: torch.Tensor) -> torch.Tensor:
     """How far a batch's codes are from all being in use: per latent, log k - H(mean over the batch of
     softmax(logits)), the KL of the batch's mean posterior from the uniform one, averaged over the m latents.
-    0 when the batch spreads evenly over the k codes, log k when every image picks the same one.
+    0 when the batch spreads evenly over the k codes, log k when every image picks the same one. (The codebook-
+    diversity term of wav2vec 2.0.) logits: [B, m, k].
 
-    Only the mean posterior is pushed towards uniform, not each image's: an encoder that is sure of a different code
-    for each group of images scores 0, while one that is unsure of everything loses the denoising loss's reward for
-    informative latents. (The codebook-diversity term of wav2vec 2.0; here against the collapse of the latents to
-    one or two codes in training, docs/images.md.) logits: [B, m, k]."""
+    It pushes only the mean posterior towards uniform, and an encoder unsure of every image satisfies it as well as
+    one that is sure of a different code for each group of images; `posterior_entropy` tells the two apart."""
     mean_posterior = logits.float().softmax(-1).mean(0)  # [m, k]
-    entropy = -(mean_posterior * mean_posterior.clamp_min(1e-12).log()).sum(-1)
-    return (math.log(logits.shape[-1]) - entropy).mean()
+    return (math.log(logits.shape[-1]) - _entropy(mean_posterior)).mean()
+
+
+def posterior_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """The mean entropy of each image's posterior over the codes, averaged over the m latents: 0 when the encoder is
+    sure of every code. usage_penalty + posterior_entropy = log k - I(y; z), the mutual information between an image
+    and its code under the encoder (the objective of information-maximising clustering, IIC / RIM), 0 exactly when
+    every image is sure of its code and the batch uses every code equally. logits: [B, m, k]."""
+    return _entropy(logits.float().softmax(-1)).mean()
+
+
+def _entropy(p: torch.Tensor) -> torch.Tensor:
+    return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
 def codebook_usage(z: torch.Tensor, codebook_size: int) -> dict:

@@ -15,8 +15,8 @@ from torch import nn
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import EDMLoss
-from .latents import (gaussian_kl, gumbel_softmax, null_mask, one_hot, reparameterise, split_posterior,
-                      usage_penalty)
+from .latents import (gaussian_kl, gumbel_softmax, null_mask, one_hot, posterior_entropy, reparameterise,
+                      split_posterior, usage_penalty)
 from .networks import build_denoiser, build_encoder
 from .sampling import guide
 
@@ -203,8 +203,8 @@ class DiscoDiff(nn.Module):
         sample's loss, d the number of data entries. The EDM loss is a mean over the d entries, so this weighs the KL
         against the squared error summed over them, as an ELBO does: beta = 1 is the VAE's balance. The KL counts
         for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw.
-        Discrete latents with usage_weight > 0 add usage_weight * latents.usage_penalty of the batch's encoder logits
-        to every sample's loss, against codebook collapse."""
+        Against codebook collapse, discrete latents add usage_weight * latents.usage_penalty + confidence_weight *
+        latents.posterior_entropy of the batch's encoder logits to every sample's loss (when either weight is > 0)."""
         cfg, B = self.config, y.shape[0]
         latents = drop = kl = penalty = None
         if self.num_latents and cfg.continuous:
@@ -214,8 +214,8 @@ class DiscoDiff(nn.Module):
         elif self.num_latents:
             logits = self.encoder(y)
             latents = gumbel_softmax(logits, cfg.tau, hard=cfg.hard, generator=generator)
-            if cfg.usage_weight:
-                penalty = cfg.usage_weight * usage_penalty(logits)
+            if cfg.usage_weight or cfg.confidence_weight:
+                penalty = cfg.usage_weight * usage_penalty(logits) + cfg.confidence_weight * posterior_entropy(logits)
         if self.num_latents:
             drop = null_mask(B, cfg.p_null, generator=generator, device=y.device)
         if class_labels is not None and cfg.num_classes and cfg.p_class_drop > 0:

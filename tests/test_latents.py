@@ -5,7 +5,8 @@ import torch
 
 from discodiff.config import ConfigError, ModelConfig, preset_config
 from discodiff.edm import EDMLoss
-from discodiff.latents import LatentEmbedding, codebook_usage, gumbel_softmax, one_hot, usage_penalty
+from discodiff.latents import (LatentEmbedding, codebook_usage, gumbel_softmax, one_hot, posterior_entropy,
+                              usage_penalty)
 from discodiff.model import DiscoDiff
 
 
@@ -87,6 +88,22 @@ def test_usage_penalty_is_log_k_for_one_code_and_zero_for_an_even_spread():
     assert usage_penalty(two).item() == pytest.approx((math.log(4) + math.log(4) - math.log(2)) / 2, abs=1e-5)
 
 
+def test_posterior_entropy_tells_an_unsure_encoder_from_a_sure_one():
+    spread = torch.full((8, 1, 4), -30.0)
+    spread[torch.arange(8), 0, torch.arange(8) % 4] = 30.0
+    unsure = torch.zeros(8, 1, 4)
+    assert usage_penalty(spread).item() == pytest.approx(usage_penalty(unsure).item(), abs=1e-5)  # both 0
+    assert posterior_entropy(spread).item() == pytest.approx(0.0, abs=1e-5)
+    assert posterior_entropy(unsure).item() == pytest.approx(math.log(4), abs=1e-6)
+    # the two together are log k - I(y; z), with I computed directly from the joint of image and code
+    logits = torch.randn(16, 3, 5)
+    p = logits.softmax(-1)  # q(z | y) for 16 equally likely images
+    marginal = p.mean(0)
+    information = (p * (p / marginal).log()).sum(-1).mean(0)  # I per latent, [3]
+    total = usage_penalty(logits) + posterior_entropy(logits)
+    assert total.item() == pytest.approx((math.log(5) - information).mean().item(), abs=1e-5)
+
+
 def test_usage_penalty_gradient_moves_images_off_the_crowded_code():
     logits = torch.zeros(4, 1, 3)
     logits[:, 0, 0] = 2.0  # every image leans to code 0
@@ -108,13 +125,19 @@ def test_training_loss_adds_the_weighted_usage_penalty_to_every_sample():
     model = _tiny_discrete(usage_weight=0.3)
     loss = model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(loss, plain + 0.3 * usage_penalty(model.encoder(y)))
+    both = _tiny_discrete(usage_weight=0.3, confidence_weight=0.2)
+    loss_both = both.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
+    logits = both.encoder(y)
+    torch.testing.assert_close(loss_both, plain + 0.3 * usage_penalty(logits) + 0.2 * posterior_entropy(logits))
     loss.sum().backward()  # and its gradient reaches the encoder
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
 @pytest.mark.parametrize("model,needle", [
     ({"usage_weight": -0.1}, "model.usage_weight must be >= 0"),
-    ({"usage_weight": 0.1, "latent_type": "continuous"}, "continuous latents have no codes"),
+    ({"confidence_weight": -1}, "model.confidence_weight must be >= 0"),
+    ({"usage_weight": 0.1, "latent_type": "continuous"}, "model.usage_weight acts on a discrete latent's codes"),
+    ({"confidence_weight": 0.1, "latent_type": "continuous"}, "continuous latents have none"),
 ])
 def test_bad_usage_weights_are_refused(model, needle):
     with pytest.raises(ConfigError) as e:
