@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/latent_injection.py --preset digits [--variants embedding,xattn,xattn-soft] [--num 2000]
 
-Trains DisCo-Diff variants of an image preset that differ only in how the latents are injected and relaxed, with
-the same network, data, seed and training images, and reports for each:
+Trains DisCo-Diff variants of an image preset that differ only in how the latents are injected and relaxed, how the
+encoder's heads start, and which penalty against codebook collapse they train with, with the same network, data,
+seed and training images, and reports for each:
 
 - codes in use per latent (the encoder's argmax over the whole data set; a collapsed latent uses 1-2 of k codes),
   after training and at step 0 (a fresh model of the variant's config and seed, its encoder initialised on a seeded

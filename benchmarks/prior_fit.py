@@ -24,6 +24,7 @@ import torch
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # name -> overrides of prior_train (the training) and model.prior (the transformer's size); "preset" is the run's own
+# settings as its config.json holds them
 SETTINGS = {
     "preset": {},
     "kimg3000": {"prior_train": {"kimg": 3000}},
