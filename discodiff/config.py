@@ -72,7 +72,10 @@ class ModelConfig:
         if self.continuous:
             return (f"continuous latent D={self.latent_size} as m={self.num_latents} tokens of {self.token_width}, "
                     f"KL weight {self.beta:g}")
-        return f"m={self.num_latents} k={self.codebook_size}"
+        penalties = [f"{name} {w:g}" for name, w in (("usage", self.usage_weight),
+                                                     ("confidence", self.confidence_weight)) if w]
+        return (f"m={self.num_latents} k={self.codebook_size}"
+                + (f" (against collapse: {', '.join(penalties)})" if penalties else ""))
 
 
 @dataclass

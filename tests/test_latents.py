@@ -133,6 +133,12 @@ def test_training_loss_adds_the_weighted_usage_penalty_to_every_sample():
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
+def test_the_penalties_in_force_are_named_in_the_log_lines():
+    assert ModelConfig(num_latents=2, codebook_size=3).latent_summary() == "m=2 k=3"
+    assert ModelConfig(num_latents=2, codebook_size=3, usage_weight=0.1, confidence_weight=0.1).latent_summary() == \
+        "m=2 k=3 (against collapse: usage 0.1, confidence 0.1)"
+
+
 @pytest.mark.parametrize("model,needle", [
     ({"usage_weight": -0.1}, "model.usage_weight must be >= 0"),
     ({"confidence_weight": -1}, "model.confidence_weight must be >= 0"),
