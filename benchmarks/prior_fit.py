@@ -13,6 +13,8 @@ copy's config.json holds the setting, so `discodiff fid gen --run-dir <copy>` sa
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import shutil
 import sys
 import tempfile
@@ -38,12 +40,18 @@ SETTINGS = {
 STAGE1_FILES = ("config.json", "model.safetensors")
 
 
+@functools.cache
+def _dataset(data_config_json: str):
+    """The data set of a data config, loaded once for all the settings and runs that share it."""
+    from discodiff.config import DataConfig
+    from discodiff.data import load_dataset
+
+    return load_dataset(DataConfig(**json.loads(data_config_json)))
+
+
 def fit_copy(run_dir: Path, target: Path, overrides: dict) -> dict:
     """Fits a prior with `overrides` to a copy of `run_dir`'s stage I in `target` (reused when done); its report."""
-    import json
-
     from discodiff.config import RunConfig, merge
-    from discodiff.data import load_dataset
     from discodiff.runs import Run
     from discodiff.train.prior import train_prior
 
@@ -58,7 +66,8 @@ def fit_copy(run_dir: Path, target: Path, overrides: dict) -> dict:
         shutil.copy2(run_dir / name, target / name)
     Run.create(target, cfg)
     model = Run(target, cfg).load_model()
-    _, report = train_prior(target, cfg, load_dataset(cfg.data), model, quiet=True)
+    data = _dataset(json.dumps(cfg.to_dict()["data"], sort_keys=True))
+    _, report = train_prior(target, cfg, data, model, quiet=True)
     return report
 
 

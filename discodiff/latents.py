@@ -112,6 +112,5 @@ def codebook_usage(z: torch.Tensor, codebook_size: int) -> dict:
     z = z.long()
     counts = torch.stack([torch.bincount(z[:, i], minlength=codebook_size) for i in range(z.shape[1])]).float()
     p = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    entropy = -(p * p.clamp_min(1e-12).log()).sum(1)
-    return {"perplexity": entropy.exp().tolist(), "codes_used": (counts > 0).sum(1).tolist(),
+    return {"perplexity": _entropy(p).exp().tolist(), "codes_used": (counts > 0).sum(1).tolist(),
             "counts": counts.long().tolist()}
