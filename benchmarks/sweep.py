@@ -3,6 +3,7 @@ width, sampler steps and training seeds, with the same data, training images and
 
     python benchmarks/sweep.py --preset digits|fashion16 [--widths 16,24,40] [--seeds 0,1] [--steps 4,6,8,12,18]
         [--num 2000] [--bootstrap 20] [--jobs 4] [--device cpu|cuda] [--out DIR]
+        [--variant NAME --disco-set KEY=VALUE ...]
 
 1. Training. For each width (the U-Net's model_channels; attention keeps the preset's number of heads) and model,
    `discodiff train` runs, then `discodiff train-prior` for DisCo-Diff: the commands a user types, as --jobs
@@ -18,6 +19,10 @@ width, sampler steps and training seeds, with the same data, training images and
 4. Report: a table, the FID ratio DisCo-Diff / baseline with its propagated error, the seed spread at the preset's
    width, two plots (the ratio against NFE for each width; the ratio against width at the most steps) in
    docs/sweep-<preset>-*.png, and benchmarks/results/sweep-<preset>.json.
+
+A variant changes DisCo-Diff alone: `--variant info --disco-set model.usage_weight=0.1 --disco-set
+model.confidence_weight=0.1` trains DisCo-Diff into w<width>-s<seed>/discodiff-info, reuses the EDM runs beside it,
+and reports to sweep-<preset>-info.json and docs/sweep-<preset>-info-*.png.
 
 FID over a few thousand samples is biased upward (KID is not), so compare only at equal --num.
 """
@@ -60,8 +65,9 @@ def width_sets(preset: str, width: int) -> list[str]:
     return [f"model.network.model_channels={width}", f"model.network.channels_per_head={per_head}"]
 
 
-def plan(preset: str, widths: list[int], seeds: list[int], out: Path) -> list[dict]:
-    """One entry per run: {"width", "seed", "model", "dir"}; every seed at the preset's width, the first elsewhere."""
+def plan(preset: str, widths: list[int], seeds: list[int], out: Path, variant: str | None = None) -> list[dict]:
+    """One entry per run: {"width", "seed", "model", "dir"}; every seed at the preset's width, the first elsewhere.
+    A `variant`'s DisCo-Diff runs live in discodiff-<variant>, beside the baseline they are compared with."""
     from discodiff.config import preset_config
 
     own = preset_config(preset).model.network["model_channels"]
@@ -69,13 +75,16 @@ def plan(preset: str, widths: list[int], seeds: list[int], out: Path) -> list[di
     for width in widths:
         for seed in (seeds if width == own else seeds[:1]):
             for model in MODELS:
+                folder = f"{model}-{variant}" if variant and model == "discodiff" else model
                 runs.append({"width": width, "seed": seed, "model": model,
-                             "dir": out / f"w{width}-s{seed}" / model})
+                             "dir": out / f"w{width}-s{seed}" / folder})
     return runs
 
 
-def train_commands(preset: str, run: dict, extra_sets: list[str]) -> list[list[str]]:
+def train_commands(preset: str, run: dict, extra_sets: list[str], disco_sets: list[str] = ()) -> list[list[str]]:
     cli = [sys.executable, "-m", "discodiff"]
+    if run["model"] == "discodiff":
+        extra_sets = [*extra_sets, *disco_sets]
     sets = [a for s in (*width_sets(preset, run["width"]), *extra_sets) for a in ("--set", s)]
     train = [*cli, "train", "--preset", preset, "--run-dir", str(run["dir"]), "--seed", str(run["seed"]),
              *sets, "--quiet"]
@@ -141,7 +150,7 @@ def child_env(threads: int) -> dict:
 # ---- training cost -----------------------------------------------------------------------------------------------
 
 def training_cost(preset: str, extra_sets: list[str], device: torch.device, rounds: int = 5,
-                  steps: int = 20) -> dict:
+                  steps: int = 20, disco_sets: list[str] = ()) -> dict:
     """Seconds per training image of the baseline and DisCo-Diff at the preset's width and batch: forward, backward
     and the optimizer step of each model, timed in interleaved rounds (the median round counts)."""
     from discodiff.cli.options import parse_key_values
@@ -151,7 +160,7 @@ def training_cost(preset: str, extra_sets: list[str], device: torch.device, roun
     from discodiff.model import DiscoDiff
 
     base = parse_key_values(extra_sets)
-    cfg = preset_config(preset, base)
+    cfg = preset_config(preset, parse_key_values([*extra_sets, *disco_sets]))
     data = load_dataset(cfg.data)
     cfgs = {"baseline": preset_config(preset, merge(base, {"model": {"num_latents": 0}})), "discodiff": cfg}
     x_all = data.x.to(device)
@@ -340,7 +349,8 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: Path) -> list[Path]:
+def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: Path,
+         name: str | None = None) -> list[Path]:
     """The FID ratio against NFE for each width (mean over seeds), and against width at the most steps (when there
     are several widths)."""
     import matplotlib
@@ -366,9 +376,10 @@ def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: 
     ax.set_xticks([mean_ratio(widths[0], n)[2] for n in steps], [str(mean_ratio(widths[0], n)[2]) for n in steps])
     ax.set_xlabel("NFE (Heun)")
     ax.set_ylabel("FID ratio DisCo-Diff / EDM")
-    ax.set_title(f"{preset}: the latents' gain against sampler steps", fontsize=10)
+    name = name or preset
+    ax.set_title(f"{name}: the latents' gain against sampler steps", fontsize=10)
     ax.legend(fontsize=8)
-    paths.append(docs / f"sweep-{preset}-ratio-vs-nfe.png")
+    paths.append(docs / f"sweep-{name}-ratio-vs-nfe.png")
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
@@ -382,8 +393,8 @@ def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: 
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("U-Net base channels")
     ax.set_ylabel(f"FID ratio at {n} steps (NFE {vals[0][2]})")
-    ax.set_title(f"{preset}: the latents' gain against network width", fontsize=10)
-    paths.append(docs / f"sweep-{preset}-ratio-vs-width.png")
+    ax.set_title(f"{name}: the latents' gain against network width", fontsize=10)
+    paths.append(docs / f"sweep-{name}-ratio-vs-width.png")
     fig.tight_layout()
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
@@ -423,12 +434,21 @@ def main(argv=None) -> int:
                     "the training images (default: all of them; Fashion-MNIST's 60,000 take an hour on a CPU)")
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra config overrides for every run (e.g. train.kimg=50 for a quick check)")
+    ap.add_argument("--disco-set", dest="disco_sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="config overrides for the DisCo-Diff runs alone (needs --variant)")
+    ap.add_argument("--variant", default=None, help="name of the --disco-set variant: its DisCo-Diff runs go to "
+                    "discodiff-NAME beside the baseline runs they are compared with, its report to "
+                    "sweep-<preset>-NAME.json")
     ap.add_argument("--out", type=Path, default=None, help="run folders (default: under the temp folder)")
     ap.add_argument("--results", type=Path, default=None, help="the JSON report")
     ap.add_argument("--docs", type=Path, default=DOCS, help="where the plots go")
     ap.add_argument("--eval-run", type=Path, default=None, help=argparse.SUPPRESS)  # a child: one run's evaluation
     ap.add_argument("--ref", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.disco_sets and not args.variant:
+        ap.error("--disco-set needs --variant NAME, so that its runs do not overwrite the plain DisCo-Diff runs")
+    if args.variant is not None and (not args.variant.replace("-", "").replace(".", "").isalnum()):
+        ap.error(f"--variant must be letters, digits, '-' and '.', got {args.variant!r}")
     steps = _ints(args.steps)
     device = torch.device(args.device)
     threads = args.threads or max(1, (os.cpu_count() or 1) // max(args.jobs, 1))
@@ -456,22 +476,23 @@ def main(argv=None) -> int:
     seeds = _ints(args.seeds)
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-sweep-{args.preset}"
     out.mkdir(parents=True, exist_ok=True)
-    runs = plan(args.preset, widths, seeds, out)
+    runs = plan(args.preset, widths, seeds, out, args.variant)
+    name = f"{args.preset}-{args.variant}" if args.variant else args.preset
     env = child_env(threads)
     seconds = {}
     _log(f"[sweep] {args.preset}: widths {widths} (preset {own}), seeds {seeds} at the preset's width, steps {steps}, "
          f"{args.num} samples per FID, {len(runs)} runs, {args.jobs} jobs x {threads} threads on {device}; in {out}")
 
-    prior_settings = preset_config(args.preset, parse_key_values(args.sets)).prior_train
+    prior_settings = preset_config(args.preset, parse_key_values([*args.sets, *args.disco_sets])).prior_train
     todo = [r for r in runs if not is_trained(r, prior_settings)]
     _log(f"[sweep] training {len(todo)} runs ({len(runs) - len(todo)} already trained)")
     t0 = time.perf_counter()
-    train_s = in_parallel(args.jobs, [(str(r["dir"]), train_commands(args.preset, r, args.sets),
-                                       r["dir"].parent / f"{r['model']}-train.log") for r in todo], env)
+    train_s = in_parallel(args.jobs, [(str(r["dir"]), train_commands(args.preset, r, args.sets, args.disco_sets),
+                                       r["dir"].parent / f"{r['dir'].name}-train.log") for r in todo], env)
     seconds["training"] = round(time.perf_counter() - t0, 1)
 
     _log("[sweep] training cost per image, side by side")
-    cost = training_cost(args.preset, args.sets, device)
+    cost = training_cost(args.preset, args.sets, device, disco_sets=args.disco_sets)
     _log(f"[sweep]   DisCo-Diff / EDM seconds per training image: {cost['ratio']:.3f}")
 
     data = load_dataset(cfg.data)
@@ -510,14 +531,14 @@ def main(argv=None) -> int:
              "--bootstrap", str(args.bootstrap), "--device", args.device, "--batch", str(args.batch),
              "--out", str(out), "--ref", str(ref_path), "--threads", str(threads)]
     eval_s = in_parallel(args.jobs, [(str(r["dir"]), [child + ["--eval-run", str(r["dir"])]],
-                                      r["dir"].parent / f"{r['model']}-eval.log") for r in fresh], env)
+                                      r["dir"].parent / f"{r['dir'].name}-eval.log") for r in fresh], env)
     seconds["evaluation"] = round(time.perf_counter() - t0, 1)
     evals = {str(r["dir"]): json.loads(eval_path(r).read_text()) for r in runs}
 
     summary = summarise(runs, evals, steps, own)
     table = format_table(summary)
     args.docs.mkdir(parents=True, exist_ok=True)
-    plots = plot(summary, args.preset, widths, steps, args.docs)
+    plots = plot(summary, args.preset, widths, steps, args.docs, name)
     seconds["total"] = round(time.perf_counter() - start, 1)
     _log("\n" + table + f"\n\nclassifier held-out accuracy {classifier['held_out_accuracy']:.3f}; training cost "
          f"DisCo-Diff / EDM per image {cost['ratio']:.3f} ({device}); seconds: "
@@ -525,15 +546,16 @@ def main(argv=None) -> int:
     params = {}
     for w in widths:
         from discodiff.model import DiscoDiff
-        for name, m in (("baseline", 0), ("discodiff", cfg.model.num_latents)):
-            c = preset_config(args.preset, parse_key_values([*width_sets(args.preset, w), *args.sets,
+        for model, m in (("baseline", 0), ("discodiff", cfg.model.num_latents)):
+            own_sets = args.disco_sets if model == "discodiff" else []
+            c = preset_config(args.preset, parse_key_values([*width_sets(args.preset, w), *args.sets, *own_sets,
                                                                   f"model.num_latents={m}"]))
             c.model.data_shape = data.shape
-            params[f"{name}-w{w}"] = sum(p.numel() for p in DiscoDiff(c.model).parameters())
+            params[f"{model}-w{w}"] = sum(p.numel() for p in DiscoDiff(c.model).parameters())
     report = {
         "command": " ".join(["python", *[str(a) for a in sys.argv]]), "preset": args.preset, "widths": widths,
         "preset_width": own, "seeds": seeds, "steps": steps, "num": args.num, "bootstrap": args.bootstrap,
-        "overrides": args.sets, "jobs": args.jobs, "device": str(device),
+        "overrides": args.sets, "variant": args.variant, "discodiff_overrides": args.disco_sets, "jobs": args.jobs, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "parameters": params, "training_cost": cost, "classifier": {k: v for k, v in classifier.items()},
         "seconds": seconds, "training_seconds_per_run": train_s, "evaluation_seconds_per_run": eval_s,
@@ -547,7 +569,7 @@ def main(argv=None) -> int:
                 "class TV: total variation between the class frequencies a small classifier reads off the samples "
                 "and those it reads off the training images.",
     }
-    path = args.results or RESULTS / f"sweep-{args.preset}.json"
+    path = args.results or RESULTS / f"sweep-{name}.json"
     write_json(jsonable(report), path)
     _log(f"wrote {path} and {', '.join(str(p) for p in plots)}")
     return 0
