@@ -181,8 +181,10 @@ def sweep(d: dict) -> None:
           + "; ".join(f"width {r['width']} seed {r['seed']}: {r['baseline']['class_tv']:.3f} / "
                       f"{r['discodiff']['class_tv']:.3f}" for r in rows if r["steps"] == n) + ".")
     c = d["training_cost"]
+    variant = (f" DisCo-Diff variant {d['variant']}: " + ", ".join(d["discodiff_overrides"]) + "."
+               if d.get("variant") else "")
     print(f"\nTraining cost per image, DisCo-Diff / EDM at the preset's width: {c['ratio']:.3f} (timed side by "
-          f"side, {c['device']}). Wall time {d['seconds']['total'] / 60:.0f} min ({d['jobs']} jobs).")
+          f"side, {c['device']}). Wall time {d['seconds']['total'] / 60:.0f} min ({d['jobs']} jobs).{variant}")
 
 
 def text_table(d: dict) -> None:
