@@ -1,0 +1,75 @@
+"""Plots the FID ratio DisCo-Diff / EDM against NFE from several benchmarks/sweep.py reports, one line per report
+(at the preset's width, the mean over training seeds ± their spread), one panel per preset.
+
+    python scripts/compare_sweeps.py benchmarks/results/sweep-digits.json benchmarks/results/sweep-digits-info0.1.json \
+        benchmarks/results/sweep-fashion16.json benchmarks/results/sweep-fashion16-info0.1.json \
+        --out docs/sweep-info-term.png
+"""
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def curve(report: dict) -> tuple[list[int], list[float], list[float]]:
+    """NFE, mean ratio and its error (the seeds' spread, or the one pair's bootstrap error) at the preset's width."""
+    rows = [r for r in report["summary"]["rows"] if r["width"] == report["preset_width"]]
+    nfe, mean, err = [], [], []
+    for n in report["steps"]:
+        rs = [r for r in rows if r["steps"] == n]
+        ratios = [r["ratio"] for r in rs]
+        nfe.append(rs[0]["nfe"])
+        mean.append(float(np.mean(ratios)))
+        err.append(float(np.std(ratios, ddof=1)) if len(rs) > 1 else rs[0]["ratio_err"])
+    return nfe, mean, err
+
+
+def label(report: dict) -> str:
+    seeds = len({r["seed"] for r in report["summary"]["rows"] if r["width"] == report["preset_width"]})
+    what = ("DisCo-Diff " + ", ".join(report["discodiff_overrides"]) if report.get("variant")
+            else "DisCo-Diff as the preset")
+    return f"{what} ({seeds} seeds)"
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("reports", nargs="+", type=Path)
+    ap.add_argument("--out", type=Path, required=True, help="the PNG")
+    args = ap.parse_args(argv)
+    missing = [str(p) for p in args.reports if not p.is_file()]
+    if missing:
+        ap.error(f"no such report: {', '.join(missing)}")
+    reports = [json.loads(p.read_text()) for p in args.reports]
+    if any("summary" not in r or "preset_width" not in r for r in reports):
+        ap.error("every report must come from benchmarks/sweep.py")
+
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    presets = list(dict.fromkeys(r["preset"] for r in reports))
+    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4), squeeze=False)
+    for ax, preset in zip(axes[0], presets):
+        mine = [r for r in reports if r["preset"] == preset]
+        for i, r in enumerate(mine):
+            nfe, mean, err = curve(r)
+            shift = 1 + 0.02 * (i - (len(mine) - 1) / 2)  # side by side, so that the error bars stay apart
+            ax.errorbar([n * shift for n in nfe], mean, yerr=err, marker="o", capsize=3, label=label(r))
+        ax.axhline(1.0, color="gray", lw=0.8, ls="--")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ticks = sorted({n for r in mine for n in curve(r)[0]})
+        ax.set_xticks(ticks, [str(n) for n in ticks])
+        ax.set_xlabel("NFE (Heun)")
+        ax.set_ylabel("FID ratio DisCo-Diff / EDM")
+        ax.set_title(f"{preset}, width {mine[0]['preset_width']}", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
