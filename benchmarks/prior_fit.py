@@ -4,7 +4,7 @@
         [--settings preset,kimg3000,ema,...] [--results benchmarks/results/prior-fit-fashion16.json]
 
 For every finished DisCo-Diff run and every setting, the run's stage-I weights are copied into a folder of their own
-(<out>/<run>/<setting>) and a prior is fitted there with the setting's prior_train.* and model.prior.* values, by the
+(<out>/<sweep cell>/<run>/<setting>) and a prior is fitted there with the setting's prior_train.* and model.prior.* values, by the
 same trainer as `discodiff train-prior`. Its report (prior_report.json) gives what the table shows: the per-latent
 marginal total variation of 20,000 prior draws against the encoder's latents on the data, the mean pairwise TV, the
 share of drawn tuples the data never produce, and the floor of each (a second draw of the data's own latents). The
@@ -30,6 +30,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {
     "preset": {},
     "kimg3000": {"prior_train": {"kimg": 3000}},
+    "kimg10000": {"prior_train": {"kimg": 10000}},
     "ema": {"prior_train": {"ema_halflife_kimg": 100}},
     "lr3e-4": {"prior_train": {"lr": 3e-4}},
     "wide": {"model": {"prior": {"depth": 4, "width": 128}}},
@@ -99,7 +100,8 @@ def main(argv=None) -> int:
         label = f"{run.parent.name}/{run.name}"
         for name in names:
             t0 = time.perf_counter()
-            rep = fit_copy(run, args.out / run.parent.name / name, SETTINGS[name])
+            folder = args.out / run.parent.name / run.name / name  # runs of one sweep share their parent's name
+            rep = fit_copy(run, folder, SETTINGS[name])
             fit = rep["fit"]
             rows.append({"run": label, "setting": name, "overrides": SETTINGS[name],
                          "marginal_tv": fit["prior"]["marginal_tv"], "marginal_tv_floor": fit["floor"]["marginal_tv"],
@@ -108,7 +110,7 @@ def main(argv=None) -> int:
                          "unseen_share": fit["prior"]["unseen_share"], "unseen_floor": fit["floor"]["unseen_share"],
                          "prior_perplexity": rep["prior_perplexity"],
                          "marginal_perplexity": rep["marginal_perplexity"], "train_seconds": rep["seconds"],
-                         "folder": str(args.out / run.parent.name / name)})
+                         "folder": str(folder)})
             r = rows[-1]
             print(f"{label} {name}: marginal TV max {max(r['marginal_tv']):.3f} (floor "
                   f"{max(r['marginal_tv_floor']):.3f}), pairwise {r['pairwise_tv_mean']:.3f}, unseen "
