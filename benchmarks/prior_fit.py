@@ -4,8 +4,8 @@
         [--settings preset,kimg3000,ema,...] [--results benchmarks/results/prior-fit-fashion16.json]
 
 For every finished DisCo-Diff run and every setting, the run's stage-I weights are copied into a folder of their own
-(<out>/<sweep cell>/<run>/<setting>) and a prior is fitted there with the setting's prior_train.* and model.prior.* values, by the
-same trainer as `discodiff train-prior`. Its report (prior_report.json) gives what the table shows: the per-latent
+(<out>/<sweep cell>/<run>/<setting>) and a prior is fitted there with the setting's prior_train.* and model.prior.*
+values, by the same trainer as `discodiff train-prior`. Its report (prior_report.json) gives what the table shows: the per-latent
 marginal total variation of 20,000 prior draws against the encoder's latents on the data, the mean pairwise TV, the
 share of drawn tuples the data never produce, and the floor of each (a second draw of the data's own latents). The
 copy's config.json holds the setting, so `discodiff fid gen --run-dir <copy>` samples with that prior.
