@@ -349,6 +349,15 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def mean_ratio(rows: list[dict], width: int, n: int) -> tuple[float, float, int]:
+    """(the FID ratio at `width` and `n` steps, mean over the training seeds; its error: the seeds' spread when there
+    are several, else the bootstrap error of the one pair; the NFE) from a summary's rows."""
+    rs = [r for r in rows if r["width"] == width and r["steps"] == n]
+    value = float(np.mean([r["ratio"] for r in rs]))
+    err = (float(np.std([r["ratio"] for r in rs], ddof=1)) if len(rs) > 1 else rs[0]["ratio_err"])
+    return value, err, rs[0]["nfe"]
+
+
 def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: Path,
          name: str | None = None) -> list[Path]:
     """The FID ratio against NFE for each width (mean over seeds), and against width at the most steps (when there
@@ -357,23 +366,19 @@ def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    def mean_ratio(width, n):
-        rs = [r for r in summary["rows"] if r["width"] == width and r["steps"] == n]
-        value = float(np.mean([r["ratio"] for r in rs]))
-        # error: the seeds' spread when there are several, else the bootstrap error of the one pair
-        err = (float(np.std([r["ratio"] for r in rs], ddof=1)) if len(rs) > 1 else rs[0]["ratio_err"])
-        return value, err, rs[0]["nfe"]
+    rows = summary["rows"]
 
     paths = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for w in widths:
-        vals = [mean_ratio(w, n) for n in steps]
+        vals = [mean_ratio(rows, w, n) for n in steps]
         ax.errorbar([v[2] for v in vals], [v[0] for v in vals], yerr=[v[1] for v in vals], marker="o", capsize=3,
                     label=f"width {w}")
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xscale("log")
     ax.minorticks_off()  # the log axis's minor labels crowd the NFE labels set below
-    ax.set_xticks([mean_ratio(widths[0], n)[2] for n in steps], [str(mean_ratio(widths[0], n)[2]) for n in steps])
+    nfes = [mean_ratio(rows, widths[0], n)[2] for n in steps]
+    ax.set_xticks(nfes, [str(v) for v in nfes])
     ax.set_xlabel("NFE (Heun)")
     ax.set_ylabel("FID ratio DisCo-Diff / EDM")
     name = name or preset
@@ -388,7 +393,7 @@ def plot(summary: dict, preset: str, widths: list[int], steps: list[int], docs: 
         return paths  # one width: the ratio against width would be a single point
     fig, ax = plt.subplots(figsize=(5, 4))
     n = max(steps)
-    vals = [mean_ratio(w, n) for w in widths]
+    vals = [mean_ratio(rows, w, n) for w in widths]
     ax.errorbar(widths, [v[0] for v in vals], yerr=[v[1] for v in vals], marker="o", capsize=3)
     ax.axhline(1.0, color="gray", lw=0.8, ls="--")
     ax.set_xlabel("U-Net base channels")
@@ -555,7 +560,8 @@ def main(argv=None) -> int:
     report = {
         "command": " ".join(["python", *[str(a) for a in sys.argv]]), "preset": args.preset, "widths": widths,
         "preset_width": own, "seeds": seeds, "steps": steps, "num": args.num, "bootstrap": args.bootstrap,
-        "overrides": args.sets, "variant": args.variant, "discodiff_overrides": args.disco_sets, "jobs": args.jobs, "device": str(device),
+        "overrides": args.sets, "variant": args.variant, "discodiff_overrides": args.disco_sets, "jobs": args.jobs,
+        "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "parameters": params, "training_cost": cost, "classifier": {k: v for k, v in classifier.items()},
         "seconds": seconds, "training_seconds_per_run": train_s, "evaluation_seconds_per_run": eval_s,

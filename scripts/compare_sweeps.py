@@ -7,22 +7,17 @@
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from sweep import mean_ratio  # noqa: E402  (the sweep's own reading of its rows)
 
 
 def curve(report: dict) -> tuple[list[int], list[float], list[float]]:
-    """NFE, mean ratio and its error (the seeds' spread, or the one pair's bootstrap error) at the preset's width."""
-    rows = [r for r in report["summary"]["rows"] if r["width"] == report["preset_width"]]
-    nfe, mean, err = [], [], []
-    for n in report["steps"]:
-        rs = [r for r in rows if r["steps"] == n]
-        ratios = [r["ratio"] for r in rs]
-        nfe.append(rs[0]["nfe"])
-        mean.append(float(np.mean(ratios)))
-        err.append(float(np.std(ratios, ddof=1)) if len(rs) > 1 else rs[0]["ratio_err"])
-    return nfe, mean, err
+    """NFE, mean ratio and its error at each step count, at the preset's width (sweep.mean_ratio)."""
+    values = [mean_ratio(report["summary"]["rows"], report["preset_width"], n) for n in report["steps"]]
+    return [v[2] for v in values], [v[0] for v in values], [v[1] for v in values]
 
 
 def label(report: dict) -> str:
@@ -52,14 +47,16 @@ def main(argv=None) -> None:
     fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4), squeeze=False)
     for ax, preset in zip(axes[0], presets):
         mine = [r for r in reports if r["preset"] == preset]
+        ticks = set()
         for i, r in enumerate(mine):
             nfe, mean, err = curve(r)
+            ticks.update(nfe)
             shift = 1 + 0.02 * (i - (len(mine) - 1) / 2)  # side by side, so that the error bars stay apart
             ax.errorbar([n * shift for n in nfe], mean, yerr=err, marker="o", capsize=3, label=label(r))
         ax.axhline(1.0, color="gray", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.minorticks_off()
-        ticks = sorted({n for r in mine for n in curve(r)[0]})
+        ticks = sorted(ticks)
         ax.set_xticks(ticks, [str(n) for n in ticks])
         ax.set_xlabel("NFE (Heun)")
         ax.set_ylabel("FID ratio DisCo-Diff / EDM")
