@@ -1,7 +1,9 @@
 """torch.distributed helpers that also work as a plain single process (no torchrun, no process group)."""
 from __future__ import annotations
 
+import faulthandler
 import os
+import sys
 
 import torch
 import torch.distributed as td
@@ -11,6 +13,7 @@ def init() -> None:
     """Joins the process group when launched by torchrun (NCCL on CUDA, gloo otherwise); else does nothing."""
     if "RANK" not in os.environ or td.is_initialized():
         return
+    faulthandler.enable()  # a rank killed by a signal (e.g. a C++ abort) prints every thread's Python stack
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -22,6 +25,18 @@ def shutdown() -> None:
     interpreter exits, and a process then aborts ("terminate called without an active exception")."""
     if td.is_initialized():
         td.destroy_process_group()
+
+
+def exit_worker() -> None:
+    """Ends a torchrun worker that has finished its work and left the group: flushes the streams and exits at
+    once. The interpreter's own finalization can still meet c10d's C++ threads and abort a rank now and then
+    ("terminate called without an active exception") after every file is written, which would turn a finished
+    run into a failed one. Does nothing outside torchrun."""
+    if "RANK" not in os.environ:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def rank() -> int:

@@ -69,3 +69,4 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
         dist.barrier()  # every rank done with the collective calls before any leaves the group
     finally:
         dist.shutdown()
+    dist.exit_worker()
