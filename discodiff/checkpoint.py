@@ -48,14 +48,17 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"missing weights file {path}")
+    try:
+        return load_file(str(path))  # safetensors only parses a JSON header and raw bytes: nothing is executed
+    except (SafetensorError, OSError, ValueError) as e:
+        why = f"not a valid safetensors file ({e})"
+    # Sniffed only after the parse failed: a valid file starts with its header's length, whose first byte can be
+    # 0x80 too (one file in 256), so these bytes alone do not tell a pickle from safetensors.
     with open(path, "rb") as f:
         head = f.read(2)
     if head[:1] == b"\x80" or head == b"PK":  # pickle protocol marker / torch.save zip archive
-        raise CheckpointError(f"{path} is a pickle or torch.save file, not safetensors; refusing to load it")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+        why = "a pickle or torch.save file, not safetensors; refusing to load it"
+    raise CheckpointError(f"{path} is {why}")
 
 
 def load_state_into(module: torch.nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:

@@ -289,3 +289,17 @@ def test_commands_that_need_an_extra_refuse_before_any_work(toy_run, tmp_path, m
     code, _, err = run_cli(["fid", "calc", "--images", str(tmp_path), "--ref", str(tmp_path / "r.npz"),
                             "--detector-backend", "onnxruntime"], capsys)
     _one_line_error(code, err, "onnxruntime", "discodiff[fast-fid]")
+
+
+def test_safetensors_whose_header_length_starts_with_the_pickle_byte_load(tmp_path):
+    """A safetensors file begins with its header's length (little-endian); one file in 256 therefore begins with
+    0x80, pickle's protocol marker. Such a file is valid and must load, not be refused as a pickle."""
+    from discodiff.checkpoint import save_tensors
+    path = tmp_path / "w.safetensors"
+    tensors = {"weight": torch.arange(6.0).reshape(2, 3)}
+    for pad in range(512):  # the header grows with the metadata; find a length whose low byte is 0x80
+        save_tensors(tensors, path, metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert torch.equal(load_tensors(path)["weight"], tensors["weight"])
