@@ -9,9 +9,13 @@ import torch
 import torch.distributed as td
 
 
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ  # torchrun sets RANK (with WORLD_SIZE, MASTER_ADDR, ...) for every worker
+
+
 def init() -> None:
     """Joins the process group when launched by torchrun (NCCL on CUDA, gloo otherwise); else does nothing."""
-    if "RANK" not in os.environ or td.is_initialized():
+    if not launched_by_torchrun() or td.is_initialized():
         return
     faulthandler.enable()  # a rank killed by a signal (e.g. a C++ abort) prints every thread's Python stack
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -32,7 +36,7 @@ def exit_worker() -> None:
     once. The interpreter's own finalization can still meet c10d's C++ threads and abort a rank now and then
     ("terminate called without an active exception") after every file is written, which would turn a finished
     run into a failed one. Does nothing outside torchrun."""
-    if "RANK" not in os.environ:
+    if not launched_by_torchrun():
         return
     sys.stdout.flush()
     sys.stderr.flush()
