@@ -22,7 +22,9 @@ width, sampler steps and training seeds, with the same data, training images and
 
 A variant changes DisCo-Diff alone: `--variant info --disco-set model.usage_weight=0.1 --disco-set
 model.confidence_weight=0.1` trains DisCo-Diff into w<width>-s<seed>/discodiff-info, reuses the EDM runs beside it,
-and reports to sweep-<preset>-info.json and docs/sweep-<preset>-info-*.png.
+and reports to sweep-<preset>-info.json and docs/sweep-<preset>-info-*.png. A variant may drop the latents: `--variant
+labels --disco-set model.num_latents=0 --disco-set model.num_classes=10` puts EDM given the data's class labels (drawn
+balanced at sampling) in DisCo-Diff's place, a reference for what a perfectly fitted, human-chosen latent gives.
 
 FID over a few thousand samples is biased upward (KID is not), so compare only at equal --num.
 """
@@ -90,11 +92,14 @@ def train_commands(preset: str, run: dict, extra_sets: list[str], disco_sets: li
              *sets, "--quiet"]
     if run["model"] == "baseline":
         return [train + ["--latents", "0"]]
-    # the prior's settings are given, so that a run trained before the preset's prior changed is fitted again
     from discodiff.cli.options import parse_key_values
     from discodiff.config import preset_config
 
-    p = preset_config(preset, parse_key_values(extra_sets)).prior_train
+    cfg = preset_config(preset, parse_key_values(extra_sets))
+    if cfg.model.num_latents == 0:  # a variant without latents (e.g. EDM given the labels): no prior to fit
+        return [train]
+    # the prior's settings are given, so that a run trained before the preset's prior changed is fitted again
+    p = cfg.prior_train
     return [train, [*cli, "train-prior", "--run-dir", str(run["dir"]), "--kimg", f"{p.kimg:g}", "--batch",
                     str(p.batch), "--lr", f"{p.lr:g}", "--quiet"]]
 
@@ -176,12 +181,15 @@ def training_cost(preset: str, extra_sets: list[str], device: torch.device, roun
                 else torch.autocast("cpu", enabled=False))
     g = torch.Generator(device).manual_seed(0)
 
+    labels_all = data.labels.to(device) if cfg.model.num_classes and data.labels is not None else None
+
     def step(name):
         model, opt, loss_fn = state[name]
-        y = x_all[torch.randint(len(x_all), (batch,), generator=g, device=device)]
+        idx = torch.randint(len(x_all), (batch,), generator=g, device=device)
+        labels = labels_all[idx] if labels_all is not None and model.config.num_classes else None
         opt.zero_grad(set_to_none=True)
         with autocast:
-            loss = model.training_loss(y, None, loss_fn=loss_fn, generator=g)
+            loss = model.training_loss(x_all[idx], labels, loss_fn=loss_fn, generator=g)
         loss.mean().backward()
         opt.step()
 
@@ -551,10 +559,9 @@ def main(argv=None) -> int:
     params = {}
     for w in widths:
         from discodiff.model import DiscoDiff
-        for model, m in (("baseline", 0), ("discodiff", cfg.model.num_latents)):
-            own_sets = args.disco_sets if model == "discodiff" else []
-            c = preset_config(args.preset, parse_key_values([*width_sets(args.preset, w), *args.sets, *own_sets,
-                                                                  f"model.num_latents={m}"]))
+        for model in MODELS:  # a variant's own settings (its number of latents, say) count for DisCo-Diff
+            own_sets = args.disco_sets if model == "discodiff" else ["model.num_latents=0"]
+            c = preset_config(args.preset, parse_key_values([*width_sets(args.preset, w), *args.sets, *own_sets]))
             c.model.data_shape = data.shape
             params[f"{model}-w{w}"] = sum(p.numel() for p in DiscoDiff(c.model).parameters())
     report = {
