@@ -308,6 +308,37 @@ def evaluate_run(run_dir: Path, ref_path: Path, classifier_path: Path, steps: li
     return out
 
 
+HIGH_SIGMAS = (2.0, 20.0)  # the noise levels where the latents cut the loss most (paper Fig. 7a)
+
+
+def latent_information(run_dir: Path, device: torch.device, num: int = 512, seed: int = 0) -> dict | None:
+    """What a DisCo-Diff run's latents carry: its loss given the encoder's latents over its loss given the null latent,
+    mean over the noise levels of `discodiff analyze loss-vs-sigma` (16 levels) within HIGH_SIGMAS, on the same `num`
+    training images and noise as that command at --seed `seed` (so its printed losses give the same figure). Below 1:
+    the latents inform the denoiser; 1: they carry nothing. None for a run without latents."""
+    from discodiff.analysis.common import pick_images
+    from discodiff.analysis.loss_sigma import loss_vs_sigma
+    from discodiff.data import load_dataset
+    from discodiff.edm import sigma_bins
+    from discodiff.runs import Run
+
+    run = Run(run_dir)
+    model = run.load_model(device)
+    if not model.num_latents:
+        return None
+    data = load_dataset(run.config.data)
+    y = data.x[pick_images(len(data), min(num, len(data)), seed)]
+    labels = None if data.labels is None or not model.config.num_classes else data.labels[
+        pick_images(len(data), min(num, len(data)), seed)]
+    all_sigmas = [float(s) for s in sigma_bins(16)]
+    picked = [i for i, s in enumerate(all_sigmas) if HIGH_SIGMAS[0] <= s <= HIGH_SIGMAS[1]]
+    # the noise of each level depends on its index among the 16, so compute the curve at all 16 (a few seconds)
+    res = loss_vs_sigma({"m": model}, y, class_labels=labels, sigmas=all_sigmas, seed=seed)
+    ratios = [res["curves"]["m"]["loss"][i] / res["curves"]["m (null z)"]["loss"][i] for i in picked]
+    return {"loss_ratio": float(np.mean(ratios)), "sigmas": [all_sigmas[i] for i in picked],
+            "ratios": [float(r) for r in ratios], "num_images": len(y), "seed": seed}
+
+
 # ---- the report --------------------------------------------------------------------------------------------------
 
 def ratio(d: dict, b: dict) -> tuple[float, float]:
@@ -326,8 +357,9 @@ def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -
         for n in steps:
             b, d = e["baseline"][str(n)], e["discodiff"][str(n)]
             rr, err = ratio(d, b)
+            info = e["discodiff"].get("latents") or {}
             rows.append({"width": width, "seed": seed, "steps": n, "nfe": b["nfe"], "baseline": b, "discodiff": d,
-                         "ratio": rr, "ratio_err": err,
+                         "ratio": rr, "ratio_err": err, "latent_loss_ratio": info.get("loss_ratio"),
                          "differ": abs(d["fid"] - b["fid"]) > 2 * (d.get("fid_std", 0) ** 2 + b.get("fid_std", 0) ** 2) ** 0.5})
     spread = {}
     for n in steps:
@@ -343,13 +375,16 @@ def _fid(r: dict) -> str:
 
 def format_table(summary: dict) -> str:
     lines = [f"{'width':>5} {'seed':>4} {'steps':>5} {'NFE':>4} {'EDM FID':>14} {'DisCo FID':>14} {'ratio':>13} "
-             f"{'differ':>6} {'EDM KIDx1e3':>11} {'DisCo KIDx1e3':>13} {'class TV E/D':>13}"]
+             f"{'differ':>6} {'EDM KIDx1e3':>11} {'DisCo KIDx1e3':>13} {'class TV E/D':>13} {'loss z/null':>11}"]
     for r in summary["rows"]:
         b, d = r["baseline"], r["discodiff"]
         kid = (lambda x: f"{1000 * x['kid']:.2f}" if x.get("kid") is not None else "-")
         lines.append(f"{r['width']:>5} {r['seed']:>4} {r['steps']:>5} {r['nfe']:>4} {_fid(b):>14} {_fid(d):>14} "
                      f"{r['ratio']:>6.3f} ± {r['ratio_err']:.3f} {'yes' if r['differ'] else 'no':>6} {kid(b):>11} "
-                     f"{kid(d):>13} {b['class_tv']:>6.3f}/{d['class_tv']:.3f}")
+                     f"{kid(d):>13} {b['class_tv']:>6.3f}/{d['class_tv']:.3f} "
+                     f"{'-' if r.get('latent_loss_ratio') is None else format(r['latent_loss_ratio'], '.3f'):>11}")
+    lines += ["", "loss z/null: DisCo-Diff's loss given its encoder's latents over its loss given the null latent, "
+              f"mean over sigma in {list(HIGH_SIGMAS)} (below 1: the latents inform the denoiser)"]
     if summary["seed_spread"]:
         lines += ["", "ratio over training seeds at the preset's width: " + ", ".join(
             f"{n} steps {s['mean']:.3f} ± {s['std_over_seeds']:.3f} (n={s['n']})"
@@ -472,6 +507,8 @@ def main(argv=None) -> int:
         done = json.loads(path.read_text()) if path.is_file() else {}
         res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors",
                            [n for n in steps if str(n) not in done], args.num, args.bootstrap, device, args.batch)
+        if "latents" not in done:
+            res["latents"] = latent_information(args.eval_run, device)
         path.write_text(json.dumps({**done, **res}) + "\n")
         return 0
 
@@ -537,7 +574,7 @@ def main(argv=None) -> int:
     for r in todo:  # trained afresh: its earlier evaluation no longer holds
         eval_path(r).unlink(missing_ok=True)
     fresh = [r for r in runs if not eval_path(r).is_file()
-             or any(str(n) not in json.loads(eval_path(r).read_text()) for n in steps)]
+             or any(k not in json.loads(eval_path(r).read_text()) for k in [*map(str, steps), "latents"])]
     _log(f"[sweep] evaluating {len(fresh)} runs")
     t0 = time.perf_counter()
     child = [sys.executable, str(Path(__file__).resolve()), "--num", str(args.num), "--steps", args.steps,
