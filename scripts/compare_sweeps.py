@@ -51,7 +51,7 @@ def main(argv=None) -> None:
     import matplotlib.pyplot as plt
 
     presets = list(dict.fromkeys(r["preset"] for r in reports))
-    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(presets), figsize=(5.5 * len(presets), 5), squeeze=False)
     for ax, preset in zip(axes[0], presets):
         mine = [r for r in reports if r["preset"] == preset]
         width = args.width or mine[0]["preset_width"]
@@ -69,7 +69,7 @@ def main(argv=None) -> None:
         ax.set_xlabel("NFE (Heun)")
         ax.set_ylabel("FID ratio DisCo-Diff / EDM")
         ax.set_title(f"{preset}, width {width}", fontsize=10)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16))  # below: the curves stay visible
     fig.tight_layout()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
