@@ -327,9 +327,9 @@ def latent_information(run_dir: Path, device: torch.device, num: int = 512, seed
     if not model.num_latents:
         return None
     data = load_dataset(run.config.data)
-    y = data.x[pick_images(len(data), min(num, len(data)), seed)]
-    labels = None if data.labels is None or not model.config.num_classes else data.labels[
-        pick_images(len(data), min(num, len(data)), seed)]
+    idx = pick_images(len(data), min(num, len(data)), seed)
+    y = data.x[idx]
+    labels = data.labels[idx] if data.labels is not None and model.config.num_classes else None
     all_sigmas = [float(s) for s in sigma_bins(16)]
     picked = [i for i, s in enumerate(all_sigmas) if HIGH_SIGMAS[0] <= s <= HIGH_SIGMAS[1]]
     # the noise of each level depends on its index among the 16, so compute the curve at all 16 (a few seconds)
