@@ -317,15 +317,15 @@ def latent_information(run_dir: Path, device: torch.device, num: int = 512, seed
     training images and noise as that command at --seed `seed` (so its printed losses give the same figure). Below 1:
     the latents inform the denoiser; 1: they carry nothing. None for a run without latents."""
     from discodiff.analysis.common import pick_images
-    from discodiff.analysis.loss_sigma import loss_vs_sigma
+    from discodiff.analysis.loss_sigma import loss_ratios, loss_vs_sigma
     from discodiff.data import load_dataset
     from discodiff.edm import sigma_bins
     from discodiff.runs import Run
 
     run = Run(run_dir)
-    model = run.load_model(device)
-    if not model.num_latents:
+    if not run.config.model.num_latents:
         return None
+    model = run.load_model(device)
     data = load_dataset(run.config.data)
     idx = pick_images(len(data), min(num, len(data)), seed)
     y = data.x[idx]
@@ -334,7 +334,8 @@ def latent_information(run_dir: Path, device: torch.device, num: int = 512, seed
     picked = [i for i, s in enumerate(all_sigmas) if HIGH_SIGMAS[0] <= s <= HIGH_SIGMAS[1]]
     # the noise of each level depends on its index among the 16, so compute the curve at all 16 (a few seconds)
     res = loss_vs_sigma({"m": model}, y, class_labels=labels, sigmas=all_sigmas, seed=seed)
-    ratios = [res["curves"]["m"]["loss"][i] / res["curves"]["m (null z)"]["loss"][i] for i in picked]
+    over_null = loss_ratios(res, "m (null z)")["m"]
+    ratios = [over_null[i] for i in picked]
     return {"loss_ratio": float(np.mean(ratios)), "sigmas": [all_sigmas[i] for i in picked],
             "ratios": [float(r) for r in ratios], "num_images": len(y), "seed": seed}
 
@@ -574,7 +575,7 @@ def main(argv=None) -> int:
     for r in todo:  # trained afresh: its earlier evaluation no longer holds
         eval_path(r).unlink(missing_ok=True)
     fresh = [r for r in runs if not eval_path(r).is_file()
-             or any(k not in json.loads(eval_path(r).read_text()) for k in [*map(str, steps), "latents"])]
+             or not {*map(str, steps), "latents"} <= json.loads(eval_path(r).read_text()).keys()]
     _log(f"[sweep] evaluating {len(fresh)} runs")
     t0 = time.perf_counter()
     child = [sys.executable, str(Path(__file__).resolve()), "--num", str(args.num), "--steps", args.steps,
