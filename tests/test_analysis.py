@@ -9,7 +9,7 @@ from conftest import run_cli, save_tiny_detector
 import torch
 
 from discodiff.analysis import AnalysisError, jsonable
-from discodiff.analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
+from discodiff.analysis.codebook import class_information, codebook_analysis, images_by_code, samples_by_latent
 from discodiff.analysis.common import pick_images
 from discodiff.analysis.guidance import guidance_sweep
 from discodiff.analysis.loss_sigma import loss_ratios, loss_vs_sigma
@@ -209,7 +209,7 @@ def test_cli_errors(runs, tmp_path, capsys):
 def test_codebook_report_and_grids(runs):
     model, prior = _with_prior(runs["img"])
     data = load_dataset(preset_config("digits").data)
-    res = codebook_analysis(model, prior, data.x[:300], prior_samples=200)
+    res = codebook_analysis(model, prior, data.x[:300], prior_samples=200, labels=data.labels[:300])
     enc, k, m = res["encoder"], model.config.codebook_size, model.num_latents
     assert enc["num"] == 300 and len(enc["perplexity"]) == m
     assert all(sum(c) == 300 for c in enc["counts"]) and all(len(c) == k for c in enc["counts"])
@@ -217,10 +217,26 @@ def test_codebook_report_and_grids(runs):
     assert all(1.0 - 1e-6 <= p <= k + 1e-6 for p in enc["perplexity"])
     assert res["prior"]["num"] == 200 and len(res["prior_vs_encoder_tv"]) == m
     assert res["z"].shape == (300, m) and len(res["confidence"]) == m
+    assert len(res["class"]["mutual_information_bits"]) == m and res["class"]["num_test"] == 50
     grid, codes = images_by_code(to_uint8(data.x[:300]), res["z"], 0, cols=5, max_rows=3)
     assert grid.shape == (5 * len(codes), 1, 8, 8) and 1 <= len(codes) <= 3
     samples, z_rows = samples_by_latent(model, prior, 2, 3, steps=2)
     assert samples.shape == (6, 1, 8, 8) and samples.dtype == torch.uint8 and z_rows.shape == (2, m)
+
+
+def test_class_information_of_a_latent_that_names_the_class_and_of_one_that_does_not():
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(3000) % 10  # ten equal classes: H(class) = log2(10)
+    noise = torch.randint(0, 10, (3000,), generator=g)
+    info = class_information(torch.stack([labels, noise], 1), labels, 10)
+    assert info["class_entropy_bits"] == pytest.approx(np.log2(10))
+    assert info["mutual_information_bits"][0] == pytest.approx(np.log2(10), abs=1e-9)
+    assert 0 <= info["mutual_information_bits"][1] < 0.03  # plug-in bias only: (k-1)(C-1) / (2 N ln 2) = 0.02
+    assert info["probe_accuracy"] == 1.0 and info["majority_accuracy"] < 0.15
+    blind = class_information(noise[:, None], labels, 10)
+    assert blind["probe_accuracy"] < 0.2
+    with pytest.raises(ValueError, match="labels"):
+        class_information(noise[:, None], labels[:10], 10)
 
 
 # ---- FID-based analyses ----------------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ Over the dataset's encoder latents z = argmax E(y): per latent position, the cou
 perplexity exp(H) (k when every code is used equally, 1 when one code takes everything) and the dead codes (never
 chosen). A latent with perplexity near 1 carries no information; the paper's latents encode global appearance
 (layout, shape, style), which the pictures show: samples that share one z (rows), and dataset images grouped by
-the code of one latent position (rows = codes).
+the code of one latent position (rows = codes). On labelled data, class_information says how much of the class
+the latents name: whether they split the data by kind, as class labels would, or by something else.
 """
 from __future__ import annotations
 
@@ -102,13 +103,58 @@ def prior_fit(z_prior: torch.Tensor, z_data: torch.Tensor, z_data_again: torch.T
             "data_distinct_tuples": len({tuple(r) for r in z_data.tolist()})}
 
 
+def class_information(z: torch.Tensor, labels: torch.Tensor, codebook_size: int, *, test_share: float = 1 / 6,
+                      seed: int = 0, iterations: int = 100) -> dict:
+    """What the latents z [N, m] say about the images' class `labels` [N]: per latent, the mutual information
+    I(class; z_i) in bits (plug-in, from the joint counts), next to H(class), its ceiling; and for the whole tuple,
+    the held-out accuracy of a linear probe (multinomial logistic regression on the one-hot codes, fitted on all
+    but a seeded `test_share` of the images), next to always guessing the commonest class. A latent that names
+    the class has I = H(class) and accuracy 1; one that splits the data by something else has I near 0."""
+    z, y = z.long().cpu(), labels.long().cpu()
+    if len(z) != len(y):
+        raise ValueError(f"{len(z)} latent tuples but {len(y)} labels")
+    classes = int(y.max()) + 1
+    p_y = torch.bincount(y, minlength=classes).double() / len(y)
+    h_class = float(-(p_y[p_y > 0] * p_y[p_y > 0].log2()).sum())
+    mutual = []
+    for i in range(z.shape[1]):
+        joint = torch.bincount(z[:, i] * classes + y, minlength=codebook_size * classes).double()
+        joint = (joint / len(y)).view(codebook_size, classes)
+        outer = joint.sum(1, keepdim=True) * p_y  # p(z_i) p(class)
+        cells = joint > 0
+        mutual.append(float((joint[cells] * (joint[cells] / outer[cells]).log2()).sum()))
+
+    features = torch.nn.functional.one_hot(z, codebook_size).flatten(1).float()
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))
+    n_test = max(1, round(test_share * len(y)))
+    test, train = order[:n_test], order[n_test:]
+    probe = torch.nn.Linear(features.shape[1], classes)
+    opt = torch.optim.LBFGS(probe.parameters(), max_iter=iterations, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        fit = torch.nn.functional.cross_entropy(probe(features[train]), y[train])
+        loss = fit + 1e-4 * probe.weight.square().sum()  # keeps the weights finite where codes separate classes
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        opt.step(closure)
+    with torch.no_grad():
+        accuracy = float((probe(features[test]).argmax(1) == y[test]).float().mean())
+    return {"class_entropy_bits": h_class, "mutual_information_bits": mutual,
+            "probe_accuracy": accuracy, "majority_accuracy": float((y[test] == y[train].mode().values).float().mean()),
+            "classes": classes, "num_test": int(n_test)}
+
+
 @torch.no_grad()
 def codebook_analysis(model, prior, x: torch.Tensor, *, prior_samples: int = 0, seed: int = 0,
-                      batch: int = 512) -> dict:
+                      batch: int = 512, labels: torch.Tensor | None = None) -> dict:
     """Usage reports over the images `x`: "encoder" of the argmax latents, "encoder_sampled" of z ~ Cat(softmax E(y))
     (what stage II fits the prior to), "confidence" the mean top probability of each latent; with `prior_samples`
     > 0 and a `prior` (not None), "prior" of that many draws from it, and "prior_vs_encoder_tv", the per-latent
-    total variation between the prior's marginals and the sampled encoder latents' (0 for a perfect prior)."""
+    total variation between the prior's marginals and the sampled encoder latents' (0 for a perfect prior); with the
+    images' class `labels`, "class" of class_information(z, labels)."""
     require_discrete(model, "codebook usage")
     logits = encoder_logits(model, x, batch)
     k = model.config.codebook_size
@@ -117,6 +163,8 @@ def codebook_analysis(model, prior, x: torch.Tensor, *, prior_samples: int = 0, 
     z_sampled = gumbel_softmax(logits, 1.0, hard=True, generator=g).argmax(-1)
     out = {"encoder": usage_report(z, k), "encoder_sampled": usage_report(z_sampled, k),
            "confidence": logits.softmax(-1).amax(-1).mean(0).tolist(), "z": z}
+    if labels is not None:
+        out["class"] = class_information(z, labels, k, seed=seed)
     if prior_samples and prior is not None:
         seeds = list(range(seed, seed + prior_samples))
         zp = torch.cat([sample_latents(model, prior, c, class_labels=generation_labels(model, c)).cpu()

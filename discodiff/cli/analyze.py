@@ -266,7 +266,8 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
 @_common
 def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps, sampler, batch, out, seed, device):
     """Per-latent perplexity, dead codes and counts over the dataset's encoder latents, with picture grids:
-    samples sharing one z per row, and dataset images grouped by code."""
+    samples sharing one z per row, and dataset images grouped by code. On labelled data, also what the latents say
+    about the class: each latent's mutual information with it, and a linear probe's held-out accuracy."""
     from ..analysis.codebook import codebook_analysis, images_by_code, samples_by_latent
     from ..analysis.common import require_discrete
     from ..data import to_uint8
@@ -286,7 +287,7 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
     steps, sampler, guidance = _sampling(cfg, steps, sampler, None)
     data, _ = _data(cfg, data_options)
     info(f"codebook usage over {len(data)} images of {data.name}")
-    result = codebook_analysis(model, prior, data.x, prior_samples=prior_samples, seed=seed)
+    result = codebook_analysis(model, prior, data.x, prior_samples=prior_samples, seed=seed, labels=data.labels)
     result["run_dir"] = str(run_dir)
     rep = result["encoder"]
     files = [plot_codebook(rep, out / "codebook.png", result.get("prior"), result["encoder_sampled"])]
@@ -311,6 +312,12 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
           + (["prior perplexity", "TV(prior, sampled)"] if has_prior else []), rows_)
     click.echo(f"{rep['distinct_tuples']} distinct tuples z over {rep['num']} images (tuple perplexity "
                f"{rep['tuple_perplexity']:.1f}, codebook size {rep['codebook_size']})")
+    if "class" in result:
+        c = result["class"]
+        click.echo(f"class information: I(class; z_i) = {', '.join(f'{v:.2f}' for v in c['mutual_information_bits'])} "
+                   f"bits of H(class) = {c['class_entropy_bits']:.2f}; a linear probe on the whole tuple reads the "
+                   f"class of {c['probe_accuracy']:.1%} of {c['num_test']} held-out images (commonest class: "
+                   f"{c['majority_accuracy']:.1%})")
     _finish(out, "codebook", result, files)
 
 
