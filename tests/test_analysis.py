@@ -309,6 +309,13 @@ def test_cli_loss_vs_sigma_and_switching(runs, tmp_path, capsys):
     res = json.loads((out / "switching.json").read_text())
     assert res["fractions"] == [0.0, 0.5, 1.0] and "samples" not in res
     assert (out / "switching.png").is_file() and (out / "switching_grid.png").is_file()
+    out = tmp_path / "cb"  # digits has labels: the report says what the latents name of the class
+    code, stdout, _ = run_cli(["analyze", "codebook", "--run-dir", str(runs["img"]), "--out", str(out),
+                               "--prior-samples", "50", "--rows", "1", "--cols", "2", "--positions", "1",
+                               "--steps", "2"], capsys)
+    assert code == 0 and "class information" in stdout
+    res = json.loads((out / "codebook.json").read_text())
+    assert res["class"]["classes"] == 10 and 0 <= res["class"]["probe_accuracy"] <= 1
 
 
 def test_cli_oracle_and_nfe_share_the_cached_reference(runs, tmp_path, capsys, detector_file):
