@@ -53,11 +53,11 @@ def measure(path: Path, device: torch.device) -> dict:
             "labels": False}
 
 
-def correlations(points: list[dict], key: str) -> dict:
-    """Spearman and Pearson correlation (with p-values) of the FID ratio with `key` over `points`."""
+def correlations(points: list[dict], key: str, against: str = "ratio") -> dict:
+    """Spearman and Pearson correlation (with p-values) of `against` (the FID ratio) with `key` over `points`."""
     from scipy.stats import pearsonr, spearmanr
 
-    x, y = [p[key] for p in points], [p["ratio"] for p in points]
+    x, y = [p[key] for p in points], [p[against] for p in points]
     s, p = spearmanr(x, y), pearsonr(x, y)
     return {"n": len(points), "spearman": float(s.statistic), "spearman_p": float(s.pvalue),
             "pearson": float(p.statistic), "pearson_p": float(p.pvalue)}
@@ -68,7 +68,7 @@ def plot(points: list[dict], steps: int, nfe: int, preset: str, out: Path) -> Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4.5))
+    fig, ax = plt.subplots(figsize=(7, 6))
     for variant in dict.fromkeys(p["variant"] for p in points):
         mine = [p for p in points if p["variant"] == variant]
         ax.errorbar([p["probe_accuracy"] for p in mine], [p["ratio"] for p in mine],
@@ -81,10 +81,9 @@ def plot(points: list[dict], steps: int, nfe: int, preset: str, out: Path) -> Pa
     ax.set_xlabel("class accuracy of a linear probe on the latents (held out)")
     ax.set_ylabel(f"FID ratio DisCo-Diff / EDM, {steps} steps (NFE {nfe})")
     ax.set_title(f"{preset}: the gain against what the latents say about the class", fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    fig.tight_layout()
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)  # below: the points stay visible
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return out
 
@@ -139,10 +138,12 @@ def main(argv=None) -> int:
         ap.error(f"{len(learned)} runs with learned latents: a correlation needs at least 3")
     stats = {"probe_accuracy": correlations(learned, "probe_accuracy"),
              "probe_accuracy_with_labels": correlations(points, "probe_accuracy") if len(points) > len(learned) else None,
-             "latent_loss_ratio": correlations(learned, "latent_loss_ratio")}
+             "latent_loss_ratio": correlations(learned, "latent_loss_ratio"),
+             # are the two measures of the latents one thing on these runs? (then the sweep cannot tell them apart)
+             "probe_accuracy_vs_latent_loss_ratio": correlations(learned, "probe_accuracy", "latent_loss_ratio")}
     for name, s in stats.items():
         if s:
-            print(f"ratio against {name}: Spearman {s['spearman']:.2f} (p = {s['spearman_p']:.3g}), Pearson "
+            print(f"{'ratio against ' if '_vs_' not in name else ''}{name}: Spearman {s['spearman']:.2f} (p = {s['spearman_p']:.3g}), Pearson "
                   f"{s['pearson']:.2f} (p = {s['pearson_p']:.3g}) over {s['n']} runs")
     figure = plot(points, args.steps, points[0]["nfe"], preset, args.docs / f"latent-class-{preset}.png")
     report = {"command": " ".join(["python", *map(str, sys.argv)]), "preset": preset, "steps": args.steps,
