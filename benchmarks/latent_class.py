@@ -16,7 +16,6 @@ against the probe's accuracy.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import DOCS, RESULTS, ROOT, latent_information  # noqa: E402  (the sweep's folders and measure)
+from sweep import DOCS, RESULTS, ROOT, latent_information, load_reports  # noqa: E402  (the sweep's own pieces)
 
 
 def run_dir(runs: Path, report: dict, width: int, seed: int) -> Path:
@@ -97,12 +96,7 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=None, help="the JSON (default: results/latent-class-<preset>.json)")
     ap.add_argument("--docs", type=Path, default=DOCS, help="where the plot goes")
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.reports if not p.is_file()]
-    if missing:
-        ap.error(f"no such report: {', '.join(missing)}")
-    reports = [json.loads(p.read_text()) for p in args.reports]
-    if any("summary" not in r for r in reports):
-        ap.error("every report must come from benchmarks/sweep.py")
+    reports = load_reports(args.reports, ap.error)
     presets = {r["preset"] for r in reports}
     if len(presets) != 1:
         ap.error(f"the reports must share one preset, got {sorted(presets)}")

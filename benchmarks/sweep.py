@@ -462,6 +462,17 @@ def reference_images(images: torch.Tensor, num: int | None, seed: int = 0) -> to
 
 # ---- main --------------------------------------------------------------------------------------------------------
 
+def load_reports(paths: list[Path], error) -> list[dict]:
+    """The reports this script wrote at `paths`; `error` (an ArgumentParser's .error) for a missing or foreign file."""
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        error(f"no such report: {', '.join(missing)}")
+    reports = [json.loads(p.read_text()) for p in paths]
+    if any("summary" not in r or "preset_width" not in r for r in reports):
+        error("every report must come from benchmarks/sweep.py")
+    return reports
+
+
 def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 

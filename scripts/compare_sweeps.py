@@ -8,12 +8,11 @@
         benchmarks/results/sweep-fashion16-m8.json --width 16 --out docs/sweep-fashion16-latents.png
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from sweep import mean_ratio  # noqa: E402  (the sweep's own reading of its rows)
+from sweep import load_reports, mean_ratio  # noqa: E402  (the sweep's own reading of its reports)
 
 
 def curve(report: dict, width: int) -> tuple[list[int], list[float], list[float]]:
@@ -35,12 +34,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, required=True, help="the PNG")
     ap.add_argument("--width", type=int, default=None, help="the U-Net width to compare at (default: each preset's)")
     args = ap.parse_args(argv)
-    missing = [str(p) for p in args.reports if not p.is_file()]
-    if missing:
-        ap.error(f"no such report: {', '.join(missing)}")
-    reports = [json.loads(p.read_text()) for p in args.reports]
-    if any("summary" not in r or "preset_width" not in r for r in reports):
-        ap.error("every report must come from benchmarks/sweep.py")
+    reports = load_reports(args.reports, ap.error)
     lacking = [str(p) for p, r in zip(args.reports, reports)
                if (args.width or r["preset_width"]) not in {row["width"] for row in r["summary"]["rows"]}]
     if lacking:
