@@ -23,13 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import DOCS, RESULTS, ROOT, latent_information, load_reports  # noqa: E402  (the sweep's own pieces)
-
-
-def run_dir(runs: Path, report: dict, width: int, seed: int) -> Path:
-    """Where benchmarks/sweep.py put a report's DisCo-Diff run of this width and seed (sweep.plan's layout)."""
-    folder = f"discodiff-{report['variant']}" if report.get("variant") else "discodiff"
-    return runs / f"w{width}-s{seed}" / folder
+from sweep import DOCS, RESULTS, ROOT, latent_information, load_reports, run_folder  # noqa: E402  (the sweep's own)
 
 
 def measure(path: Path, device: torch.device) -> dict:
@@ -110,7 +104,7 @@ def main(argv=None) -> int:
         if not rows:
             ap.error(f"{path} has no FIDs at {args.steps} steps")
         for row in rows:
-            where = run_dir(args.runs, report, row["width"], row["seed"])
+            where = run_folder(args.runs, row["width"], row["seed"], "discodiff", report.get("variant"))
             if not (where / "config.json").is_file():
                 ap.error(f"no run at {where}: is --runs the folder the sweep of {path} trained in?")
             info = measure(where, device)
@@ -131,14 +125,16 @@ def main(argv=None) -> int:
     if len(learned) < 3:
         ap.error(f"{len(learned)} runs with learned latents: a correlation needs at least 3")
     stats = {"probe_accuracy": correlations(learned, "probe_accuracy"),
-             "probe_accuracy_with_labels": correlations(points, "probe_accuracy") if len(points) > len(learned) else None,
+             "probe_accuracy_with_labels": (correlations(points, "probe_accuracy") if len(points) > len(learned)
+                                            else None),
              "latent_loss_ratio": correlations(learned, "latent_loss_ratio"),
              # are the two measures of the latents one thing on these runs? (then the sweep cannot tell them apart)
              "probe_accuracy_vs_latent_loss_ratio": correlations(learned, "probe_accuracy", "latent_loss_ratio")}
     for name, s in stats.items():
         if s:
-            print(f"{'ratio against ' if '_vs_' not in name else ''}{name}: Spearman {s['spearman']:.2f} (p = {s['spearman_p']:.3g}), Pearson "
-                  f"{s['pearson']:.2f} (p = {s['pearson_p']:.3g}) over {s['n']} runs")
+            print(f"{'ratio against ' if '_vs_' not in name else ''}{name}: Spearman {s['spearman']:.2f} "
+                  f"(p = {s['spearman_p']:.3g}), Pearson {s['pearson']:.2f} (p = {s['pearson_p']:.3g}) "
+                  f"over {s['n']} runs")
     figure = plot(points, args.steps, points[0]["nfe"], preset, args.docs / f"latent-class-{preset}.png")
     report = {"command": " ".join(["python", *map(str, sys.argv)]), "preset": preset, "steps": args.steps,
               "reports": [str(p) for p in args.reports], "points": points, "correlations": stats,

@@ -67,9 +67,15 @@ def width_sets(preset: str, width: int) -> list[str]:
     return [f"model.network.model_channels={width}", f"model.network.channels_per_head={per_head}"]
 
 
+def run_folder(out: Path, width: int, seed: int, model: str, variant: str | None = None) -> Path:
+    """Where a sweep keeps one run: out/w<width>-s<seed>/<model>, and a `variant`'s DisCo-Diff runs in
+    discodiff-<variant>, beside the baseline they are compared with."""
+    return out / f"w{width}-s{seed}" / (f"{model}-{variant}" if variant and model == "discodiff" else model)
+
+
 def plan(preset: str, widths: list[int], seeds: list[int], out: Path, variant: str | None = None) -> list[dict]:
-    """One entry per run: {"width", "seed", "model", "dir"}; every seed at the preset's width, the first elsewhere.
-    A `variant`'s DisCo-Diff runs live in discodiff-<variant>, beside the baseline they are compared with."""
+    """One entry per run: {"width", "seed", "model", "dir"}; every seed at the preset's width, the first elsewhere;
+    "dir" from run_folder."""
     from discodiff.config import preset_config
 
     own = preset_config(preset).model.network["model_channels"]
@@ -77,9 +83,8 @@ def plan(preset: str, widths: list[int], seeds: list[int], out: Path, variant: s
     for width in widths:
         for seed in (seeds if width == own else seeds[:1]):
             for model in MODELS:
-                folder = f"{model}-{variant}" if variant and model == "discodiff" else model
                 runs.append({"width": width, "seed": seed, "model": model,
-                             "dir": out / f"w{width}-s{seed}" / folder})
+                             "dir": run_folder(out, width, seed, model, variant)})
     return runs
 
 
