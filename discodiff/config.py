@@ -29,6 +29,11 @@ class ModelConfig:
     # confidence_weight * latents.posterior_entropy (each image sure of its code); equal weights: log k - I(y; z).
     usage_weight: float = 0.0
     confidence_weight: float = 0.0
+    # Where the encoder learns from (0: everywhere, the paper's): > 0 weighs each sample's gradient into its latents
+    # by sigma^2 / (sigma^2 + latent_sigma_focus^2), so that the latents carry what the high noise levels need, the
+    # global content, rather than the details the middle ones need (latents.noise_level_focus). The denoiser's own
+    # loss is unchanged.
+    latent_sigma_focus: float = 0.0
     p_class_drop: float = 0.0         # class-label dropout, for guidance on the class
     P_mean: float = -1.2              # ln(sigma) ~ N(P_mean, P_std^2) during training
     P_std: float = 1.2
@@ -75,7 +80,8 @@ class ModelConfig:
         penalties = [f"{name} {w:g}" for name, w in (("usage", self.usage_weight),
                                                      ("confidence", self.confidence_weight)) if w]
         return (f"m={self.num_latents} k={self.codebook_size}"
-                + (f" (against collapse: {', '.join(penalties)})" if penalties else ""))
+                + (f" (against collapse: {', '.join(penalties)})" if penalties else "")
+                + (f", encoder focused on sigma > {self.latent_sigma_focus:g}" if self.latent_sigma_focus else ""))
 
 
 @dataclass
@@ -344,7 +350,7 @@ def validate(cfg: RunConfig) -> None:
                             f"model.process=edm)")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
-    for key in ("usage_weight", "confidence_weight"):
+    for key in ("usage_weight", "confidence_weight", "latent_sigma_focus"):
         _require(getattr(m, key) >= 0, f"model.{key} must be >= 0, got {getattr(m, key)}")
     _validate_latent_type(m)
     t = cfg.train

@@ -83,6 +83,33 @@ class LatentEmbedding(nn.Module):
         return tokens
 
 
+def noise_level_focus(sigma: torch.Tensor, focus: float) -> torch.Tensor:
+    """Per-sample weights sigma^2 / (sigma^2 + focus^2) for the gradient into each sample's latents, normalised to
+    mean 1 over the batch. The weight is the share of a noisy image's variance that is noise (at focus = sigma_data):
+    near 0 where the noisy image still shows its details, near 1 where only the latents can say what it was."""
+    w = sigma.float().square() / (sigma.float().square() + focus**2)
+    return w / w.mean().clamp_min(1e-12)
+
+
+class _ScaledGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(weight)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        return grad * weight.reshape(-1, *([1] * (grad.ndim - 1))).to(grad.dtype), None
+
+
+def scale_gradient(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x unchanged in the forward pass; in the backward pass, sample i's gradient times weight[i]. Each sample's latent
+    enters only its own loss term, so this re-weighs what the encoder learns from each noise level while the
+    denoiser's loss stays as it is."""
+    return _ScaledGradient.apply(x, weight.detach())
+
+
 def usage_penalty(logits: torch.Tensor) -> torch.Tensor:
     """How far a batch's codes are from all being in use: per latent, log k - H(mean over the batch of
     softmax(logits)), the KL of the batch's mean posterior from the uniform one, averaged over the m latents.

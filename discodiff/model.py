@@ -15,8 +15,8 @@ from torch import nn
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import EDMLoss
-from .latents import (gaussian_kl, gumbel_softmax, null_mask, one_hot, posterior_entropy, reparameterise,
-                      split_posterior, usage_penalty)
+from .latents import (gaussian_kl, gumbel_softmax, noise_level_focus, null_mask, one_hot, posterior_entropy,
+                      reparameterise, scale_gradient, split_posterior, usage_penalty)
 from .networks import build_denoiser, build_encoder
 from .sampling import guide
 
@@ -204,7 +204,9 @@ class DiscoDiff(nn.Module):
         against the squared error summed over them, as an ELBO does: beta = 1 is the VAE's balance. The KL counts
         for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw.
         Against codebook collapse, discrete latents add usage_weight * latents.usage_penalty + confidence_weight *
-        latents.posterior_entropy of the batch's encoder logits to every sample's loss (when either weight is > 0)."""
+        latents.posterior_entropy of the batch's encoder logits to every sample's loss (when either weight is > 0).
+        With latent_sigma_focus > 0, the gradient into each sample's latents is weighted by its noise level
+        (latents.noise_level_focus); the noise levels are then drawn here, from the same generator, before the loss."""
         cfg, B = self.config, y.shape[0]
         latents = drop = kl = penalty = None
         if self.num_latents and cfg.continuous:
@@ -223,7 +225,11 @@ class DiscoDiff(nn.Module):
             class_onehot = self._class_onehot(class_labels, B, y.device) * keep[:, None]
         else:
             class_onehot = self._class_onehot(class_labels, B, y.device)
-        loss = loss_fn(self.denoiser, y, generator=generator, latents=latents, null_latent=drop,
+        sigma = None
+        if latents is not None and cfg.latent_sigma_focus > 0:
+            sigma = loss_fn.sample_sigma(B, generator=generator, device=y.device)
+            latents = scale_gradient(latents, noise_level_focus(sigma, cfg.latent_sigma_focus))
+        loss = loss_fn(self.denoiser, y, sigma=sigma, generator=generator, latents=latents, null_latent=drop,
                        class_labels=class_onehot)
         if kl is not None:
             loss = loss + cfg.beta * kl / y[0].numel()

@@ -5,8 +5,8 @@ import torch
 
 from discodiff.config import ConfigError, ModelConfig, preset_config
 from discodiff.edm import EDMLoss
-from discodiff.latents import (LatentEmbedding, codebook_usage, gumbel_softmax, one_hot, posterior_entropy,
-                              usage_penalty)
+from discodiff.latents import (LatentEmbedding, codebook_usage, gumbel_softmax, noise_level_focus, one_hot,
+                              posterior_entropy, scale_gradient, usage_penalty)
 from discodiff.model import DiscoDiff
 
 
@@ -133,15 +133,54 @@ def test_training_loss_adds_the_weighted_usage_penalty_to_every_sample():
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
+def test_scale_gradient_is_the_identity_forward_and_weighs_each_sample_backward():
+    x = torch.randn(3, 2, 4, requires_grad=True)
+    y = scale_gradient(x, torch.tensor([0.0, 1.0, 2.5]))
+    assert torch.equal(y, x)
+    (y * 3).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 3.0, 7.5]).view(3, 1, 1).expand(3, 2, 4))
+
+
+def test_noise_level_focus_rises_with_sigma_and_averages_one():
+    w = noise_level_focus(torch.tensor([0.05, 0.5, 5.0]), 0.5)
+    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
+    raw = torch.tensor([0.0025 / 0.2525, 0.5, 25 / 25.25])  # sigma^2 / (sigma^2 + 0.25)
+    torch.testing.assert_close(w, raw / raw.mean())
+
+
+def _gradients(model, y, seed=4):
+    model.zero_grad()
+    model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(seed)).sum().backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_latent_sigma_focus_changes_what_the_encoder_learns_and_nothing_else():
+    y = torch.randn(16, 2)
+    plain, focused = _tiny_discrete(), _tiny_discrete(latent_sigma_focus=0.5)
+    loss_plain = plain.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
+    loss_focused = focused.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(loss_focused, loss_plain)  # the same noise levels, noise and latents
+    g_plain, g_focused = _gradients(plain, y), _gradients(focused, y)
+    assert g_plain.keys() == g_focused.keys()
+    for name in g_plain:
+        if name.startswith("encoder."):
+            assert not torch.allclose(g_focused[name], g_plain[name]), name
+        else:
+            torch.testing.assert_close(g_focused[name], g_plain[name])
+
+
 def test_the_penalties_in_force_are_named_in_the_log_lines():
     assert ModelConfig(num_latents=2, codebook_size=3).latent_summary() == "m=2 k=3"
     assert ModelConfig(num_latents=2, codebook_size=3, usage_weight=0.1, confidence_weight=0.1).latent_summary() == \
         "m=2 k=3 (against collapse: usage 0.1, confidence 0.1)"
+    assert ModelConfig(num_latents=2, codebook_size=3, latent_sigma_focus=0.5).latent_summary() == \
+        "m=2 k=3, encoder focused on sigma > 0.5"
 
 
 @pytest.mark.parametrize("model,needle", [
     ({"usage_weight": -0.1}, "model.usage_weight must be >= 0"),
     ({"confidence_weight": -1}, "model.confidence_weight must be >= 0"),
+    ({"latent_sigma_focus": -0.5}, "model.latent_sigma_focus must be >= 0"),
     ({"usage_weight": 0.1, "latent_type": "continuous"}, "model.usage_weight acts on a discrete latent's codes"),
     ({"confidence_weight": 0.1, "latent_type": "continuous"}, "continuous latents have none"),
 ])
