@@ -34,6 +34,11 @@ class ModelConfig:
     # global content, rather than the details the middle ones need (latents.noise_level_focus). The denoiser's own
     # loss is unchanged.
     latent_sigma_focus: float = 0.0
+    # Latents that ignore what does not change an image's kind (0: off): invariance_weight * latents.disagreement of
+    # the codes of each image and of a copy moved by up to invariance_shift pixels (and mirrored, with invariance_flip)
+    invariance_weight: float = 0.0
+    invariance_shift: int = 1
+    invariance_flip: bool = False
     p_class_drop: float = 0.0         # class-label dropout, for guidance on the class
     P_mean: float = -1.2              # ln(sigma) ~ N(P_mean, P_std^2) during training
     P_std: float = 1.2
@@ -78,7 +83,8 @@ class ModelConfig:
             return (f"continuous latent D={self.latent_size} as m={self.num_latents} tokens of {self.token_width}, "
                     f"KL weight {self.beta:g}")
         penalties = [f"{name} {w:g}" for name, w in (("usage", self.usage_weight),
-                                                     ("confidence", self.confidence_weight)) if w]
+                                                     ("confidence", self.confidence_weight),
+                                                     ("invariance", self.invariance_weight)) if w]
         return (f"m={self.num_latents} k={self.codebook_size}"
                 + (f" (against collapse: {', '.join(penalties)})" if penalties else "")
                 + (f", encoder focused on sigma > {self.latent_sigma_focus:g}" if self.latent_sigma_focus else ""))
@@ -350,7 +356,7 @@ def validate(cfg: RunConfig) -> None:
                             f"model.process=edm)")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
-    for key in ("usage_weight", "confidence_weight", "latent_sigma_focus"):
+    for key in ("usage_weight", "confidence_weight", "latent_sigma_focus", "invariance_weight", "invariance_shift"):
         _require(getattr(m, key) >= 0, f"model.{key} must be >= 0, got {getattr(m, key)}")
     _validate_latent_type(m)
     t = cfg.train
@@ -402,7 +408,7 @@ def _validate_latent_type(m: ModelConfig) -> None:
             _require(getattr(m, key) is None, f"{flag} (model.{key}) applies to --latent-type continuous only; this "
                                               f"model's latents are {m.latent_type}")
         return
-    for key in ("usage_weight", "confidence_weight"):
+    for key in ("usage_weight", "confidence_weight", "invariance_weight"):
         _require(not getattr(m, key), f"model.{key} acts on a discrete latent's codes; continuous latents have "
                                       f"none (their KL weight, --kl-weight, regularises the encoder)")
     _require(m.num_latents >= 1, "--latent-type continuous needs m >= 1 latent tokens (--latents); for a model "

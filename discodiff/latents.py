@@ -130,6 +130,29 @@ def posterior_entropy(logits: torch.Tensor) -> torch.Tensor:
     return _entropy(logits.float().softmax(-1)).mean()
 
 
+def disagreement(logits: torch.Tensor, logits_other: torch.Tensor) -> torch.Tensor:
+    """How far two views of the same images are from being sure of the same codes: the cross-entropy between their
+    posteriors, both ways, averaged over the batch and the m latents (0 only when both are sure of one code, the
+    same). logits, logits_other: [B, m, k]."""
+    lp, lq = logits.float().log_softmax(-1), logits_other.float().log_softmax(-1)
+    return -0.5 * ((lq.exp() * lp).sum(-1) + (lp.exp() * lq).sum(-1)).mean()
+
+
+def moved_copies(y: torch.Tensor, max_shift: int, flip: bool = False, *,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Each image [B, C, H, W] moved by its own random whole-pixel offset in [-max_shift, max_shift] along each axis
+    (edge pixels repeated into the space it leaves) and, with `flip`, mirrored left-right with probability 1/2."""
+    B, _, H, W = y.shape
+    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, B), generator=generator, device=y.device)
+    rows = (torch.arange(H, device=y.device) + dy[:, None]).clamp(0, H - 1)  # [B, H]
+    cols = (torch.arange(W, device=y.device) + dx[:, None]).clamp(0, W - 1)  # [B, W]
+    out = y.gather(2, rows[:, None, :, None].expand_as(y)).gather(3, cols[:, None, None, :].expand_as(y))
+    if flip:
+        mirror = torch.rand(B, generator=generator, device=y.device) < 0.5
+        out = torch.where(mirror.view(B, 1, 1, 1), out.flip(-1), out)
+    return out
+
+
 def _entropy(p: torch.Tensor) -> torch.Tensor:
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 

@@ -15,8 +15,8 @@ from torch import nn
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import EDMLoss
-from .latents import (gaussian_kl, gumbel_softmax, noise_level_focus, null_mask, one_hot, posterior_entropy,
-                      reparameterise, scale_gradient, split_posterior, usage_penalty)
+from .latents import (disagreement, gaussian_kl, gumbel_softmax, moved_copies, noise_level_focus, null_mask, one_hot,
+                      posterior_entropy, reparameterise, scale_gradient, split_posterior, usage_penalty)
 from .networks import build_denoiser, build_encoder
 from .sampling import guide
 
@@ -204,7 +204,8 @@ class DiscoDiff(nn.Module):
         against the squared error summed over them, as an ELBO does: beta = 1 is the VAE's balance. The KL counts
         for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw.
         Against codebook collapse, discrete latents add usage_weight * latents.usage_penalty + confidence_weight *
-        latents.posterior_entropy of the batch's encoder logits to every sample's loss (when either weight is > 0).
+        latents.posterior_entropy of the batch's encoder logits to every sample's loss (when either weight is > 0),
+        and invariance_weight * latents.disagreement of the codes of the images and of moved copies of them.
         With latent_sigma_focus > 0, the gradient into each sample's latents is weighted by its noise level
         (latents.noise_level_focus); the noise levels are then drawn here, from the same generator, before the loss."""
         cfg, B = self.config, y.shape[0]
@@ -218,6 +219,10 @@ class DiscoDiff(nn.Module):
             latents = gumbel_softmax(logits, cfg.tau, hard=cfg.hard, generator=generator)
             if cfg.usage_weight or cfg.confidence_weight:
                 penalty = cfg.usage_weight * usage_penalty(logits) + cfg.confidence_weight * posterior_entropy(logits)
+            if cfg.invariance_weight:
+                moved = moved_copies(y, cfg.invariance_shift, cfg.invariance_flip, generator=generator)
+                invariance = cfg.invariance_weight * disagreement(logits, self.encoder(moved))
+                penalty = invariance if penalty is None else penalty + invariance
         if self.num_latents:
             drop = null_mask(B, cfg.p_null, generator=generator, device=y.device)
         if class_labels is not None and cfg.num_classes and cfg.p_class_drop > 0:

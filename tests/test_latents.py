@@ -5,9 +5,10 @@ import torch
 
 from discodiff.config import ConfigError, ModelConfig, preset_config
 from discodiff.edm import EDMLoss
-from discodiff.latents import (LatentEmbedding, codebook_usage, gumbel_softmax, noise_level_focus, one_hot,
-                              posterior_entropy, scale_gradient, usage_penalty)
+from discodiff.latents import (LatentEmbedding, codebook_usage, disagreement, gumbel_softmax, moved_copies,
+                              noise_level_focus, one_hot, posterior_entropy, scale_gradient, usage_penalty)
 from discodiff.model import DiscoDiff
+from discodiff.runs import resolve_run
 
 
 def test_hard_samples_are_one_hot_and_pass_gradients():
@@ -169,6 +170,42 @@ def test_latent_sigma_focus_changes_what_the_encoder_learns_and_nothing_else():
             torch.testing.assert_close(g_focused[name], g_plain[name])
 
 
+def test_moved_copies_move_each_image_by_its_own_offset_and_repeat_the_edges():
+    y = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
+    assert torch.equal(moved_copies(y, 0), y)
+    out = moved_copies(y, 2, generator=torch.Generator().manual_seed(3))
+    dy, dx = torch.randint(-2, 3, (2, 2), generator=torch.Generator().manual_seed(3))
+    for b in range(2):
+        for i in range(5):
+            for j in range(6):
+                src = y[b, :, min(max(i + dy[b], 0), 4), min(max(j + dx[b], 0), 5)]
+                assert torch.equal(out[b, :, i, j], src)
+    mirrored = moved_copies(y, 0, flip=True, generator=torch.Generator().manual_seed(0))
+    assert all(torch.equal(mirrored[b], y[b]) or torch.equal(mirrored[b], y[b].flip(-1)) for b in range(2))
+
+
+def test_disagreement_is_low_only_when_both_views_are_sure_of_the_same_code():
+    sure = torch.tensor([[[20.0, 0.0, 0.0]]])
+    other = torch.tensor([[[0.0, 20.0, 0.0]]])
+    unsure = torch.zeros(1, 1, 3)
+    assert disagreement(sure, sure) < 1e-6
+    torch.testing.assert_close(disagreement(unsure, unsure), torch.tensor(math.log(3)))
+    assert disagreement(sure, other) > 10
+
+
+def test_the_invariance_term_trains_the_encoder_on_images_and_is_refused_elsewhere(tmp_path):
+    cfg = preset_config("digits", {"model": {"data_shape": [1, 8, 8], "num_latents": 2, "invariance_weight": 0.5,
+                                             "invariance_shift": 1, "invariance_flip": True}})
+    torch.manual_seed(0)
+    model = DiscoDiff(cfg.model)
+    y = torch.randn(4, *cfg.model.data_shape)
+    model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(0)).sum().backward()
+    assert all(p.grad is not None for p in model.encoder.parameters())
+    assert "invariance 0.5" in cfg.model.latent_summary()
+    with pytest.raises(ConfigError, match="are not images"):
+        resolve_run(tmp_path / "run", preset="toy2d", overrides={"model": {"invariance_weight": 0.1}})
+
+
 def test_the_penalties_in_force_are_named_in_the_log_lines():
     assert ModelConfig(num_latents=2, codebook_size=3).latent_summary() == "m=2 k=3"
     assert ModelConfig(num_latents=2, codebook_size=3, usage_weight=0.1, confidence_weight=0.1).latent_summary() == \
@@ -181,6 +218,7 @@ def test_the_penalties_in_force_are_named_in_the_log_lines():
     ({"usage_weight": -0.1}, "model.usage_weight must be >= 0"),
     ({"confidence_weight": -1}, "model.confidence_weight must be >= 0"),
     ({"latent_sigma_focus": -0.5}, "model.latent_sigma_focus must be >= 0"),
+    ({"invariance_weight": -1}, "model.invariance_weight must be >= 0"),
     ({"usage_weight": 0.1, "latent_type": "continuous"}, "model.usage_weight acts on a discrete latent's codes"),
     ({"confidence_weight": 0.1, "latent_type": "continuous"}, "continuous latents have none"),
 ])
