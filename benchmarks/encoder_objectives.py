@@ -1,11 +1,11 @@
 """Benchmark: can the encoder be made to name the class without labels? (issue #10)
 
     .venv/bin/python benchmarks/encoder_objectives.py [--preset fashion16] [--width 16] [--seed 0] \
-        [--variants m4,m8,...] [--kmeans 16,256] [--out /tmp/discodiff-sweep-fashion16]
+        [--variants preset,m8,...] [--kmeans 16,256] [--out /tmp/discodiff-sweep-fashion16]
 
 benchmarks/latent_class.py found that DisCo-Diff's FID gain follows how much of the class its latents name (a linear
 probe's accuracy on the one-hot tuple). This screens encoder objectives by that measure, which needs stage I only
-(about 6 minutes a run at width 16 on 2 cores) where an FID ratio needs the prior and 4,000 samples more. Each
+(16-18 minutes a run at width 16 on 2 cores) where an FID ratio needs the prior and 4,000 samples more. Each
 variant in VARIANTS is trained (stage I, the sweep's settings and folder: <out>/w<width>-s<seed>/discodiff[-<name>],
 so that benchmarks/sweep.py --variant <name> reuses it) unless it is there, and measured: the probe's held-out
 accuracy and each latent's I(class; z_i) (latent_class.measure), and its loss z / null at high noise
@@ -24,13 +24,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from latent_class import measure  # noqa: E402  (the benchmarks' own)
-from sweep import RESULTS, child_env, latent_information, run_folder, run_logged, train_commands  # noqa: E402
+from sweep import (RESULTS, child_env, latent_information, run_folder, run_logged, stage1_done,  # noqa: E402
+                   train_commands)
 
 # name -> the --set overrides of DisCo-Diff's stage I ("" is the preset itself, the sweep's "discodiff" run)
 VARIANTS = {
     "": [],
     "k100": ["model.codebook_size=100"],
     "m1-info0.1": ["model.num_latents=1", "model.usage_weight=0.1", "model.confidence_weight=0.1"],
+    "m1-k256-info0.1": ["model.num_latents=1", "model.codebook_size=256", "model.usage_weight=0.1",
+                        "model.confidence_weight=0.1"],
     "m4-focus0.5": ["model.latent_sigma_focus=0.5"],
     "m8": ["model.num_latents=8"],
     "m8-focus0.5": ["model.num_latents=8", "model.latent_sigma_focus=0.5"],
@@ -41,18 +44,6 @@ VARIANTS = {
                   "model.invariance_shift=2", "model.invariance_flip=true"],
     "m16": ["model.num_latents=16"],
 }
-
-
-def stage1_trained(path: Path) -> bool:
-    from discodiff.config import ConfigError, RunConfig
-    from discodiff.runs import Run
-
-    try:
-        cfg = RunConfig.load(path / "config.json")
-    except ConfigError:
-        return False
-    run = Run(path, cfg)
-    return run.model_path.is_file() and run.trained_nimg("stage1") >= cfg.train.kimg * 1000
 
 
 def kmeans_reference(preset: str, clusters: int, seed: int = 0) -> dict:
@@ -95,7 +86,7 @@ def main(argv=None) -> int:
     for name in names:
         path = run_folder(args.out, args.width, args.seed, "discodiff", name or None)
         run = {"width": args.width, "seed": args.seed, "model": "discodiff", "dir": path}
-        if not stage1_trained(path):
+        if stage1_done(path) is None:
             print(f"[train] {path}", flush=True)
             train = train_commands(args.preset, run, VARIANTS[name])[0]
             run_logged([train], path.parent / f"{path.name}-train.log", child_env(args.threads))

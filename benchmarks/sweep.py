@@ -109,21 +109,28 @@ def train_commands(preset: str, run: dict, extra_sets: list[str], disco_sets: li
                     str(p.batch), "--lr", f"{p.lr:g}", "--quiet"]]
 
 
-def is_trained(run: dict, p) -> bool:
-    """Whether the run's stage I and (for DisCo-Diff) its prior are done, the prior with the settings `p`."""
+def stage1_done(path: Path):
+    """The Run in `path` when its stage I has trained for its whole budget, else None (none begun, or unfinished)."""
     from discodiff.config import ConfigError, RunConfig
     from discodiff.runs import Run
 
     try:
-        cfg = RunConfig.load(run["dir"] / "config.json")
+        cfg = RunConfig.load(path / "config.json")
     except ConfigError:
+        return None
+    r = Run(path, cfg)
+    return r if r.model_path.is_file() and r.trained_nimg("stage1") >= cfg.train.kimg * 1000 else None
+
+
+def is_trained(run: dict, p) -> bool:
+    """Whether the run's stage I and (for DisCo-Diff) its prior are done, the prior with the settings `p`."""
+    r = stage1_done(run["dir"])
+    if r is None:
         return False
-    r = Run(run["dir"], cfg)
+    cfg = r.config
     if cfg.model.num_latents and (cfg.prior_train.kimg, cfg.prior_train.batch, cfg.prior_train.lr) != (p.kimg, p.batch,
                                                                                                       p.lr):
         return False  # a prior fitted with other settings than the preset's
-    if not r.model_path.is_file() or r.trained_nimg("stage1") < cfg.train.kimg * 1000:
-        return False
     return cfg.model.num_latents == 0 or (r.prior_status() == "ok" and
                                           r.trained_nimg("prior") >= cfg.prior_train.kimg * 1000)
 
