@@ -5,7 +5,7 @@
 
 benchmarks/latent_class.py found that DisCo-Diff's FID gain follows how much of the class its latents name (a linear
 probe's accuracy on the one-hot tuple). This screens encoder objectives by that measure, which needs stage I only
-(16-18 minutes a run at width 16 on 2 cores) where an FID ratio needs the prior and 4,000 samples more. Each
+(15-21 minutes a run at width 16 on 2 cores) where an FID ratio needs the prior and 4,000 samples more. Each
 variant in VARIANTS is trained (stage I, the sweep's settings and folder: <out>/w<width>-s<seed>/discodiff[-<name>],
 so that benchmarks/sweep.py --variant <name> reuses it) unless it is there, and measured: the probe's held-out
 accuracy and each latent's I(class; z_i) (latent_class.measure), and its loss z / null at high noise
@@ -78,6 +78,8 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(n or 'preset' for n in VARIANTS)}")
+    from discodiff.runs import Run
+
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     start = time.perf_counter()
@@ -96,7 +98,8 @@ def main(argv=None) -> int:
                      "latent_loss_ratio": loss, **info})
         print(f"{name or 'preset':>12}: probe accuracy {info['probe_accuracy']:.3f}, I(class; z_i) "
               f"{min(info['mutual_information_bits']):.2f}-{max(info['mutual_information_bits']):.2f} bits, "
-              f"loss z/null {loss:.3f}", flush=True)
+              f"loss z/null {loss:.3f}, codes in use {min(info['codes_used'])}-{max(info['codes_used'])} of "
+              f"{Run(path).config.model.codebook_size}, {info['distinct_tuples']} distinct tuples", flush=True)
     references = []
     for k in [int(v) for v in args.kmeans.split(",") if v]:
         ref = kmeans_reference(args.preset, k)

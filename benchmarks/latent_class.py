@@ -27,9 +27,9 @@ from sweep import DOCS, RESULTS, ROOT, latent_information, load_reports, run_fol
 
 
 def measure(path: Path, device: torch.device) -> dict:
-    """class_information of a run's encoder latents on its whole training set; for a run given the labels instead
-    of latents, the labels themselves (the exact class)."""
-    from discodiff.analysis.codebook import class_information, encoder_latents
+    """class_information of a run's encoder latents on its whole training set, with the codes each latent uses and
+    the distinct tuples; for a run given the labels instead of latents, the labels themselves (the exact class)."""
+    from discodiff.analysis.codebook import class_information, encoder_latents, usage_report
     from discodiff.data import load_dataset
     from discodiff.runs import Run
 
@@ -42,8 +42,10 @@ def measure(path: Path, device: torch.device) -> dict:
             raise SystemExit(f"{path} has neither latents nor class labels")
         return {**class_information(data.labels[:, None], data.labels, int(data.labels.max()) + 1), "labels": True}
     model = run.load_model(device)
-    return {**class_information(encoder_latents(model, data.x), data.labels, model.config.codebook_size),
-            "labels": False}
+    z, k = encoder_latents(model, data.x), model.config.codebook_size
+    usage = usage_report(z, k)
+    return {**class_information(z, data.labels, k), "labels": False, "codes_used": usage["codes_used"],
+            "distinct_tuples": usage["distinct_tuples"]}
 
 
 def correlations(points: list[dict], key: str, against: str = "ratio") -> dict:
