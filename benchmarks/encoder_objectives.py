@@ -78,8 +78,6 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(n or 'preset' for n in VARIANTS)}")
-    from discodiff.runs import Run
-
     torch.set_num_threads(args.threads)
     device = torch.device("cpu")
     start = time.perf_counter()
@@ -99,7 +97,7 @@ def main(argv=None) -> int:
         print(f"{name or 'preset':>12}: probe accuracy {info['probe_accuracy']:.3f}, I(class; z_i) "
               f"{min(info['mutual_information_bits']):.2f}-{max(info['mutual_information_bits']):.2f} bits, "
               f"loss z/null {loss:.3f}, codes in use {min(info['codes_used'])}-{max(info['codes_used'])} of "
-              f"{Run(path).config.model.codebook_size}, {info['distinct_tuples']} distinct tuples", flush=True)
+              f"{info['codebook_size']}, {info['distinct_tuples']} distinct tuples", flush=True)
     references = []
     for k in [int(v) for v in args.kmeans.split(",") if v]:
         ref = kmeans_reference(args.preset, k)

@@ -44,8 +44,8 @@ def measure(path: Path, device: torch.device) -> dict:
     model = run.load_model(device)
     z, k = encoder_latents(model, data.x), model.config.codebook_size
     usage = usage_report(z, k)
-    return {**class_information(z, data.labels, k), "labels": False, "codes_used": usage["codes_used"],
-            "distinct_tuples": usage["distinct_tuples"]}
+    return {**class_information(z, data.labels, k), "labels": False, "codebook_size": k,
+            "codes_used": usage["codes_used"], "distinct_tuples": usage["distinct_tuples"]}
 
 
 def correlations(points: list[dict], key: str, against: str = "ratio") -> dict:
