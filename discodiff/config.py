@@ -317,12 +317,24 @@ PRESETS: dict[str, dict] = {
 PRESETS["fashion-mnist"] = merge(PRESETS["mnist"], {"data": {"name": "fashion-mnist"}})
 
 
+def merge_overrides(base: dict, overrides: dict) -> dict:
+    """`merge`, except that an override of model.network or model.encoder naming another architecture replaces that
+    entry whole: the preset's options belong to its own architecture (--set model.encoder.name=kmeans on a preset
+    with a ViT encoder gives the k-means encoder with its defaults, not one handed the ViT's patch_size)."""
+    out = merge(base, overrides)
+    for key in ("network", "encoder"):
+        new = overrides.get("model", {}).get(key, {})
+        if isinstance(new, dict) and "name" in new and new["name"] != base["model"][key].get("name"):
+            out["model"][key] = copy.deepcopy(new)
+    return out
+
+
 def preset_config(name: str, overrides: dict | None = None) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from: {', '.join(sorted(PRESETS))}")
     d = merge(RunConfig(preset=name).to_dict(), PRESETS[name])
     if overrides:
-        d = merge(d, overrides)
+        d = merge_overrides(d, overrides)
     cfg = RunConfig.from_dict(d)
     validate(cfg)
     return cfg

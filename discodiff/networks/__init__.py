@@ -64,16 +64,23 @@ def encoder_outputs(cfg: ModelConfig) -> int:
     return 2 * cfg.token_width if cfg.continuous else cfg.codebook_size
 
 
-def init_encoder_from_data(encoder: nn.Module | None, y) -> None:
-    """The encoder's data-dependent initialisation (the k-means++ prototypes of the MLP encoder) on y, the first
-    training batch of a fresh run; a no-op for encoders without one (no `init_from_data` method) or without an
-    encoder. Under DDP every rank then takes rank 0's parameters, so all start from the same initialisation."""
-    init = getattr(encoder, "init_from_data", None)
-    if init is None or not init(y):
+def init_encoder_from_data(encoder: nn.Module | None, y, dataset=None) -> None:
+    """The encoder's data-dependent initialisation at a fresh run's start: on y, the first training batch (the
+    k-means++ prototypes of the MLP encoder, the ViT's k-means heads: an `init_from_data` method), or on `dataset`,
+    the whole training set (the k-means encoder's centroids: an `init_from_dataset` method). A no-op for encoders
+    without either, or without an encoder. Under DDP every rank then takes rank 0's parameters and buffers, so all
+    start from the same initialisation."""
+    whole = getattr(encoder, "init_from_dataset", None)
+    if whole is not None and dataset is not None:
+        done = whole(dataset)
+    else:
+        init = getattr(encoder, "init_from_data", None)
+        done = init is not None and init(y)
+    if not done:
         return
     if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for p in encoder.parameters():
-            torch.distributed.broadcast(p.data, 0)
+        for t in [*encoder.parameters(), *encoder.buffers()]:
+            torch.distributed.broadcast(t.data, 0)
 
 
 @register_backbone("mlp")
@@ -110,6 +117,18 @@ def _unet_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
                     codebook_size=cfg.token_width, **kw)
     except ValueError as e:  # an option the network rejects (e.g. latent_groups not dividing m): a config error
         raise ConfigError(f"unet network: {e}") from None
+
+
+@register_encoder("kmeans")
+def _kmeans_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
+    from .kmeans import KMeansEncoder
+    if cfg.continuous:
+        raise ConfigError("the kmeans encoder gives discrete codes; continuous latents need a learned encoder "
+                          "(model.encoder.name=vit or mlp)")
+    try:
+        return KMeansEncoder(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, **kw)
+    except ValueError as e:
+        raise ConfigError(f"kmeans encoder: {e}") from None
 
 
 @register_encoder("vit")

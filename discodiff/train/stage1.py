@@ -113,7 +113,7 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
             y = x_all[idx]
             labels = labels_all[idx] if labels_all is not None else None
             if cur_nimg == 0 and r == 0:  # a fresh run's first batch: the encoder's data-dependent init
-                init_encoder_from_data(model.encoder, y)
+                init_encoder_from_data(model.encoder, y, dataset=x_all)
             sync = contextlib.nullcontext() if (world == 1 or r == rounds - 1) else ddp.no_sync()
             with sync:
                 with autocast:
