@@ -43,6 +43,9 @@ VARIANTS = {
     "m8-inv0.1": ["model.num_latents=8", "model.usage_weight=0.1", "model.invariance_weight=0.1",
                   "model.invariance_shift=2", "model.invariance_flip=true"],
     "m16": ["model.num_latents=16"],
+    # fixed latents: residual k-means of the pixels over the whole training set (networks/kmeans.py), not learned
+    "km1x256": ["model.encoder.name=kmeans", "model.num_latents=1", "model.codebook_size=256"],
+    "km4x16": ["model.encoder.name=kmeans"],
 }
 
 

@@ -175,6 +175,7 @@ def training_cost(preset: str, extra_sets: list[str], device: torch.device, roun
     from discodiff.data import load_dataset
     from discodiff.edm import EDMLoss
     from discodiff.model import DiscoDiff
+    from discodiff.networks import init_encoder_from_data
 
     base = parse_key_values(extra_sets)
     cfg = preset_config(preset, parse_key_values([*extra_sets, *disco_sets]))
@@ -186,6 +187,8 @@ def training_cost(preset: str, extra_sets: list[str], device: torch.device, roun
         c.model.data_shape = data.shape
         torch.manual_seed(0)
         model = DiscoDiff(c.model).to(device)
+        # the encoder's one-off start from the data, as the trainer makes it (the k-means encoder's fit, seconds)
+        init_encoder_from_data(model.encoder, x_all[:c.train.batch], dataset=x_all)
         opt = torch.optim.Adam(model.parameters(), lr=c.train.lr, fused=True)
         state[name] = (model, opt, EDMLoss(c.model.P_mean, c.model.P_std, c.model.sigma_data))
     batch = cfg.train.batch
