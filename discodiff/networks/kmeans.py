@@ -25,7 +25,9 @@ def nearest(u: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.
 
 def kmeans_pp_seeds(u: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
     """k rows of u [N, D] by k-means++ (Arthur & Vassilvitskii 2007): each drawn with probability proportional to its
-    squared distance to those already chosen. Draws come from `generator` (a CPU one), whatever u's device."""
+    squared distance to those already chosen. Draws come from `generator` (a CPU one), whatever u's device, so a seed
+    gives the same partition on a CPU and a GPU; `layers.kmeans_pp`, which seeds the learned encoders from one batch,
+    draws from the global generator on u's device instead."""
     first = int(torch.randint(len(u), (), generator=generator))
     chosen = [u[first]]
     d2 = (u - u[first]).square().sum(1)
