@@ -1,7 +1,8 @@
 """Benchmark: why latent guidance hurts on digits, and what would make it help (issue #10, item 4).
 
     python benchmarks/guidance.py [--sweep-out DIR] [--run w24-s0/discodiff] [--weights 0,1] [--latents prior,oracle]
-        [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--ref fid-ref.npz] [--results FILE]
+        [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--steps 9,18] [--ref fid-ref.npz]
+        [--baseline w24-s0/baseline --baseline-steps 18,35] [--results FILE] [--plot FILE.png]
 
 Guidance D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null) on a finished DisCo-Diff run of `benchmarks/sweep.py`
 (its reference features and its classifier are reused), the same noise seeds everywhere, varying the three things
@@ -13,8 +14,10 @@ the issue names:
   elsewhere (Kynkaanniemi et al. 2024). Their ImageNet interval for EDM2 is 0.28:5.42;
 - the null latent's training share: --p-null P trains a copy of the run with model.p_null = P (otherwise the same
   command as the sweep's, prior included) beside it, and measures it too.
-For each row: FID ± bootstrap std, KID, diversity (tr Sigma of the samples' features over the data's) and the class
-total variation of the samples. A falling diversity with a worse class balance says that guidance pulls each
+For each row: FID ± bootstrap std, KID, diversity (tr Sigma of the samples' features over the data's), the class
+total variation of the samples and the network evaluations per sample, counted on the network (guided passes
+included). --steps takes a list; --baseline RUN also measures a plain EDM run of the sweep at --baseline-steps, so
+that guided DisCo-Diff can be set against EDM at equal network evaluations (--plot draws FID against them). A falling diversity with a worse class balance says that guidance pulls each
 latent's images towards its dominant class. Writes --results (default benchmarks/results/guidance-digits.json).
 """
 from __future__ import annotations
@@ -66,6 +69,24 @@ def train_null_share_copy(run_dir: Path, p_null: float) -> Path:
     return target
 
 
+def plot_rows(rows: list[dict], path: Path, num: int) -> None:
+    """FID against the network evaluations per sample, one line per run and guidance form (log-log: guidance at
+    too few steps is far off the others)."""
+    from discodiff.plots.analysis import plot_fid_curves
+
+    series = {}
+    for row in rows:
+        where = "" if row["interval"] is None else f" at {row['interval'][0]:g} < σ ≤ {row['interval'][1]:g}"
+        label = ("EDM" if row["latents"] == "none" else
+                 f"{Path(row['run']).name}, {row['latents']} z, w = {row['guidance']:g}{where}")
+        xs, ys = series.setdefault(label, ([], []))
+        xs.append(row["network_evaluations"])
+        ys.append(row["fid"])
+    plot_fid_curves(series, path, xlabel="network evaluations per sample", log_x=True, log_y=True,
+                    title=f"FID against network evaluations (Heun, {num} samples)")
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     import sweep
 
@@ -79,12 +100,23 @@ def main(argv=None) -> int:
     ap.add_argument("--intervals", default="all", help="guidance forms: all (every step) and/or LO:HI intervals")
     ap.add_argument("--p-null", type=float, default=None, help="also a copy of the run trained with this p_null")
     ap.add_argument("--num", type=int, default=2000)
-    ap.add_argument("--steps", type=int, default=18)
+    ap.add_argument("--steps", default="18", help="Heun step counts, e.g. 9,18")
+    ap.add_argument("--baseline", default=None, help="a plain EDM run inside --sweep-out to measure beside it")
+    ap.add_argument("--baseline-steps", default="18,35", help="the baseline's Heun step counts")
+    ap.add_argument("--plot", type=Path, default=None, help="FID against network evaluations per sample, as PNG")
     ap.add_argument("--bootstrap", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=RESULTS / "guidance-digits.json")
+    ap.add_argument("--replot", type=Path, default=None,
+                    help="only draw --plot again from this results file (no sampling)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.replot is not None:
+        if args.plot is None:
+            raise SystemExit("--replot needs --plot FILE.png")
+        report = json.loads(args.replot.read_text())
+        plot_rows(report["rows"], args.plot, report["num"])
+        return 0
 
     from discodiff.analysis.codebook import encoder_latents
     from discodiff.analysis.common import jsonable, pick_images
@@ -92,6 +124,7 @@ def main(argv=None) -> int:
     from discodiff.fileio import write_json
     from discodiff.metrics.fid import FIDStats, InceptionDetector, scores, stats_of_images
     from discodiff.data import load_dataset
+    from discodiff.pipeline import PassCounter
     from discodiff.runs import Run
     from safetensors.torch import load_file
 
@@ -99,6 +132,7 @@ def main(argv=None) -> int:
     weights = [float(w) for w in args.weights.split(",")]
     intervals = parse_intervals(args.intervals)
     sources = [s.strip() for s in args.latents.split(",")]
+    steps_list = [int(n) for n in args.steps.split(",")]
     runs = [args.sweep_out / args.run]
     if args.p_null is not None:
         runs.append(train_null_share_copy(runs[0], args.p_null))
@@ -110,6 +144,32 @@ def main(argv=None) -> int:
     det = InceptionDetector.from_file()
     seeds = list(range(args.num))
     rows = []
+
+    def measure(model, prior, z, steps, w, interval, **fields):
+        t0 = time.perf_counter()
+        with PassCounter(model) as counter:
+            images = torch.cat(list(sample_batches(model, prior, seeds, z=z, steps=steps, guidance=w,
+                                                   guidance_interval=interval, batch=256)))
+        stats = stats_of_images(images, det)
+        freq = sweep.frequencies(sweep.predict(net, sweep.to_unit(images), "cpu"), meta["classes"])
+        row = {**fields, "guidance": w, "interval": None if interval is None else list(interval), "steps": steps,
+               "network_evaluations": round(counter.total / len(seeds), 2),
+               **scores(stats, ref, bootstrap=args.bootstrap), "diversity": diversity(stats, ref),
+               "class_tv": sweep.total_variation(freq, np.array(meta["data_frequencies"])),
+               "seconds": round(time.perf_counter() - t0, 1)}
+        rows.append(row)
+        where = "all" if interval is None else f"{interval[0]:g}:{interval[1]:g}"
+        print(f"{fields['latents']:>6} w={w:<4g} {where:>10} {steps:>3} steps ({row['network_evaluations']:g} "
+              f"evaluations)  FID {row['fid']:.3f} ± {row['fid_std']:.3f}  KID x 1e3 {1000 * row['kid']:.3f}  "
+              f"diversity {row['diversity']:.3f}  class TV {row['class_tv']:.3f}  ({row['seconds']:.0f} s)", flush=True)
+
+    if args.baseline is not None:
+        base = Run(args.sweep_out / args.baseline)
+        base_model = base.load_model()
+        if base_model.num_latents:
+            raise SystemExit(f"--baseline {args.baseline} has latents; name a plain EDM run of the sweep")
+        for steps in [int(n) for n in args.baseline_steps.split(",")]:
+            measure(base_model, None, None, steps, 0.0, None, run=str(base.path), p_null=None, latents="none")
     for run_dir in runs:
         run = Run(run_dir)
         model, prior = run.load_model(), run.load_prior()
@@ -119,24 +179,13 @@ def main(argv=None) -> int:
             z = {"prior": None, "oracle": z_oracle}[latents]
             for w in weights:
                 for interval in (intervals if w else [None]):  # w = 0: no guidance, the interval is moot
-                    t0 = time.perf_counter()
-                    images = torch.cat(list(sample_batches(model, prior, seeds, z=z, steps=args.steps, guidance=w,
-                                                           guidance_interval=interval, batch=256)))
-                    stats = stats_of_images(images, det)
-                    freq = sweep.frequencies(sweep.predict(net, sweep.to_unit(images), "cpu"), meta["classes"])
-                    row = {"run": str(run_dir), "p_null": run.config.model.p_null, "latents": latents,
-                           "guidance": w, "interval": None if interval is None else list(interval),
-                           **scores(stats, ref, bootstrap=args.bootstrap), "diversity": diversity(stats, ref),
-                           "class_tv": sweep.total_variation(freq, np.array(meta["data_frequencies"])),
-                           "seconds": round(time.perf_counter() - t0, 1)}
-                    rows.append(row)
-                    where = "all" if interval is None else f"{interval[0]:g}:{interval[1]:g}"
-                    print(f"p_null {row['p_null']:g} {latents:>6} w={w:<4g} {where:>10}  FID {row['fid']:.3f} ± "
-                          f"{row['fid_std']:.3f}  KID x 1e3 {1000 * row['kid']:.3f}  diversity "
-                          f"{row['diversity']:.3f}  class TV {row['class_tv']:.3f}  ({row['seconds']:.0f} s)",
-                          flush=True)
+                    for steps in steps_list:
+                        measure(model, prior, z, steps, w, interval, run=str(run_dir),
+                                p_null=run.config.model.p_null, latents=latents)
+    if args.plot is not None:
+        plot_rows(rows, args.plot, args.num)
     report = {"command": " ".join(["python", *sys.argv]), "runs": [str(r) for r in runs], "num": args.num,
-              "steps": args.steps, "bootstrap": args.bootstrap,
+              "steps": steps_list, "baseline": args.baseline, "bootstrap": args.bootstrap,
               "classifier_accuracy": meta["held_out_accuracy"], "rows": rows,
               "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(jsonable(report), args.results)

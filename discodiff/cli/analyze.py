@@ -474,8 +474,9 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     result = quality_vs_steps(models, steps, seeds, ref, det, sampler=sampler,
                               guidance=guidance, batch=batch, progress=True, bootstrap=bootstrap)
     result.update(runs=dict(zip(names, map(str, run_dirs))), ref=ref_where, note=FID_NOTE.format(num=num))
-    series = {n: ([r["nfe"] for r in rows], [r["fid"] for r in rows]) for n, rows in result["rows"].items()}
-    png = plot_fid_curves(series, out / "nfe.png", xlabel="NFE (network evaluations per sample)", log_x=True,
+    # x: the network evaluations a sample really costs, so a guided run (two passes a step) sits where its cost is
+    series = {n: ([r["network_passes"] for r in rows], [r["fid"] for r in rows]) for n, rows in result["rows"].items()}
+    png = plot_fid_curves(series, out / "nfe.png", xlabel="network evaluations per sample", log_x=True,
                           title=f"FID against NFE ({sampler}, {num} samples)")
     table(["steps", "NFE", *names], [[n, result["rows"][names[0]][i]["nfe"], *[result["rows"][m][i]["fid"]
                                                                                  for m in names]]

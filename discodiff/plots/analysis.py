@@ -87,7 +87,7 @@ def plot_codebook(report: dict, path, prior: dict | None = None, sampled: dict |
 
 
 def plot_fid_curves(series: dict[str, tuple[list, list]], path, *, xlabel: str, title: str,
-                    log_x: bool = False, extra: dict[str, tuple[list, list]] | None = None,
+                    log_x: bool = False, log_y: bool = False, extra: dict[str, tuple[list, list]] | None = None,
                     extra_label: str = "") -> Path:
     """FID against one setting for one or more series {label: (xs, fids)}; `extra` on a second axis (e.g. diversity)."""
     plt = _pyplot()
@@ -96,8 +96,17 @@ def plot_fid_curves(series: dict[str, tuple[list, list]], path, *, xlabel: str, 
         ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID")
+    from matplotlib.ticker import FuncFormatter
+
+    plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2 x 10^1, on a log axis
     if log_x:
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(plain)
+    if log_y:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_title(title, fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     if extra:
