@@ -17,8 +17,9 @@ the issue names:
 For each row: FID ± bootstrap std, KID, diversity (tr Sigma of the samples' features over the data's), the class
 total variation of the samples and the network evaluations per sample, counted on the network (guided passes
 included). --steps takes a list; --baseline RUN also measures a plain EDM run of the sweep at --baseline-steps, so
-that guided DisCo-Diff can be set against EDM at equal network evaluations (--plot draws FID against them). A falling diversity with a worse class balance says that guidance pulls each
-latent's images towards its dominant class. Writes --results (default benchmarks/results/guidance-digits.json).
+that guided DisCo-Diff can be set against EDM at equal network evaluations (--plot draws FID against them). A
+falling diversity with a worse class balance says that guidance pulls each latent's images towards its dominant
+class. Writes --results (default benchmarks/results/guidance-digits.json).
 """
 from __future__ import annotations
 
@@ -133,6 +134,7 @@ def main(argv=None) -> int:
     intervals = parse_intervals(args.intervals)
     sources = [s.strip() for s in args.latents.split(",")]
     steps_list = [int(n) for n in args.steps.split(",")]
+    baseline_steps = [int(n) for n in args.baseline_steps.split(",")]
     runs = [args.sweep_out / args.run]
     if args.p_null is not None:
         runs.append(train_null_share_copy(runs[0], args.p_null))
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
         base_model = base.load_model()
         if base_model.num_latents:
             raise SystemExit(f"--baseline {args.baseline} has latents; name a plain EDM run of the sweep")
-        for steps in [int(n) for n in args.baseline_steps.split(",")]:
+        for steps in baseline_steps:
             measure(base_model, None, None, steps, 0.0, None, run=str(base.path), p_null=None, latents="none")
     for run_dir in runs:
         run = Run(run_dir)

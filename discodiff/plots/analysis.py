@@ -91,13 +91,12 @@ def plot_fid_curves(series: dict[str, tuple[list, list]], path, *, xlabel: str, 
                     extra_label: str = "") -> Path:
     """FID against one setting for one or more series {label: (xs, fids)}; `extra` on a second axis (e.g. diversity)."""
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("FID")
-    from matplotlib.ticker import FuncFormatter
-
     plain = FuncFormatter(lambda v, _: f"{v:g}")  # 20, not 2 x 10^1, on a log axis
     if log_x:
         ax.set_xscale("log")
