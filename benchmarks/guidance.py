@@ -2,7 +2,8 @@
 
     python benchmarks/guidance.py [--sweep-out DIR] [--run w24-s0/discodiff] [--weights 0,1] [--latents prior,oracle]
         [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--steps 9,18] [--ref fid-ref.npz]
-        [--baseline w24-s0/baseline --baseline-steps 18,35] [--results FILE] [--plot FILE.png]
+        [--baseline w24-s0/baseline --baseline-steps 18,35] [--sampler heun|dpmpp-2m|...] [--results FILE]
+        [--plot FILE.png]
 
 Guidance D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null) on a finished DisCo-Diff run of `benchmarks/sweep.py`
 (its reference features and its classifier are reused), the same noise seeds everywhere, varying the three things
@@ -17,7 +18,9 @@ the issue names:
 For each row: FID ± bootstrap std, KID, diversity (tr Sigma of the samples' features over the data's), the class
 total variation of the samples and the network evaluations per sample, counted on the network (guided passes
 included). --steps takes a list; --baseline RUN also measures a plain EDM run of the sweep at --baseline-steps, so
-that guided DisCo-Diff can be set against EDM at equal network evaluations (--plot draws FID against them). A
+that guided DisCo-Diff can be set against EDM at equal network evaluations (--plot draws FID against them);
+--sampler solves every row's ODE with another sampler of `discodiff sample` (DPM-Solver++(2M) takes one network
+evaluation per step where Heun takes two). A
 falling diversity with a worse class balance says that guidance pulls each latent's images towards its dominant
 class. Writes --results (default benchmarks/results/guidance-digits.json).
 """
@@ -76,15 +79,18 @@ def plot_rows(rows: list[dict], path: Path, num: int) -> None:
     from discodiff.plots.analysis import plot_fid_curves
 
     series = {}
+    mixed = len({row.get("sampler", "heun") for row in rows}) > 1  # then each label names its sampler
     for row in rows:
         where = "" if row["interval"] is None else f" at {row['interval'][0]:g} < σ ≤ {row['interval'][1]:g}"
         label = ("EDM" if row["latents"] == "none" else
                  f"{Path(row['run']).name}, {row['latents']} z, w = {row['guidance']:g}{where}")
-        xs, ys = series.setdefault(label, ([], []))
-        xs.append(row["network_evaluations"])
-        ys.append(row["fid"])
+        if mixed:
+            label += f" ({row.get('sampler', 'heun')})"
+        series.setdefault(label, []).append((row["network_evaluations"], row["fid"]))
+    series = {label: tuple(map(list, zip(*sorted(points)))) for label, points in series.items()}
+    samplers = sorted({row.get("sampler", "heun") for row in rows})
     plot_fid_curves(series, path, xlabel="network evaluations per sample", log_x=True, log_y=True,
-                    title=f"FID against network evaluations (Heun, {num} samples)")
+                    title=f"FID against network evaluations ({', '.join(samplers)}, {num} samples)")
     print(f"wrote {path}")
 
 
@@ -101,22 +107,26 @@ def main(argv=None) -> int:
     ap.add_argument("--intervals", default="all", help="guidance forms: all (every step) and/or LO:HI intervals")
     ap.add_argument("--p-null", type=float, default=None, help="also a copy of the run trained with this p_null")
     ap.add_argument("--num", type=int, default=2000)
-    ap.add_argument("--steps", default="18", help="Heun step counts, e.g. 9,18")
+    ap.add_argument("--steps", default="18", help="sampler step counts, e.g. 9,18")
     ap.add_argument("--baseline", default=None, help="a plain EDM run inside --sweep-out to measure beside it")
-    ap.add_argument("--baseline-steps", default="18,35", help="the baseline's Heun step counts")
+    ap.add_argument("--baseline-steps", default="18,35", help="the baseline's step counts")
+    ap.add_argument("--sampler", default="heun", help="the ODE sampler of every row (a name `discodiff sample "
+                    "--sampler` takes, e.g. dpmpp-2m)")
     ap.add_argument("--plot", type=Path, default=None, help="FID against network evaluations per sample, as PNG")
     ap.add_argument("--bootstrap", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--results", type=Path, default=RESULTS / "guidance-digits.json")
-    ap.add_argument("--replot", type=Path, default=None,
-                    help="only draw --plot again from this results file (no sampling)")
+    ap.add_argument("--replot", type=Path, nargs="+", default=None,
+                    help="only draw --plot again from these results files, together (no sampling)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.replot is not None:
         if args.plot is None:
             raise SystemExit("--replot needs --plot FILE.png")
-        report = json.loads(args.replot.read_text())
-        plot_rows(report["rows"], args.plot, report["num"])
+        reports = [json.loads(path.read_text()) for path in args.replot]
+        if len({r["num"] for r in reports}) > 1:
+            raise SystemExit("--replot: the results files were measured with different --num")
+        plot_rows([row for r in reports for row in r["rows"]], args.plot, reports[0]["num"])
         return 0
 
     from discodiff.analysis.codebook import encoder_latents
@@ -127,8 +137,12 @@ def main(argv=None) -> int:
     from discodiff.data import load_dataset
     from discodiff.pipeline import PassCounter
     from discodiff.runs import Run
+    from discodiff.sampling import SAMPLERS, required_options
     from safetensors.torch import load_file
 
+    plain = [name for name in SAMPLERS if not required_options(name)]  # restart needs its intervals: not here
+    if args.sampler not in plain:
+        raise SystemExit(f"--sampler {args.sampler!r}: choose one of {', '.join(plain)}")
     t_start = time.perf_counter()
     weights = [float(w) for w in args.weights.split(",")]
     intervals = parse_intervals(args.intervals)
@@ -151,17 +165,19 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         with PassCounter(model) as counter:
             images = torch.cat(list(sample_batches(model, prior, seeds, z=z, steps=steps, guidance=w,
-                                                   guidance_interval=interval, batch=256)))
+                                                   guidance_interval=interval, sampler=args.sampler, batch=256)))
         stats = stats_of_images(images, det)
         freq = sweep.frequencies(sweep.predict(net, sweep.to_unit(images), "cpu"), meta["classes"])
-        row = {**fields, "guidance": w, "interval": None if interval is None else list(interval), "steps": steps,
+        row = {**fields, "sampler": args.sampler, "guidance": w,
+               "interval": None if interval is None else list(interval), "steps": steps,
                "network_evaluations": round(counter.total / len(seeds), 2),
                **scores(stats, ref, bootstrap=args.bootstrap), "diversity": diversity(stats, ref),
                "class_tv": sweep.total_variation(freq, np.array(meta["data_frequencies"])),
                "seconds": round(time.perf_counter() - t0, 1)}
         rows.append(row)
         where = "all" if interval is None else f"{interval[0]:g}:{interval[1]:g}"
-        print(f"{fields['latents']:>6} w={w:<4g} {where:>10} {steps:>3} steps ({row['network_evaluations']:g} "
+        print(f"{args.sampler} {fields['latents']:>6} w={w:<4g} {where:>10} {steps:>3} steps "
+              f"({row['network_evaluations']:g} "
               f"evaluations)  FID {row['fid']:.3f} ± {row['fid_std']:.3f}  KID x 1e3 {1000 * row['kid']:.3f}  "
               f"diversity {row['diversity']:.3f}  class TV {row['class_tv']:.3f}  ({row['seconds']:.0f} s)", flush=True)
 
@@ -187,7 +203,7 @@ def main(argv=None) -> int:
     if args.plot is not None:
         plot_rows(rows, args.plot, args.num)
     report = {"command": " ".join(["python", *sys.argv]), "runs": [str(r) for r in runs], "num": args.num,
-              "steps": steps_list, "baseline": args.baseline, "bootstrap": args.bootstrap,
+              "steps": steps_list, "sampler": args.sampler, "baseline": args.baseline, "bootstrap": args.bootstrap,
               "classifier_accuracy": meta["held_out_accuracy"], "rows": rows,
               "seconds": round(time.perf_counter() - t_start, 1)}
     write_json(jsonable(report), args.results)
