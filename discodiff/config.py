@@ -329,6 +329,16 @@ def merge_overrides(base: dict, overrides: dict) -> dict:
     return out
 
 
+# fashion16 with what won there (issue #10, README "DPM-Solver++(2M) on fashion16 at width 32"): one latent whose 256
+# codes are a k-means partition of the training images, fitted once before stage I, in place of the learned ViT
+# encoder; sampled with DPM-Solver++(2M) at 17 steps and latent guidance w = 1 (34 network evaluations). On the
+# width-32 runs of seed 0 that scored FID 11.25 against plain EDM's 13.45 (Heun, 18 steps, 35 evaluations);
+# unguided, 6 steps of the same solver (6 evaluations) already matched EDM's 18 Heun steps.
+PRESETS["fashion16-kmeans"] = merge_overrides(PRESETS["fashion16"], {
+    "model": {"num_latents": 1, "codebook_size": 256, "encoder": {"name": "kmeans"}},
+    "sample": {"steps": 17, "sampler": "dpmpp-2m", "guidance": 1.0}})
+
+
 def preset_config(name: str, overrides: dict | None = None) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from: {', '.join(sorted(PRESETS))}")
