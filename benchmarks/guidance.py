@@ -20,9 +20,8 @@ total variation of the samples and the network evaluations per sample, counted o
 included). --steps takes a list; --baseline RUN also measures a plain EDM run of the sweep at --baseline-steps, so
 that guided DisCo-Diff can be set against EDM at equal network evaluations (--plot draws FID against them);
 --sampler solves every row's ODE with another sampler of `discodiff sample` (DPM-Solver++(2M) takes one network
-evaluation per step where Heun takes two). A
-falling diversity with a worse class balance says that guidance pulls each latent's images towards its dominant
-class. Writes --results (default benchmarks/results/guidance-digits.json).
+evaluation per step where Heun takes two). A falling diversity with a worse class balance says that guidance pulls
+each latent's images towards its dominant class. Writes --results (default benchmarks/results/guidance-digits.json).
 """
 from __future__ import annotations
 
@@ -78,17 +77,16 @@ def plot_rows(rows: list[dict], path: Path, num: int) -> None:
     too few steps is far off the others)."""
     from discodiff.plots.analysis import plot_fid_curves
 
+    samplers = sorted({row.get("sampler", "heun") for row in rows})  # results written before --sampler: Heun
     series = {}
-    mixed = len({row.get("sampler", "heun") for row in rows}) > 1  # then each label names its sampler
     for row in rows:
         where = "" if row["interval"] is None else f" at {row['interval'][0]:g} < σ ≤ {row['interval'][1]:g}"
         label = ("EDM" if row["latents"] == "none" else
                  f"{Path(row['run']).name}, {row['latents']} z, w = {row['guidance']:g}{where}")
-        if mixed:
+        if len(samplers) > 1:  # each label names its sampler
             label += f" ({row.get('sampler', 'heun')})"
         series.setdefault(label, []).append((row["network_evaluations"], row["fid"]))
     series = {label: tuple(map(list, zip(*sorted(points)))) for label, points in series.items()}
-    samplers = sorted({row.get("sampler", "heun") for row in rows})
     plot_fid_curves(series, path, xlabel="network evaluations per sample", log_x=True, log_y=True,
                     title=f"FID against network evaluations ({', '.join(samplers)}, {num} samples)")
     print(f"wrote {path}")
@@ -96,6 +94,7 @@ def plot_rows(rows: list[dict], path: Path, num: int) -> None:
 
 def main(argv=None) -> int:
     import sweep
+    from discodiff.sampling import NAMED_SAMPLERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sweep-out", type=Path, default=Path(tempfile.gettempdir()) / "discodiff-sweep-digits")
@@ -110,8 +109,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", default="18", help="sampler step counts, e.g. 9,18")
     ap.add_argument("--baseline", default=None, help="a plain EDM run inside --sweep-out to measure beside it")
     ap.add_argument("--baseline-steps", default="18,35", help="the baseline's step counts")
-    ap.add_argument("--sampler", default="heun", help="the ODE sampler of every row (a name `discodiff sample "
-                    "--sampler` takes, e.g. dpmpp-2m)")
+    ap.add_argument("--sampler", default="heun", choices=NAMED_SAMPLERS,
+                    help="the ODE sampler of every row (restart, which needs its intervals, is not offered)")
     ap.add_argument("--plot", type=Path, default=None, help="FID against network evaluations per sample, as PNG")
     ap.add_argument("--bootstrap", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
@@ -137,12 +136,8 @@ def main(argv=None) -> int:
     from discodiff.data import load_dataset
     from discodiff.pipeline import PassCounter
     from discodiff.runs import Run
-    from discodiff.sampling import SAMPLERS, required_options
     from safetensors.torch import load_file
 
-    plain = [name for name in SAMPLERS if not required_options(name)]  # restart needs its intervals: not here
-    if args.sampler not in plain:
-        raise SystemExit(f"--sampler {args.sampler!r}: choose one of {', '.join(plain)}")
     t_start = time.perf_counter()
     weights = [float(w) for w in args.weights.split(",")]
     intervals = parse_intervals(args.intervals)
@@ -177,8 +172,7 @@ def main(argv=None) -> int:
         rows.append(row)
         where = "all" if interval is None else f"{interval[0]:g}:{interval[1]:g}"
         print(f"{args.sampler} {fields['latents']:>6} w={w:<4g} {where:>10} {steps:>3} steps "
-              f"({row['network_evaluations']:g} "
-              f"evaluations)  FID {row['fid']:.3f} ± {row['fid_std']:.3f}  KID x 1e3 {1000 * row['kid']:.3f}  "
+              f"({row['network_evaluations']:g} evaluations)  FID {row['fid']:.3f} ± {row['fid_std']:.3f}  KID x 1e3 {1000 * row['kid']:.3f}  "
               f"diversity {row['diversity']:.3f}  class TV {row['class_tv']:.3f}  ({row['seconds']:.0f} s)", flush=True)
 
     if args.baseline is not None:
