@@ -3,7 +3,8 @@
 The pieces, in the order a run uses them: `resolve_run` / `Run` (a run folder: config, weights, state), `DiscoDiff`
 (stage I: denoiser + encoder), `ARPrior` (stage II), and `generate` (latents from the prior, then a sampler).
 """
-from .config import ConfigError, RunConfig, preset_config
+from .errors import ConfigError
+from .config import RunConfig, preset_config
 from .edm import Denoiser, EDMLoss, edm_scalings, loss_weight
 from .latents import gumbel_softmax
 from .model import DiscoDiff

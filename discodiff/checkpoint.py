@@ -16,17 +16,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from .config import ConfigError
+from .errors import ConfigError
 from .fileio import OutputError, atomic_path, describe_os_error
+from .errors import CheckpointError  # noqa: F401
 
 CONFIG = "config.json"
 MODEL = "model.safetensors"
 PRIOR = "prior.safetensors"
 STATE_DIR = "state"
-
-
-class CheckpointError(ConfigError):
-    """A run directory or checkpoint that cannot be used."""
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict | None = None) -> None:

@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be used; its message is meant for the user."""
+from .errors import ConfigError  # noqa: F401  (re-exported: the error of an unusable configuration)
 
 
 @dataclass

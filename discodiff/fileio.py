@@ -12,11 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from .config import ConfigError
-
-
-class OutputError(ConfigError):
-    """An output that cannot be written; the message names the path and the reason."""
+from .errors import ConfigError
+from .errors import OutputError  # noqa: F401
 
 
 def describe_os_error(e: OSError, path) -> str:

@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from .checkpoint import MODEL, CheckpointError, load_tensors, read_metadata
-from .config import ConfigError, ModelConfig, RunConfig
+from .errors import ConfigError
+from .config import ModelConfig, RunConfig
 from .process import kernel_D
 from .runs import Run, file_sha256
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 from .model import DiscoDiff
 from .prior import ARPrior
 from .process import kernel_D, perturbation

@@ -19,7 +19,7 @@ from typing import Callable
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 
 PROCESSES = ("edm", "pfgmpp")
 

@@ -26,16 +26,14 @@ import os
 from pathlib import Path
 
 from .checkpoint import CONFIG, MODEL, PRIOR, CheckpointError, newest_training_state_nimg
-from .config import ConfigError, DataConfig, PRESETS, RunConfig, merge, preset_config, validate
+from .errors import ConfigError
+from .config import DataConfig, PRESETS, RunConfig, merge, preset_config, validate
+from .errors import RunLockedError  # noqa: F401
 
 LOCK = ".lock"
 STAGE1_HASH_KEY = "stage1_sha256"
 # What may change when a run is resumed; everything else (the model, the data, the seed) makes another run.
 RESUMABLE_SECTIONS = ("train", "prior_train", "sample")
-
-
-class RunLockedError(CheckpointError):
-    """Another process is training in this run folder."""
 
 
 def file_sha256(path: Path) -> str:

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .config import ConfigError
+from .errors import ConfigError
 from .process import standard_gamma
 
 Denoise = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

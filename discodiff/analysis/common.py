@@ -7,8 +7,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..sampling import SAMPLERS, takes_noise_source
+from ..errors import AnalysisError  # noqa: F401
 
 # The registered samplers that draw no noise of their own (the ODE solvers), for the analyses that need a
 # deterministic sampler: latent switching continues a trajectory, and FID against steps measures the ODE's error.
@@ -16,10 +17,6 @@ ODE_SAMPLERS = tuple(name for name, info in SAMPLERS.items() if not takes_noise_
 # Latent switching restarts the sampler from a point of the trajectory, which continues it exactly only for the
 # one-step solvers (a multistep one, like dpmpp-2m, would lose the evaluations it carries).
 SWITCHING_SAMPLERS = tuple(name for name in ODE_SAMPLERS if not SAMPLERS[name].multistep)
-
-
-class AnalysisError(ConfigError):
-    """An analysis that cannot run on the given runs or data; the message says why, in one line."""
 
 
 def require_latents(model, what: str, where: str = "this run") -> None:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .analyze import analyze
 from .demo import demo
 from .fid import fid

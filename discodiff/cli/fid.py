@@ -5,7 +5,9 @@ from pathlib import Path
 
 import click
 
-from ..config import ConfigError, DataConfig
+from ..errors import ConfigError
+
+from ..config import DataConfig
 from ..fileio import check_writable, write_json
 from .options import (SAMPLER_CHOICE, SEED, device_option, guidance_interval_option, hybrid_options, info,
                       parse_key_values, resolve_device, restart_options, seed_range)

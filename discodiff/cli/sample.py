@@ -46,7 +46,7 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval,
 
     import numpy as np
 
-    from ..config import ConfigError
+    from ..errors import ConfigError
     from ..data import to_output
     from ..fileio import NpzStreamWriter, check_writable
     from ..pipeline import PassCounter, generate_batches, sampler_from_name, shared_latents

@@ -21,7 +21,7 @@ def train_prior(run_dir, kimg, batch, lr, sets, quiet):
     diffusion model over continuous ones.
 
     A prior fitted to older stage-I weights (training continued since) is fitted again from scratch."""
-    from ..config import ConfigError
+    from ..errors import ConfigError
     from ..runs import Run, resolve_run, run_lock
     from ..train.prior import train_prior as fit_prior
 

@@ -7,11 +7,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..config import ConfigError, DataConfig
-
-
-class DataError(ConfigError):
-    """A dataset that cannot be loaded; the message names the file or the install step."""
+from ..config import DataConfig
+from ..errors import ConfigError, DataError  # noqa: F401
 
 
 @dataclass

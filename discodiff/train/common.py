@@ -10,11 +10,8 @@ import numpy as np
 import torch
 
 from .. import dist
-from ..config import ConfigError
-
-
-class TrainingDivergedError(ConfigError):
-    """Training produced non-finite weights, or a loss that stayed non-finite; the message says what was kept."""
+from ..errors import ConfigError
+from ..errors import TrainingDivergedError  # noqa: F401
 
 
 def step_generator(device, *keys: int) -> torch.Generator:

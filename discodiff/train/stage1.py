@@ -10,7 +10,8 @@ from torch import nn
 from .. import dist
 from ..checkpoint import (MODEL, latest_training_state, load_state_into, optimizer_from_flat, optimizer_to_flat,
                           prefixed, save_training_state, with_prefix)
-from ..config import ConfigError, RunConfig
+from ..errors import ConfigError
+from ..config import RunConfig
 from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
