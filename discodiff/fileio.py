@@ -7,13 +7,13 @@ names the path (`OutputError`, shown by the CLI without a traceback).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
-from .errors import ConfigError
-from .errors import OutputError  # noqa: F401
+from .errors import ConfigError, OutputError
 
 
 def describe_os_error(e: OSError, path) -> str:
@@ -124,3 +124,12 @@ class NpzStreamWriter:
         self.arrays = {}
         if getattr(self, "folder", None) is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def file_sha256(path) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import MODEL, CheckpointError, load_tensors, read_metadata
-from .errors import ConfigError
+from .checkpoint import CONFIG, MODEL, load_tensors, newest_training_state_nimg, read_metadata
 from .config import ModelConfig, RunConfig
+from .errors import CheckpointError, ConfigError
+from .fileio import file_sha256
 from .process import kernel_D
-from .runs import Run, file_sha256
 
 LATENT_OPTION_PREFIX = "latent_"  # network options of the latent path only: free to differ from RUN's
 WEIGHTLESS_OPTIONS = ("dropout",)  # network options that shape no weight: free to differ as well
@@ -36,18 +36,33 @@ WEIGHTLESS_OPTIONS = ("dropout",)  # network options that shape no weight: free 
 
 def base_record(path) -> dict:
     """{"run": RUN's resolved path, "sha256": of its model.safetensors}: what `train.init_from` holds."""
-    run = _open_base(Path(path))
-    return {"run": str(run.path.resolve()), "sha256": run.stage1_sha256()}
+    base = _open_base(Path(path))
+    return {"run": str(base.path.resolve()), "sha256": file_sha256(base.model_path)}
 
 
-def _open_base(path: Path) -> Run:
+@dataclasses.dataclass
+class _Base:
+    """The run a fine-tuned run starts from, as read here (runs.Run builds on this module, so it is not used)."""
+    path: Path
+    config: RunConfig
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / MODEL
+
+
+def _open_base(path: Path) -> _Base:
+    if not path.is_dir():
+        raise CheckpointError(f"--init-from: run directory {path} does not exist")
+    if not (path / CONFIG).is_file():
+        raise CheckpointError(f"--init-from: {path} is not a discodiff run directory (no {CONFIG})")
     try:
-        run = Run(path)
-    except ConfigError as e:  # a missing folder, no config.json, an unreadable one
+        base = _Base(path, RunConfig.load(path / CONFIG))
+    except ConfigError as e:  # an unreadable config.json
         raise CheckpointError(f"--init-from: {e}") from None
-    if not run.model_path.is_file():
+    if not base.model_path.is_file():
         raise CheckpointError(f"--init-from: {path} has no trained weights ({MODEL}); finish training it first")
-    return run
+    return base
 
 
 def check_same_base(cfg: RunConfig, path, run_dir) -> None:
@@ -61,13 +76,13 @@ def check_same_base(cfg: RunConfig, path, run_dir) -> None:
         raise ConfigError(f"{run_dir} started from {record['run']}, not {path}; use a new --run-dir")
 
 
-def trained_nimg(run: Run) -> int:
+def trained_nimg(run: _Base) -> int:
     """Images behind RUN's model.safetensors: the snapshot records them; else the newest training state says."""
     kimg = read_metadata(run.model_path).get("kimg")
     try:
         return round(float(kimg) * 1000)
     except (TypeError, ValueError):
-        return run.trained_nimg("stage1")
+        return newest_training_state_nimg(run.path, "stage1")
 
 
 def check_base(cfg: RunConfig) -> None:

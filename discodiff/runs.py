@@ -21,27 +21,18 @@ Layout of a run folder R (checkpoint.py writes and reads the files):
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from pathlib import Path
 
 from .checkpoint import CONFIG, MODEL, PRIOR, CheckpointError, newest_training_state_nimg
-from .errors import ConfigError
-from .config import DataConfig, PRESETS, RunConfig, merge, preset_config, validate
-from .errors import RunLockedError  # noqa: F401
+from .config import PRESETS, DataConfig, RunConfig, merge, preset_config, validate
+from .errors import ConfigError, RunLockedError
+from .fileio import file_sha256  # noqa: F401  (re-exported for the benchmarks and tests)
 
 LOCK = ".lock"
 STAGE1_HASH_KEY = "stage1_sha256"
 # What may change when a run is resumed; everything else (the model, the data, the seed) makes another run.
 RESUMABLE_SECTIONS = ("train", "prior_train", "sample")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def differences(old: RunConfig, new: RunConfig) -> list[str]:

