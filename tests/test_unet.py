@@ -320,3 +320,94 @@ def test_discodiff_with_unet_and_vit():
     with torch.no_grad():
         za, zb = torch.zeros(4, M, dtype=torch.long), torch.full((4, M), K - 1)
         assert not torch.equal(model.denoise(x, sigma, z=za), model.denoise(x, sigma, z=zb))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# attention layout: fused SDPA kernels, and the group norms' epsilon
+
+def _math_backend() -> int:
+    try:
+        from torch.nn.attention import SDPBackend
+    except ImportError:
+        return 0
+    return int(getattr(SDPBackend.MATH, "value", 0))
+
+
+def _old_split_heads(t, heads):
+    """The layout before the fix: the transpose alone, last-dimension stride N."""
+    B, C, N = t.shape
+    return t.reshape(B, heads, C // heads, N).transpose(-1, -2)
+
+
+def _old_self_attention(attn, x):
+    q, k, v = attn.qkv(attn.norm(x)).flatten(2).chunk(3, dim=1)
+    y = torch.nn.functional.scaled_dot_product_attention(*(_old_split_heads(t, attn.heads) for t in (q, k, v)))
+    return x + attn.proj(y.transpose(-1, -2).reshape(x.shape))
+
+
+def _old_cross_attention(attn, x, ctx):
+    q = _old_split_heads(attn.q(attn.norm(x)).flatten(2), attn.heads)
+    k, v = (_old_split_heads(t, attn.heads) for t in attn.kv(ctx).transpose(1, 2).chunk(2, dim=1))
+    y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    return x + attn.proj(y.transpose(-1, -2).reshape(x.shape))
+
+
+def test_attention_heads_are_laid_out_for_fused_kernels():
+    """The U-Net's q, k, v have a last-dimension stride of 1, so scaled_dot_product_attention can choose a fused
+    kernel (flash / memory-efficient) rather than the math one; the output is the previous layout's."""
+    choose = getattr(torch, "_fused_sdp_choice", None)
+    if choose is None:
+        pytest.skip("this torch has no torch._fused_sdp_choice")
+    net = make_unet(num_latents=M, attn_resolutions=(8, 4))
+    perturb([net])
+    blocks = [b for part in (net.enc, net.dec) for b in part.values() if getattr(b, "attn", None) is not None]
+    assert blocks and all(b.cross_attn is not None for b in blocks)
+    g = torch.Generator().manual_seed(0)
+    for b in blocks:
+        res = b.resolution
+        x = torch.randn(2, b.out_channels, res, res, generator=g)
+        ctx = torch.randn(2, M, TINY["latent_dim"], generator=g)
+        for q, k, v in (b.attn.heads_qkv(x), b.cross_attn.heads_qkv(x, ctx)):
+            assert q.stride(-1) == k.stride(-1) == v.stride(-1) == 1
+            assert choose(q, k, v) != _math_backend()
+            # the old layout took the math kernel
+            assert choose(q.transpose(-1, -2).contiguous().transpose(-1, -2), k, v) == _math_backend()
+        with torch.no_grad():
+            assert torch.allclose(b.attn(x), _old_self_attention(b.attn, x), atol=1e-5)
+            assert torch.allclose(b.cross_attn(x, ctx), _old_cross_attention(b.cross_attn, x, ctx), atol=1e-5)
+    # the transformer layers (ViT, latent transformer, prior) were already laid out for fused kernels
+    layer = net.latent_blocks[0].attn
+    t = torch.randn(2, M, TINY["latent_dim"], generator=g)
+    q, k, v = layer.qkv(t).view(2, M, 3, layer.heads, -1).permute(2, 0, 3, 1, 4)
+    assert choose(q, k, v) != _math_backend()
+
+
+def test_attention_runs_under_the_flash_kernel_alone():
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        pytest.skip("this torch has no torch.nn.attention.sdpa_kernel")
+    net = make_unet(num_latents=M)
+    perturb([net])
+    x, c_noise = inputs()
+    z = random_latents(3, seed=1)
+    with torch.no_grad():
+        ref = net(x, c_noise, latents=z, null_latent=torch.zeros(3, dtype=torch.bool))
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            out = net(x, c_noise, latents=z, null_latent=torch.zeros(3, dtype=torch.bool))
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_norm_eps_option():
+    """network.norm_eps sets every group norm's epsilon (1e-6 by default, as before; EDM's is 1e-5)."""
+    def eps_of(net):
+        return {m.eps for m in net.modules() if isinstance(m, torch.nn.GroupNorm)}
+    assert eps_of(make_unet(num_latents=M)) == {1e-6}
+    assert eps_of(make_unet(num_latents=M, norm_eps=1e-5)) == {1e-5}
+    cfg = ModelConfig(data_shape=[1, 8, 8], num_latents=M, codebook_size=K,
+                      network={"name": "unet", **TINY, "norm_eps": 1e-5}, encoder={"name": "vit", "patch_size": 4})
+    assert eps_of(build_backbone(cfg)) == {1e-5}
+    for bad in (0, -1e-5, "small"):
+        cfg.network["norm_eps"] = bad
+        with pytest.raises(ConfigError, match="norm_eps"):
+            build_backbone(cfg)

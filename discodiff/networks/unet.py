@@ -24,6 +24,9 @@ network outputs F = 0 and, more to the point, latents have no effect until train
 AFTER the plain network, so with the same torch seed a DisCo-Diff U-Net has exactly the plain U-Net's weights
 plus new ones, and gives exactly the plain U-Net's output.
 
+Group norms: `norm_eps` is their epsilon, 1e-6 by default (the runs made so far); EDM's DhariwalUNet uses 1e-5, which
+the imagenet64 preset and the networks converted from EDM's checkpoints (edm_import.py) set.
+
 Resolutions: any size works. Down-sampling is 2x2 average pooling with ceil_mode (odd sizes round up: 7 -> 4)
 and up-sampling is nearest-neighbour to the exact size of the matching skip (4 -> 7). So 28 px with
 channel_mult of length 3 runs at 28, 14, 7; with length 4 at 28, 14, 7, 4. Attention resolutions name these
@@ -44,12 +47,15 @@ from .layers import PositionalEmbedding, TransformerBlock, class_embedding, zero
 LATENT_INJECTIONS = ("cross_attention", "embedding")
 
 
-def group_norm(channels: int) -> nn.GroupNorm:
+DEFAULT_NORM_EPS = 1e-6  # the network option norm_eps; EDM's DhariwalUNet has 1e-5 (the imagenet64 preset's)
+
+
+def group_norm(channels: int, eps: float = DEFAULT_NORM_EPS) -> nn.GroupNorm:
     """GroupNorm with up to 32 groups of at least 4 channels (EDM's rule), using a divisor of `channels`."""
     groups = max(min(32, channels // 4), 1)
     while channels % groups:
         groups -= 1
-    return nn.GroupNorm(groups, channels, eps=1e-6)
+    return nn.GroupNorm(groups, channels, eps=eps)
 
 
 def _heads(channels: int, channels_per_head: int) -> int:
@@ -60,9 +66,13 @@ def _heads(channels: int, channels_per_head: int) -> int:
 
 
 def _split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """[B, C, N] (channels first, as from a 1x1 conv) -> [B, heads, N, C / heads]."""
+    """[B, C, N] (channels first, as from a 1x1 conv) -> [B, heads, N, C / heads], contiguous.
+
+    Contiguous on purpose: the transpose alone leaves the last dimension with stride N, and scaled_dot_product_attention
+    then silently takes its math kernel (it materialises the [N, N] matrix); the fused kernels (flash,
+    memory-efficient, cuDNN) need a last-dimension stride of 1."""
     B, C, N = t.shape
-    return t.reshape(B, heads, C // heads, N).transpose(-1, -2)
+    return t.reshape(B, heads, C // heads, N).transpose(-1, -2).contiguous()
 
 
 def _merge_heads(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -73,16 +83,21 @@ def _merge_heads(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 class SelfAttention2d(nn.Module):
     """Residual multi-head self-attention over the pixels of a feature map."""
 
-    def __init__(self, channels: int, heads: int):
+    def __init__(self, channels: int, heads: int, norm_eps: float = DEFAULT_NORM_EPS):
         super().__init__()
         self.heads = heads
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_eps)
         self.qkv = nn.Conv2d(channels, 3 * channels, 1)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def heads_qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v [B, heads, H*W, C / heads], each contiguous. The qkv conv's output channels are ordered
+        (q/k/v, head, channel); EDM's are (head, channel, q/k/v) (edm_import.py permutes them)."""
         q, k, v = self.qkv(self.norm(x)).flatten(2).chunk(3, dim=1)
-        y = F.scaled_dot_product_attention(*(_split_heads(t, self.heads) for t in (q, k, v)))
+        return tuple(_split_heads(t, self.heads) for t in (q, k, v))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.scaled_dot_product_attention(*self.heads_qkv(x))
         return x + self.proj(_merge_heads(y, x))
 
 
@@ -92,18 +107,22 @@ class CrossAttention2d(nn.Module):
     Its output projection starts at zero, so adding it leaves the network's function unchanged.
     """
 
-    def __init__(self, channels: int, ctx_dim: int, heads: int):
+    def __init__(self, channels: int, ctx_dim: int, heads: int, norm_eps: float = DEFAULT_NORM_EPS):
         super().__init__()
         self.heads = heads
-        self.norm = group_norm(channels)
+        self.norm = group_norm(channels, norm_eps)
         self.q = nn.Conv2d(channels, channels, 1)
         self.kv = nn.Linear(ctx_dim, 2 * channels)
         self.proj = zero_init(nn.Conv2d(channels, channels, 1))
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+    def heads_qkv(self, x: torch.Tensor, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, heads, H*W, C / heads] from the pixels, k and v [B, heads, M, C / heads] from the tokens; contiguous."""
         q = _split_heads(self.q(self.norm(x)).flatten(2), self.heads)
         k, v = (_split_heads(t, self.heads) for t in self.kv(ctx).transpose(1, 2).chunk(2, dim=1))
-        y = F.scaled_dot_product_attention(q, k, v)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        y = F.scaled_dot_product_attention(*self.heads_qkv(x, ctx))
         return x + self.proj(_merge_heads(y, x))
 
 
@@ -113,21 +132,22 @@ class ResBlock(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, *, dropout: float = 0.0,
                  resample: str | None = None, attention: bool = False, heads: int = 1, takes_skip: bool = False,
-                 resolution: int = 0):
+                 resolution: int = 0, norm_eps: float = DEFAULT_NORM_EPS):
         super().__init__()
         if resample not in (None, "down", "up"):
             raise ValueError(f"resample must be None, 'down' or 'up', got {resample!r}")
         self.in_channels, self.out_channels, self.heads = in_channels, out_channels, heads
         self.resample, self.takes_skip = resample, takes_skip
         self.resolution = resolution  # the size of its output feature map (bookkeeping for hierarchical latents)
-        self.norm0 = group_norm(in_channels)
+        self.norm_eps = norm_eps
+        self.norm0 = group_norm(in_channels, norm_eps)
         self.conv0 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.affine = nn.Linear(emb_channels, 2 * out_channels)
-        self.norm1 = group_norm(out_channels)
+        self.norm1 = group_norm(out_channels, norm_eps)
         self.dropout = nn.Dropout(dropout)
         self.conv1 = zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1))
         self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
-        self.attn = SelfAttention2d(out_channels, heads) if attention else None
+        self.attn = SelfAttention2d(out_channels, heads, norm_eps) if attention else None
         self.cross_attn: CrossAttention2d | None = None
         self.latent_group = 0  # which group of latent tokens the cross-attention reads
 
@@ -169,12 +189,15 @@ class UNet(nn.Module):
                  model_channels: int = 64, channel_mult: Sequence[int] = (1, 2, 2), channel_mult_emb: int = 4,
                  num_blocks: int = 2, attn_resolutions: Sequence[int] = (16,), dropout: float = 0.1,
                  channels_per_head: int = 64, latent_dim: int = 64, latent_depth: int = 2, latent_heads: int = 4,
-                 latent_injection: str = "cross_attention", latent_groups: int = 1):
+                 latent_injection: str = "cross_attention", latent_groups: int = 1,
+                 norm_eps: float = DEFAULT_NORM_EPS):
         super().__init__()
         if not channel_mult:
             raise ValueError("channel_mult must name at least one resolution level")
         if latent_injection not in LATENT_INJECTIONS:
             raise ValueError(f"latent_injection must be one of {LATENT_INJECTIONS}, got {latent_injection!r}")
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or not norm_eps > 0:
+            raise ValueError(f"norm_eps (the group norms' epsilon) must be a positive number, got {norm_eps!r}")
         self.img_resolution, self.in_channels = img_resolution, in_channels
         self.out_channels = out_channels or in_channels
         self.num_classes, self.num_latents, self.codebook_size = num_classes, num_latents, codebook_size
@@ -191,7 +214,7 @@ class UNet(nn.Module):
 
         def block(cin, cout, res, attention=False, **kw):
             return ResBlock(cin, cout, emb_ch, dropout=dropout, attention=attention,
-                            heads=_heads(cout, channels_per_head), resolution=res, **kw)
+                            heads=_heads(cout, channels_per_head), resolution=res, norm_eps=norm_eps, **kw)
 
         self.enc = nn.ModuleDict()
         cout = in_channels
@@ -219,7 +242,7 @@ class UNet(nn.Module):
                 cin, cout = cout + skip_channels.pop(), model_channels * mult
                 self.dec[f"{res}x{res}_block{idx}"] = block(cin, cout, res, attention=res in attn_resolutions,
                                                             takes_skip=True)
-        self.out_norm = group_norm(cout)
+        self.out_norm = group_norm(cout, norm_eps)
         self.out_conv = zero_init(nn.Conv2d(cout, self.out_channels, 3, padding=1))
 
         # --- the latent path, built last so that the weights above do not depend on it. ---
@@ -272,7 +295,7 @@ class UNet(nn.Module):
                 raise ValueError(f"latent_groups={G} needs {G} decoder resolutions with attention, but the decoder "
                                  f"has attention at {res_levels} (the middle block counts); adjust attn_resolutions")
         for b in blocks:
-            b.cross_attn = CrossAttention2d(b.out_channels, dim, b.heads)
+            b.cross_attn = CrossAttention2d(b.out_channels, dim, b.heads, b.norm_eps)
             if G > 1:
                 b.latent_group = res_levels.index(b.resolution)  # the lowest resolution reads group 0
 
