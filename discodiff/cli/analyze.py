@@ -172,9 +172,11 @@ def analyze():
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Images per batch.")
 @_common
 def loss_vs_sigma_cmd(run_dirs, num, num_sigmas, no_null, data_options, batch, out, seed, device):
-    """EDM-weighted denoising loss at fixed sigmas, same images and noise for every run (paper Fig. 7a).
+    """Each run's own stage-I loss at fixed sigmas, same images and noise draws for every run (paper Fig. 7a).
 
-    DisCo-Diff is given the encoder's argmax latents of each image (oracle z); a baseline gets none."""
+    The loss is the one the run trained with (EDMLoss.for_model): EDM's Gaussian kernel, or PFGM++'s for a run with
+    model.process=pfgmpp. DisCo-Diff is given the encoder's argmax latents of each image (oracle z); a baseline
+    gets none."""
     from ..analysis.common import pick_images
     from ..analysis.loss_sigma import loss_ratios, loss_vs_sigma
     from ..plots.analysis import plot_loss_vs_sigma
