@@ -57,3 +57,42 @@ def test_loss_vs_sigma_of_a_pfgmpp_run_is_its_training_loss():
     # and the values do not depend on the batch
     again = loss_vs_sigma({"pfgm": model}, y, sigmas=sigmas, seed=5, batch=7, null_curves=False)
     assert again["curves"]["pfgm"]["loss"] == pytest.approx(res["curves"]["pfgm"]["loss"], rel=1e-6)
+
+
+# ---- --latent-type continuous brings the encoder settings that fit it ------------------------------------------
+
+def test_continuous_latents_on_the_toy_preset_drop_the_discrete_encoder_options(tmp_path, capsys):
+    """The README's `train --preset toy2d --latent-type continuous ...` ran into "the mlp encoder's prototypes=true
+    applies to discrete latents": the preset's discrete-only encoder option is now set to fit, with a line saying
+    so, and the run trains."""
+    args = ["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "run"), "--latent-type", "continuous",
+            "--latent-dim", "4", "--kl-weight", "0.1"]
+    code, out, err = run_cli([*args, "--dry-run"], capsys)
+    assert code == 0, err
+    cfg = json.loads(out)
+    assert cfg["model"]["latent_type"] == "continuous" and cfg["model"]["encoder"]["prototypes"] is False
+    assert cfg["model"]["encoder"]["name"] == "mlp" and cfg["model"]["encoder"]["hidden"] == 128  # the rest kept
+    assert "prototypes=true" in err and "discrete latents only" in err and "model.encoder.prototypes=false" in err
+    tiny = ["--kimg", "0.25", "--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8",
+            "--set", "model.encoder.hidden=16", "--set", "train.batch=64", "--set", "train.tick_kimg=0.25", "--quiet"]
+    code, out, err = run_cli([*args, *tiny], capsys)
+    assert code == 0, err
+    assert (tmp_path / "run" / "model.safetensors").is_file()
+    # discrete latents (the default) keep the preset's prototypes
+    code, out, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "d"), "--dry-run"], capsys)
+    assert code == 0 and json.loads(out)["model"]["encoder"]["prototypes"] is True and not err
+
+
+def test_an_explicit_discrete_encoder_option_with_continuous_latents_is_still_refused(tmp_path, capsys):
+    code, _, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "run"), "--latent-type",
+                            "continuous", "--set", "model.encoder.prototypes=true", "--dry-run"], capsys)
+    _one_line_error(code, err, "prototypes=true applies to discrete latents")
+
+
+def test_continuous_encoder_fixes():
+    from discodiff.networks import continuous_encoder_fixes
+
+    assert continuous_encoder_fixes({"name": "mlp", "hidden": 8, "prototypes": True}) == {"prototypes": False}
+    assert continuous_encoder_fixes({"name": "mlp", "prototypes": False}) == {}
+    assert continuous_encoder_fixes({"name": "vit", "head_init": "kmeans"}) == {"head_init": "random"}
+    assert continuous_encoder_fixes({"name": "kmeans"}) == {}

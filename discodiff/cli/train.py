@@ -51,6 +51,7 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     train_o = {k: v for k, v in {"kimg": kimg, "seed": seed, "batch": batch, "batch_gpu": batch_gpu, "lr": lr}.items()
                if v is not None}
     overrides = merge({"model": model_o, "train": train_o}, parse_key_values(sets))
+    overrides = fit_encoder_to_latent_type(run_dir, preset, overrides)
     data = None
     if data_path is not None:
         path = Path(data_path)  # resolved, so that the run resumes from any working directory
@@ -70,3 +71,29 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     finally:
         dist.shutdown()
     dist.exit_worker()
+
+
+def fit_encoder_to_latent_type(run_dir, preset: str | None, overrides: dict) -> dict:
+    """`overrides` for a new run with continuous latents (--latent-type continuous) on a preset whose encoder
+    options fit discrete latents only (toy2d's mlp encoder with prototypes=true): those options get the values that
+    fit continuous latents, with a line saying so (even with --quiet: the run differs from its preset). Options the
+    user set (--set model.encoder.KEY=...) are kept, and refused when the model is built; a resumed run keeps its
+    own config."""
+    from ..checkpoint import CONFIG
+    from ..config import RunConfig, merge_overrides
+    from ..networks import continuous_encoder_fixes
+    from .options import info
+
+    model = overrides.get("model", {})
+    if model.get("latent_type") != "continuous" or preset not in PRESETS or (Path(run_dir) / CONFIG).exists():
+        return overrides
+    encoder = merge_overrides(merge(RunConfig(preset=preset).to_dict(), PRESETS[preset]), overrides)["model"]["encoder"]
+    given = model.get("encoder", {}) if isinstance(model.get("encoder"), dict) else {}
+    fixes = {k: v for k, v in continuous_encoder_fixes(encoder).items() if k not in given}
+    if not fixes:
+        return overrides
+    dropped = ", ".join(f"{k}={json.dumps(encoder[k])}" for k in fixes)
+    now = ", ".join(f"model.encoder.{k}={json.dumps(v)}" for k, v in fixes.items())
+    info(f"--latent-type continuous: the {preset} preset's {encoder.get('name')} encoder option {dropped} fits "
+         f"discrete latents only; this run has {now}")
+    return merge(overrides, {"model": {"encoder": fixes}})

@@ -66,6 +66,20 @@ def encoder_outputs(cfg: ModelConfig) -> int:
     return 2 * cfg.token_width if cfg.continuous else cfg.codebook_size
 
 
+# Encoder options that shape a categorical distribution's logits, so fit discrete latents only, each with the value
+# that fits continuous latents (the default): `discodiff train --latent-type continuous` on a preset made for
+# discrete latents sets them so (`continuous_encoder_fixes`), and building such an encoder with other values fails.
+DISCRETE_ONLY_ENCODER_OPTIONS: dict[str, dict] = {"mlp": {"prototypes": False, "balanced": False},
+                                                  "vit": {"head_init": "random"}}
+
+
+def continuous_encoder_fixes(encoder: dict) -> dict:
+    """{option: value} for the options of an encoder spec (model.encoder) that are set for discrete latents only,
+    with the values continuous latents need; {} when there are none."""
+    fits = DISCRETE_ONLY_ENCODER_OPTIONS.get(encoder.get("name"), {})
+    return {k: v for k, v in fits.items() if k in encoder and encoder[k] != v}
+
+
 def init_encoder_from_data(encoder: nn.Module | None, y, dataset=None) -> None:
     """The encoder's data-dependent initialisation at a fresh run's start: on y, the first training batch (the
     k-means++ prototypes of the MLP encoder, the ViT's k-means heads: an `init_from_data` method), or on `dataset`,
@@ -96,7 +110,7 @@ def _mlp_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
 def _mlp_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .mlp import MLPEncoder
     kw.setdefault("input_scale", cfg.sigma_data)
-    for option in ("prototypes", "balanced"):  # both shape a categorical distribution's logits
+    for option in DISCRETE_ONLY_ENCODER_OPTIONS["mlp"]:  # both shape a categorical distribution's logits
         if cfg.continuous and kw.get(option):
             raise ConfigError(f"the mlp encoder's {option}=true applies to discrete latents, not continuous ones; "
                               f"set model.encoder.{option}=false")
