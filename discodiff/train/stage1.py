@@ -92,8 +92,8 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     module = _Stage1Loss(model, loss_fn)
     ddp = (nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
            if world > 1 else module)
-    x_all = data.x.to(device)
-    labels_all = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
+    # uint8 images stay uint8 until a batch is drawn; each batch becomes [-1, 1] floats on the device
+    reader = data.reader(device, labels=bool(cfg.model.num_classes))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.bf16
                 else contextlib.nullcontext())
     total = int(t.kimg * 1000)
@@ -111,10 +111,12 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         for r in range(rounds):
             g = step_generator(device, t.seed, rank, cur_nimg, r)
             idx = torch.randint(len(data), (micro,), generator=g, device=device)
-            y = x_all[idx]
-            labels = labels_all[idx] if labels_all is not None else None
+            y = reader.images(idx, g)  # (draws from g only with the data option xflip)
+            labels = reader.labels(idx)
             if cur_nimg == 0 and r == 0:  # a fresh run's first batch: the encoder's data-dependent init
-                init_encoder_from_data(model.encoder, y, dataset=x_all)
+                whole = reader.whole() if hasattr(model.encoder, "init_from_dataset") else None
+                init_encoder_from_data(model.encoder, y, dataset=whole)
+                del whole
             sync = contextlib.nullcontext() if (world == 1 or r == rounds - 1) else ddp.no_sync()
             with sync:
                 with autocast:
