@@ -41,6 +41,14 @@ def prior_perplexity(prior, z: torch.Tensor, labels, batch: int = 1024) -> float
     return math.exp(nll / len(z))
 
 
+@torch.no_grad()
+def encode_streamed(model: DiscoDiff, data: ArrayDataset, device, batch: int = 512) -> torch.Tensor:
+    """`model.encode_all` over the dataset a batch at a time: each batch goes to `device` (uint8 images become
+    [-1, 1] there), so the whole set never sits on the device, nor in float32 anywhere. float32 outputs on `device`."""
+    reader = data.reader(device, labels=False, max_device_fraction=0.0)  # (images: only a batch on a GPU at a time)
+    return torch.cat([model.encode_all(y, batch=batch) for _, y in reader.batches(batch)])
+
+
 def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoDiff, *,
                 quiet: bool = False) -> tuple[ARPrior, dict]:
     """Trains (or resumes) the prior of `model`, which must be the run's stage-I EMA model (model.safetensors);
@@ -57,7 +65,7 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
     p, log = cfg.prior_train, RunLog(run_dir, quiet)
     continuous = cfg.model.continuous
     stage1 = run.stage1_sha256()
-    encoded = model.encode_all(data.x.to(device))  # logits, or the continuous latents' posteriors
+    encoded = encode_streamed(model, data, device)  # logits, or the continuous latents' posteriors
     labels = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
     torch.manual_seed(p.seed)
     prior = prior_class(cfg.model).for_model(cfg.model).to(device)
