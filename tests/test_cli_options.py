@@ -80,7 +80,7 @@ def test_continuous_latents_on_the_toy_preset_drop_the_discrete_encoder_options(
     assert (tmp_path / "run" / "model.safetensors").is_file()
     # discrete latents (the default) keep the preset's prototypes
     code, out, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "d"), "--dry-run"], capsys)
-    assert code == 0 and json.loads(out)["model"]["encoder"]["prototypes"] is True and not err
+    assert code == 0 and json.loads(out)["model"]["encoder"]["prototypes"] is True and "discrete latents" not in err
 
 
 def test_an_explicit_discrete_encoder_option_with_continuous_latents_is_still_refused(tmp_path, capsys):
@@ -96,3 +96,80 @@ def test_continuous_encoder_fixes():
     assert continuous_encoder_fixes({"name": "mlp", "prototypes": False}) == {}
     assert continuous_encoder_fixes({"name": "vit", "head_init": "kmeans"}) == {"head_init": "random"}
     assert continuous_encoder_fixes({"name": "kmeans"}) == {}
+
+
+# ---- the core install: every command works or refuses in one line, naming the extra -----------------------------
+
+OPTIONAL = ("scipy", "scipy.optimize", "matplotlib", "matplotlib.pyplot", "sklearn", "sklearn.datasets", "fontTools",
+            "fontTools.ttLib", "onnxruntime", "onnx")
+
+
+def _uninstall(monkeypatch, *modules):
+    import sys
+    for m in modules:
+        monkeypatch.setitem(sys.modules, m, None)  # as if not installed: importing it raises ImportError
+
+
+def test_the_toy_metrics_import_without_scipy(monkeypatch):
+    import importlib
+    import sys
+
+    _uninstall(monkeypatch, "scipy", "scipy.optimize")
+    monkeypatch.delitem(sys.modules, "discodiff.metrics.toy", raising=False)
+    monkeypatch.delitem(sys.modules, "discodiff.experiments.toy2d", raising=False)
+    importlib.import_module("discodiff.experiments.toy2d")  # `discodiff demo` imports it
+    toy = importlib.import_module("discodiff.metrics.toy")
+    assert toy.mode_tv(torch.zeros(4, 2)) >= 0
+    with pytest.raises(ImportError):
+        toy.w2_distance(torch.zeros(3, 2), torch.ones(3, 2))
+
+
+@pytest.mark.parametrize("missing, extra, args", [
+    ("scipy", "metrics", []),
+    ("matplotlib", "plots", []),
+    ("sklearn", "data", []),  # the digits part, which runs after the toy experiment
+])
+def test_demo_refuses_a_missing_extra_before_any_work(tmp_path, capsys, monkeypatch, missing, extra, args):
+    import discodiff.experiments.toy2d as toy2d
+
+    def no_work(*a, **k):
+        raise AssertionError("the demo started its work")
+
+    monkeypatch.setattr(toy2d, "run_toy2d", no_work)
+    _uninstall(monkeypatch, missing)
+    code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), *args], capsys)
+    _one_line_error(code, err, missing, f"discodiff[{extra}]")
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_without_digits_does_not_need_scikit_learn(tmp_path, capsys, monkeypatch):
+    import discodiff.experiments.toy2d as toy2d
+    from discodiff.errors import ConfigError
+
+    def stop(*a, **k):
+        raise ConfigError("reached the toy experiment")
+
+    monkeypatch.setattr(toy2d, "run_toy2d", stop)
+    _uninstall(monkeypatch, "sklearn")
+    code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--digits-kimg", "0"], capsys)
+    _one_line_error(code, err, "reached the toy experiment")
+
+
+@pytest.mark.parametrize("command", ["loss-vs-sigma", "switching", "codebook", "guidance", "nfe"])
+def test_analyses_that_draw_figures_refuse_without_matplotlib_first(tmp_path, capsys, monkeypatch, command):
+    _uninstall(monkeypatch, "matplotlib", "matplotlib.pyplot")
+    code, _, err = run_cli(["analyze", command, "--run-dir", str(tmp_path / "missing"), "--out",
+                            str(tmp_path / "out")], capsys)
+    _one_line_error(code, err, "matplotlib", "discodiff[plots]", f"discodiff analyze {command}")
+    assert not (tmp_path / "out").exists()
+
+
+COMMANDS = [["train"], ["train-prior"], ["sample"], ["fid", "ref"], ["fid", "calc"], ["fid", "gen"], ["demo"],
+            *[["analyze", c] for c in ("loss-vs-sigma", "switching", "codebook", "oracle", "guidance", "nfe")]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_every_command_loads_without_the_extras(capsys, monkeypatch, command):
+    _uninstall(monkeypatch, *OPTIONAL)
+    code, out, err = run_cli([*command, "--help"], capsys)
+    assert code == 0 and "Usage:" in out, err

@@ -67,6 +67,12 @@ def _sampling(cfg, steps, sampler, guidance):
     return steps or s.steps, sampler or s.sampler, s.guidance if guidance is None else guidance
 
 
+def _needs_plots(command: str) -> None:
+    """The analyses that draw figures need matplotlib (the plots extra): refused before any work without it."""
+    from .options import require_module
+    require_module("matplotlib", "plots", f"discodiff analyze {command}")
+
+
 def _check_out(out: Path) -> Path:
     """--out must be a writable folder (made if needed), checked before any work."""
     from ..fileio import check_writable
@@ -181,6 +187,7 @@ def loss_vs_sigma_cmd(run_dirs, num, num_sigmas, no_null, data_options, batch, o
     from ..analysis.loss_sigma import loss_ratios, loss_vs_sigma
     from ..plots.analysis import plot_loss_vs_sigma
 
+    _needs_plots("loss-vs-sigma")
     _check_out(out)
     device = resolve_device(device)
     names = _run_names(run_dirs)
@@ -227,6 +234,7 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
     from ..data import to_uint8
     from ..plots.analysis import plot_switching, save_grid
 
+    _needs_plots("switching")
     fr = parse_list(fractions, float, "--fractions")
     seeds = seed_range(seed, num)
     _check_out(out)
@@ -275,6 +283,7 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
     from ..data import to_uint8
     from ..plots.analysis import plot_codebook, save_grid
 
+    _needs_plots("codebook")
     _check_out(out)
     device = resolve_device(device)
     run, model, _ = _load(run_dir, "codebook usage", latents=True, device=device)
@@ -413,6 +422,7 @@ def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootst
     from ..analysis.quality import sample_batches
     from ..plots.analysis import plot_fid_curves, save_grid
 
+    _needs_plots("guidance")
     ws = parse_list(weights, float, "--weights")
     seeds = seed_range(seed, num)
     _, model, prior, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", steps, sampler,
@@ -455,6 +465,7 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     from ..analysis.nfe import quality_vs_steps
     from ..plots.analysis import plot_fid_curves
 
+    _needs_plots("nfe")
     steps = parse_list(steps_list, int, "--steps")
     if min(steps) < 1:
         raise AnalysisError(f"--steps must list positive whole numbers, got {steps_list!r}")

@@ -24,13 +24,19 @@ import click
 def demo(out_dir, kimg, seed, num_eval, threads, digits_kimg, digits_prior_kimg):
     """Train a plain EDM model and DisCo-Diff on 8 Gaussians, sample both, compare them and plot (paper Fig. 3/4);
     then train DisCo-Diff on 8x8 digits and draw sample grids."""
+    from .options import require_module
+
+    # what the demo needs beyond the core install, refused now rather than after minutes of training: matplotlib
+    # for the figures, scipy for the toy metrics (exact W2), scikit-learn for the digits data
+    require_module("matplotlib", "plots", "discodiff demo")
+    require_module("scipy", "metrics", "discodiff demo")
+    if digits_kimg > 0:
+        require_module("sklearn", "data", "the digits part of discodiff demo (--digits-kimg 0 leaves it out)")
     import torch
 
     from ..experiments.toy2d import run_toy2d
     from ..fileio import check_writable
-    from .options import require_module
 
-    require_module("matplotlib", "plots", "discodiff demo")  # the figures: refused now, not after the training
     check_writable(out_dir, folder=True)
     torch.set_num_threads(threads)
     click.echo(f"discodiff demo: toy 2D experiment into {out_dir}/")

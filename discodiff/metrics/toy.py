@@ -1,13 +1,13 @@
 """Metrics for 2D samples of the 8-Gaussian ring (paper-spec sections 2, 7 and 8).
 
-They work on numpy arrays [N, 2]. The geometry of the sampling ODE's paths (curvature, Jacobian norm,
-straightness), which is not specific to the toy data, is in metrics/ode.py.
+They work on numpy arrays [N, 2]. `w2_distance` needs scipy (the `metrics` extra), imported when it runs, so the
+rest of the module, and the commands that import it, load without it. The geometry of the sampling ODE's paths
+(curvature, Jacobian norm, straightness), which is not specific to the toy data, is in metrics/ode.py.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 
 from ..data.toy import ring_means, sample_ring
 
@@ -29,6 +29,8 @@ def w2_distance(a, b) -> float:
         raise ValueError(f"w2_distance needs equal-size sets, got {a.shape} and {b.shape}")
     if len(a) == 0:
         return 0.0
+    from scipy.optimize import linear_sum_assignment  # the metrics extra (`discodiff demo` checks it up front)
+
     cost = ((a[:, None, :] - b[None, :, :]) ** 2).sum(-1)
     rows, cols = linear_sum_assignment(cost)
     return float(np.sqrt(cost[rows, cols].mean()))
