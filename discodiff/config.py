@@ -337,6 +337,41 @@ PRESETS["fashion16-kmeans"] = merge_overrides(PRESETS["fashion16"], {
     "model": {"num_latents": 1, "codebook_size": 256, "encoder": {"name": "kmeans"}},
     "sample": {"steps": 17, "sampler": "dpmpp-2m", "guidance": 1.0}})
 
+# The paper's ImageNet-64 configuration (paper-spec sections 3-5, the review's section 3): EDM's ADM U-Net
+# (DhariwalUNet) at 64x64, class-conditional on the 1000 classes, with the discrete latents added, and EDM's ImageNet-64
+# recipe (its README: --cond=1 --arch=adm --batch=4096 --lr=1e-4 --ema=50 --dropout=0.10 --augment=0). The paper
+# fine-tunes EDM's pretrained network: `discodiff import-edm` converts EDM's snapshot into a plain run (m = 0) of this
+# preset's backbone, and `train --preset imagenet64 --init-from THAT_RUN --data IMAGENET64` fine-tunes it (docs/gpu.md).
+# The data are the user's ImageNet-64 folder or zip (data.name "path"): train refuses to start without --data.
+# Values marked "ours" are our choice: the paper leaves them open.
+PRESETS["imagenet64"] = {
+    "model": {"data_shape": [3, 64, 64], "num_classes": 1000,  # both replaced by what the data say
+              "sigma_data": 0.5, "P_mean": -1.2, "P_std": 1.2,  # EDM's preconditioning and noise distribution
+              "num_latents": 10, "codebook_size": 100,          # m = 10, k = 100 (App. D.1's 1000 read as a typo)
+              "tau": 1.0, "hard": True, "p_null": 0.1,          # straight-through Gumbel-Softmax at tau = 1 (hard: the
+              "p_class_drop": 0.0,                              # docking code's; images: ours); EDM's label dropout 0
+              "network": {"name": "unet", "model_channels": 192, "channel_mult": [1, 2, 3, 4], "channel_mult_emb": 4,
+                          "num_blocks": 3, "attn_resolutions": [32, 16, 8], "dropout": 0.1, "channels_per_head": 64,
+                          "norm_eps": 1e-5,  # EDM's group norms
+                          # the 6-layer width-192 latent transformer; cross-attention after every self-attention
+                          "latent_dim": 192, "latent_depth": 6,
+                          "latent_heads": 3,  # ours: 64 channels per head, as the U-Net's attention
+                          "latent_injection": "cross_attention"},
+              "encoder": {"name": "vit", "patch_size": 8, "width": 768, "depth": 12, "heads": 12},  # ViT-B/8
+              "prior": {"depth": 12, "width": 512, "heads": 8,
+                        "dropout": 0.0}},  # ours
+    "data": {"name": "path", "path": None},
+    "train": {"kimg": 100000,  # ours: the fine-tuning duration (100 Mimg, 4% of EDM's 2.5 Gimg)
+              "batch": 4096, "lr": 1e-4, "lr_rampup_kimg": 10000, "ema_halflife_kimg": 50000,  # EDM's recipe
+              "ema_rampup": None,  # EDM's --transfer: no EMA ramp-up when starting from a trained network
+              "batch_gpu": 64,  # ours: fits an 80 GB GPU in bf16 (gradient accumulation makes up the batch)
+              "tick_kimg": 200, "snapshot_ticks": 50, "state_ticks": 50},  # EDM's --tick=200 --snap=50 (states: ours)
+    "prior_train": {"kimg": 50000, "batch": 1024, "lr": 1e-4, "tick_kimg": 1000,  # ours
+                    "tau": 0.01},  # the paper's latents for stage II (Alg. 2)
+    "sample": {"steps": 40, "sampler": "heun",  # EDM's 40 Heun steps (79 evaluations)
+               "guidance": 1.0},  # latent guidance w = 1, the paper's FID 1.65
+}
+
 
 def preset_config(name: str, overrides: dict | None = None) -> RunConfig:
     if name not in PRESETS:

@@ -411,3 +411,38 @@ def test_norm_eps_option():
         cfg.network["norm_eps"] = bad
         with pytest.raises(ConfigError, match="norm_eps"):
             build_backbone(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the paper's ImageNet-64 configuration (the imagenet64 preset), counted on the meta device
+
+def test_imagenet64_preset_sizes():
+    """The plain U-Net has exactly EDM's DhariwalUNet parameter count at its ImageNet-64 settings (295,899,267), and
+    the DisCo-Diff parts have the sizes the review measured."""
+    from discodiff.config import preset_config
+    from discodiff.sizes import parameter_counts
+    plain = preset_config("imagenet64", {"model": {"num_latents": 0}}).model
+    assert plain.data_shape == [3, 64, 64] and plain.num_classes == 1000
+    assert parameter_counts(plain) == {"denoiser backbone": 295_899_267, "latent path": 0, "encoder": 0, "prior": 0}
+    counts = parameter_counts(preset_config("imagenet64").model)
+    assert counts["denoiser backbone"] == 295_899_267
+    assert round(counts["latent path"] / 1e5) == 240     # 24.0M: latent transformer + 16 cross-attentions
+    assert round(counts["encoder"] / 1e5) == 860         # ViT-B/8
+    assert round(counts["prior"] / 1e5) == 384           # 12 x 512
+
+
+def test_imagenet64_needs_the_users_data(tmp_path, capsys):
+    from conftest import run_cli
+    run = tmp_path / "r"
+    code, _, err = run_cli(["train", "--preset", "imagenet64", "--run-dir", str(run)], capsys)
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code not in (0, None) and len(lines) == 1 and "--data" in err and "Traceback" not in err
+    assert not run.exists()
+    # a dry run needs no data: the preset's shape and classes, the counts on stderr, nothing written
+    code, out, err = run_cli(["train", "--preset", "imagenet64", "--run-dir", str(run), "--latents", "0",
+                              "--dry-run"], capsys)
+    assert code in (0, None), err
+    import json
+    cfg = json.loads(out)
+    assert cfg["model"]["network"]["norm_eps"] == 1e-5 and cfg["model"]["num_latents"] == 0
+    assert "295,899,267" in err and not run.exists()

@@ -8,8 +8,18 @@ from pathlib import Path
 
 import click
 
-from ..config import PRESETS, DataConfig, merge
+from ..checkpoint import CONFIG
+from ..config import PRESETS, DataConfig, merge, preset_config
+from ..errors import ConfigError
 from .options import RUN_DIR, SEED, parse_key_values
+
+
+def _needs_user_data(run_dir, preset, overrides) -> bool:
+    """A new run of a preset whose data are the user's own (data.name "path") and no path is given."""
+    if preset not in PRESETS or (Path(run_dir) / CONFIG).exists():
+        return False
+    data = merge(PRESETS[preset].get("data", {}), overrides.get("data", {}))
+    return data.get("name") == "path" and not data.get("path")
 
 
 @click.command()
@@ -37,7 +47,10 @@ from .options import RUN_DIR, SEED, parse_key_values
                    "--kimg counts this run's own images; --set train.new_parts_lr=LR gives the new parts their own "
                    "learning rate.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config entry, e.g. --set model.tau=0.5.")
-@click.option("--dry-run", is_flag=True, help="Print the resolved config and exit.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the resolved config (stdout) and each part's parameter count (stderr; counted on the meta "
+                   "device, no weights allocated), then exit. A preset that trains on your own data needs no --data "
+                   "here: its declared image shape and classes are used.")
 @click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
 def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, kl_weight, kimg, seed, batch, batch_gpu,
           lr, data_path, cond, init_from, sets, dry_run, quiet):
@@ -56,9 +69,21 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     if data_path is not None:
         path = Path(data_path)  # resolved, so that the run resumes from any working directory
         data = DataConfig(name="path", path=str(path.resolve()) if path.exists() else data_path, options={})
-    cfg, dataset = resolve_run(run_dir, preset=preset, overrides=overrides, data=data, cond=cond, init_from=init_from)
+    if data is None and _needs_user_data(run_dir, preset, overrides):
+        if not dry_run:
+            raise ConfigError(f"preset {preset} trains on your own copy of its data: pass the folder or zip of its "
+                              f"images with --data PATH (e.g. EDM's dataset_tool output, labels in dataset.json)")
+        cfg = preset_config(preset, overrides)  # the preset's declared data shape and classes stand in for the data
+        if cond is not None and not cond:
+            cfg.model.num_classes = 0
+    else:
+        cfg, dataset = resolve_run(run_dir, preset=preset, overrides=overrides, data=data, cond=cond,
+                                   init_from=init_from)
     if dry_run:
+        from ..sizes import describe, parameter_counts
         click.echo(json.dumps(cfg.to_dict(), indent=2))
+        click.echo("parameters (counted on the meta device):\n" + "\n".join(describe(parameter_counts(cfg.model))),
+                   err=True)
         return
     dist.init()
     try:
