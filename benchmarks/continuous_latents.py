@@ -4,8 +4,8 @@
                                                       [--num 2000] [--out DIR]
     .venv/bin/python benchmarks/continuous_latents.py --quick          # a tiny end-to-end check, about 2 minutes
 
-Trains, with the preset's network, data, seed and number of training images (through benchmarks/images.py's
-helpers: the library's own train_stage1 and train_prior), in DIR/<row>:
+Trains, with the preset's network, data, seed and number of training images (through benchmarks/common.py's
+train_both: the library's own train_stage1 and train_prior), in DIR/<row>:
 - baseline: the plain EDM model (m = 0);
 - continuous, KL weight beta in --betas (default 0.1, 0.3, 1): a Gaussian latent of D = m * k entries, cut into the
   preset's m tokens, with a diffusion prior (the paper matches its 1000-d latent to m * k = 10 * 100 the same way);
@@ -19,8 +19,10 @@ and step count.
 For each row, over --num samples against the training images (one cached reference, the same noise seeds):
 - FID with oracle latents (the encoder on training images: argmax codes, or posterior means), and from the prior at
   w = 0 and w = 1 (guidance on the latents);
-- how much the denoiser uses the latent: the weighted loss at sigma in {2, 5, 10, 20} given the oracle latents over
-  the loss given the null latent (1: the latent is ignored), and the gap null - oracle;
+- how much the denoiser uses the latent: the weighted loss given the oracle latents over the loss given the null
+  latent (1: the latent is ignored), and the gap null - oracle, at the noise levels of `discodiff analyze
+  loss-vs-sigma` within [2, 20] (benchmarks/common.py's latent_information; the report in benchmarks/results/ was
+  measured before, at sigma 2, 5, 10 and 20);
 - for continuous latents, the rate: the posteriors' mean KL to N(0, I) in nats per image and the active coordinates
   (mean KL above 0.01 nats), and the diffusion prior's Frechet distance to the posterior samples (prior_report.json).
   A discrete latent carries at most m ln k nats.
@@ -41,32 +43,25 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import (QUICK_MODEL, RESULTS, fid_cache, fid_text, high_sigmas, latent_information,  # noqa
+                               log, log_timed, reference_and_floor, run_overrides, train_both, write_report)
+
 ACTIVE_NATS = 0.01  # a coordinate whose mean KL is below this carries (almost) nothing
 # --quick: tiny networks, 128 training images, 16 samples per FID: it checks the pipeline, not the paper.
-QUICK = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2,
-                               "latent_depth": 1},
-                   "encoder": {"width": 16, "heads": 2, "depth": 1},
-                   "prior": {"depth": 1, "width": 32, "heads": 2}},
-         "data": {"options": {"max_images": 128}},
+QUICK = {"model": QUICK_MODEL, "data": {"options": {"max_images": 128}},
          "train": {"batch": 32, "tick_kimg": 0.256, "lr_rampup_kimg": 0}, "sample": {"steps": 4}}
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def row_overrides(preset: str, betas, *, kimg=None, prior_kimg=None, prior_batch=None, prior_lr=None,
                   diffusion_prior_lr=None, seed=0, overrides=None) -> dict:
-    """{row name: run overrides}: the baseline and DisCo-Diff of benchmarks/images.py (its run_overrides), and one
-    continuous-latent run per beta; every prior with the same budget, the diffusion priors at their own learning
+    """{row name: run overrides}: the baseline and DisCo-Diff of benchmarks/images.py (common.run_overrides), and
+    one continuous-latent run per beta; every prior with the same budget, the diffusion priors at their own learning
     rate. (Keep --out apart from images.py's folder: its DisCo-Diff prior would be refitted to this budget.)"""
-    import images as bench
-
     from discodiff.config import merge
 
     prior = {k: v for k, v in {"batch": prior_batch, "lr": prior_lr}.items() if v is not None}
-    base = bench.run_overrides(preset, kimg=kimg, prior_kimg=prior_kimg, seed=seed, overrides=overrides)
+    base = run_overrides(preset, kimg=kimg, prior_kimg=prior_kimg, seed=seed, overrides=overrides)
     base = {name: merge(o, {"prior_train": prior}) for name, o in base.items()}
     rows = {"baseline": base["baseline"]}
     lr = {} if diffusion_prior_lr is None else {"lr": diffusion_prior_lr}
@@ -83,7 +78,7 @@ def rate(model, x: torch.Tensor) -> dict:
     import math
 
     from discodiff.analysis.codebook import encoder_logits
-    from discodiff.latents import split_posterior
+    from discodiff.variants.continuous import split_posterior
 
     cfg = model.config
     if not cfg.continuous:
@@ -96,8 +91,6 @@ def rate(model, x: torch.Tensor) -> dict:
 
 def measure(name: str, model, prior, data, ref, det, cache, args) -> dict:
     """One row: the FIDs, the latent's use and its rate."""
-    import images as bench
-
     from discodiff.analysis.oracle import oracle_vs_prior
     from discodiff.analysis.quality import sample_fid
 
@@ -111,23 +104,21 @@ def measure(name: str, model, prior, data, ref, det, cache, args) -> dict:
                                                                                  if k not in ("oracle", "prior")}}
     row["prior_w1"] = sample_fid(model, prior, seeds, ref, det, guidance=1.0, desc=f"{name}, prior latents, w = 1",
                                  **common)
-    row["use"] = bench.latent_use(model, data.x, args.seed)
+    row["use"] = latent_information(model, data.x, data.labels, seed=args.seed)
     row["rate"] = rate(model, data.x)
-    _log(f"[continuous] {name}: oracle {bench._fid(row['oracle'])}, prior w=0 {bench._fid(row['prior_w0'])}, "
-         f"w=1 {bench._fid(row['prior_w1'])}, loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}")
+    log(f"[continuous] {name}: oracle {fid_text(row['oracle'])}, prior w=0 {fid_text(row['prior_w0'])}, "
+        f"w=1 {fid_text(row['prior_w1'])}, loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}")
     return row
 
 
 def format_table(rows: dict, cfgs: dict, args) -> str:
-    import images as bench
-
     def fid(r, key):
-        return bench._fid(r[key]) if key in r else "-"
+        return fid_text(r[key]) if key in r else "-"
 
     lines = [f"{args.preset}: FID ± bootstrap std over {args.num} samples ({args.steps} Heun steps) against the "
              f"training images; loss ratio = loss given the oracle latent / given the null latent, mean over sigma "
-             f"{bench.HIGH_SIGMAS} (1: unused); rate = mean KL of the posteriors (nats per image, active coordinates "
-             f"of D) or, for discrete latents, the capacity m ln k", "",
+             f"{[round(s, 2) for s in high_sigmas()]} (1: unused); rate = mean KL of the posteriors (nats per image, "
+             f"active coordinates of D) or, for discrete latents, the capacity m ln k", "",
              f"{'row':>18} {'oracle FID':>16} {'prior FID, w=0':>16} {'prior FID, w=1':>16} {'loss ratio':>10} "
              f"{'loss gap':>9} {'rate':>18} {'prior latent FD':>16}"]
     for name, r in rows.items():
@@ -170,13 +161,10 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny networks and budgets, 16 samples per FID: a smoke test")
     args = ap.parse_args(argv)
 
-    import images as bench
-
-    from discodiff.analysis import jsonable
     from discodiff.cli.options import parse_list, resolve_device
-    from discodiff.config import ConfigError
     from discodiff.data import to_uint8
-    from discodiff.fileio import check_writable, write_json
+    from discodiff.errors import ConfigError
+    from discodiff.fileio import check_writable
     from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
@@ -206,20 +194,18 @@ def main(argv=None) -> int:
             raise ConfigError(f"preset {args.preset!r} is not an image preset")
         args.steps = cfgs["discodiff"].sample.steps
         det = InceptionDetector.from_file(device=device)
-        _log(f"continuous latents benchmark: preset {args.preset}, rows {', '.join(cfgs)}, "
-             f"{cfgs['discodiff'].train.kimg:g} kimg each, priors {args.prior_kimg:g} kimg at batch "
-             f"{args.prior_batch} (lr {args.prior_lr:g}, diffusion {args.diffusion_prior_lr:g}), {args.num} samples "
-             f"per FID, device {device}, detector "
-             f"backend {det.backend}; runs in {out}")
-        models, reused = bench.train_both(out, cfgs, data, seconds, device=device)
-        ref, floor, _ = bench.log_timed(seconds, "fid_reference", bench.reference_and_floor, to_uint8(data.x), det,
-                                        out, args.num, args.seed, args.bootstrap)
-        cache = bench.disk_cache(out / "fid-cache-continuous.json", {n: bench.fingerprint(out / n) for n in cfgs},
-                                 args.num)
+        log(f"continuous latents benchmark: preset {args.preset}, rows {', '.join(cfgs)}, "
+            f"{cfgs['discodiff'].train.kimg:g} kimg each, priors {args.prior_kimg:g} kimg at batch "
+            f"{args.prior_batch} (lr {args.prior_lr:g}, diffusion {args.diffusion_prior_lr:g}), {args.num} samples "
+            f"per FID, device {device}, detector backend {det.backend}; runs in {out}")
+        models, reused = train_both(out, cfgs, data, seconds, device=device)
+        ref, floor, _ = log_timed(seconds, "fid_reference", reference_and_floor, to_uint8(data.x), det, out, args.num,
+                                  args.seed, args.bootstrap)
+        cache = fid_cache(out, cfgs, args.num, "fid-cache-continuous.json")
         results = {}
         for name, (model, prior) in models.items():
-            results[name] = bench.log_timed(seconds, f"measure_{name}", measure, name, model, prior, data, ref, det,
-                                            cache, args)
+            results[name] = log_timed(seconds, f"measure_{name}", measure, name, model, prior, data, ref, det,
+                                      cache, args)
             report = out / name / "prior_report.json"
             if report.is_file() and model.num_latents:
                 results[name]["prior_report"] = json.loads(report.read_text())
@@ -228,10 +214,10 @@ def main(argv=None) -> int:
         return 2
     seconds["total"] = round(time.perf_counter() - start, 1)
     table = format_table(results, cfgs, args)
-    _log("\n" + table + f"\n\ndata floor: {floor['num']} training images score FID {bench._fid(floor)}\nseconds: "
-         + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "quick": args.quick,
-              "betas": betas, "num": args.num, "bootstrap": args.bootstrap, "seed": args.seed, "steps": args.steps,
+    log("\n" + table + f"\n\ndata floor: {floor['num']} training images score FID {fid_text(floor)}\nseconds: "
+        + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
+    report = {"preset": args.preset, "quick": args.quick, "betas": betas, "num": args.num, "bootstrap": args.bootstrap,
+              "seed": args.seed, "steps": args.steps,
               "budget": {"kimg_per_run": cfgs["discodiff"].train.kimg, "batch": cfgs["discodiff"].train.batch,
                          "prior_kimg": args.prior_kimg, "prior_batch": args.prior_batch, "prior_lr": args.prior_lr,
                          "diffusion_prior_lr": args.diffusion_prior_lr},
@@ -242,8 +228,8 @@ def main(argv=None) -> int:
                           "device": device, "detector_backend": det.backend},
               "data_floor": floor, "seconds": seconds, "reused": reused, "table": table, "rows": results,
               "out": str(out)}
-    write_json(jsonable(report), path)
-    _log(f"wrote {path}; runs and caches in {out}")
+    write_report(report, path)
+    log(f"wrote {path}; runs and caches in {out}")
     return 0
 
 

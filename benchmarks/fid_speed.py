@@ -27,7 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import RESULTS, write_report  # noqa: E402
+
 CHUNK = 100
 MATMUL_N = 2048
 
@@ -72,11 +74,9 @@ def main(argv=None) -> int:
     ap.add_argument("--results", type=Path, default=RESULTS / "fid-speed.json")
     args = ap.parse_args(argv)
 
-    from discodiff.analysis import jsonable
     from discodiff.cli.options import parse_list
     from discodiff.config import DataConfig
     from discodiff.data import load_dataset, to_uint8
-    from discodiff.fileio import write_json
     from discodiff.metrics.fid import FIDStats, InceptionDetector, fid_from_stats, iter_batches
     from discodiff.metrics.inception import FastInception
 
@@ -151,13 +151,13 @@ def main(argv=None) -> int:
     print("\n" + table + "\ntargets:")
     for name, ok, figure in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {figure}")
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "num": args.num, "batch": args.batch,
+    report = {"num": args.num, "batch": args.batch,
               "threads": args.threads, "images": "digits (first NUM, 8x8 grey, resized to 299 as for FID)",
               "gflop_per_image": flops / 1e9, "matmul_peak_gflops": peak, "backends": rows, "table": table,
               "targets": [{"target": n, "pass": ok, "measured": f} for n, ok, f in checks],
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": args.threads}}
-    write_json(jsonable(report), args.results)
+    write_report(report, args.results)
     print(f"wrote {args.results}")
     return 0 if all(ok for _, ok, _ in checks) else 1
 

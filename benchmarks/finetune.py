@@ -17,7 +17,9 @@ work resumed, so the benchmark can be re-run. The default DIR names the budget, 
 Measured, all with the same --num samples and noise seeds against one reference (the preset's training images, their
 detector features cached in DIR): FID ± bootstrap std and KID at 4, 8 and 18 Heun steps (--steps) for B, (a), (b)
 and (c), no guidance; how much (b) and (c) use their latents (the loss at sigma >= 2 given the encoder's latents
-over the loss given the null latent); and the seconds each route spent training. The FID detector runs on --device;
+over the loss given the null latent: benchmarks/common.py's latent_information, at the noise levels of `discodiff
+analyze loss-vs-sigma` within [2, 20]; the report in benchmarks/results/ was measured before, at sigma 2, 5, 10 and
+20); and the seconds each route spent training. The FID detector runs on --device;
 the models are trained where the library trains them (the GPU when there is one) and sampled there. Prints a table
 and writes benchmarks/results/finetune-<preset>.json. `--quick` is a smoke check of the whole pipeline on a tiny network
 (minutes on a CPU; its numbers mean nothing, and its report goes to DIR, not to benchmarks/results).
@@ -35,20 +37,14 @@ from pathlib import Path
 
 import torch
 
-import images as bench  # benchmarks/images.py: training and FID helpers shared by the image benchmarks
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import (QUICK_MODEL, RESULTS, differ, fid_cache, fid_text, high_sigmas,  # noqa: E402
+                               latent_information, log, log_timed, reference_and_floor, train_both, write_report)
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ROUTES = {"plain+": "(a) B + E as plain EDM", "finetuned": "(b) B fine-tuned + E", "scratch": "(c) scratch, B + E"}
 # --quick: the tiny digits U-Net of the tests on 32 images, 8 samples per FID (the detector dominates on a CPU)
-QUICK = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2,
-                               "latent_depth": 1},
-                   "encoder": {"width": 16, "heads": 2, "depth": 1}, "prior": {"depth": 1, "width": 32, "heads": 2}},
-         "data": {"options": {"max_images": 32}},
+QUICK = {"model": QUICK_MODEL, "data": {"options": {"max_images": 32}},
          "train": {"batch": 32, "tick_kimg": 0.128, "lr_rampup_kimg": 0}, "prior_train": {"batch": 64}}
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 def copy_run(src: Path, dst: Path) -> None:
@@ -62,7 +58,8 @@ def copy_run(src: Path, dst: Path) -> None:
 def resolve_routes(out: Path, args, overrides: dict, base_cfg) -> tuple[dict, object]:
     """The configs of (a), (b) and (c) (after B is finished: (b) checks it) and the data; an existing run must be
     the same run, and the fine-tuned one must have started from B's current weights."""
-    from discodiff.config import ConfigError, merge
+    from discodiff.config import merge
+    from discodiff.errors import ConfigError
     from discodiff.runs import file_sha256, resolve_run
 
     total = args.base_kimg + args.extra_kimg
@@ -100,27 +97,28 @@ def format_table(res: dict, args, route_seconds: dict) -> str:
     lines = [f"{args.preset}: B = plain EDM after {args.base_kimg:g} kimg; every route then ends at "
              f"{args.base_kimg + args.extra_kimg:g} kimg of stage-I images. FID ± bootstrap std ({args.bootstrap} "
              f"resamples) over {args.num} samples, Heun, no guidance; data floor: {fl['num']} training images score "
-             f"FID {bench._fid(fl)}", "",
+             f"FID {fid_text(fl)}", "",
              f"{'steps':>5} {'NFE':>4} " + " ".join(f"{head[n]:>22}" for n in names) + f" {'(b) vs (a)':>11}"
              f" {'(b) vs (c)':>11}"]
     by = {n: {r["steps"]: r for r in rows[n]} for n in names}
     for steps in res["nfe"]["steps"]:
         r = {n: by[n][steps] for n in names}
-        lines.append(f"{steps:>5} {r['base']['nfe']:>4} " + " ".join(f"{bench._fid(r[n]):>22}" for n in names)
+        lines.append(f"{steps:>5} {r['base']['nfe']:>4} " + " ".join(f"{fid_text(r[n]):>22}" for n in names)
                      + f" {_verdict(r['finetuned'], r['plain+']):>11} {_verdict(r['finetuned'], r['scratch']):>11}")
     cost = [f"{ROUTES[n]} {t['total']:.0f} s" + (f" ({t['after_b']:.0f} s after B)" if t["after_b"] is not None else "")
             for n, t in route_seconds.items()]
     lines += ["", "(b) vs (x): 'better' / 'worse' when the FIDs differ by more than twice their combined bootstrap "
                   "std, else 'same'", "training seconds, priors included: " + ", ".join(cost),
               f"how much the latents are used: loss given the encoder's latents / given the null latent, mean over "
-              f"sigma {bench.HIGH_SIGMAS} (1: ignored): " + ", ".join(f"{ROUTES[n]} {u['loss_ratio']:.3f}"
-                                                                     for n, u in res["latent_use"].items())]
+              f"sigma {[round(s, 2) for s in high_sigmas()]} (1: ignored): "
+              + ", ".join(f"{ROUTES[n]} {u['loss_ratio']:.3f}" for n, u in res["latent_use"].items())]
     return "\n".join(lines)
 
 
 def _verdict(b: dict, other: dict) -> str:
-    if bench.differ(b, other) != "yes":
-        return "same" if bench.differ(b, other) == "no" else "?"
+    d = differ(b, other)
+    if not d:
+        return "?" if d is None else "same"
     return "better" if b["fid"] < other["fid"] else "worse"
 
 
@@ -156,11 +154,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from discodiff import dist
-    from discodiff.analysis import jsonable
     from discodiff.cli.options import parse_key_values, parse_list, resolve_device
-    from discodiff.config import ConfigError, merge, preset_config
+    from discodiff.config import merge, preset_config
     from discodiff.data import to_uint8
-    from discodiff.fileio import check_writable, write_json
+    from discodiff.errors import ConfigError
+    from discodiff.fileio import check_writable
     from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
@@ -201,24 +199,25 @@ def main(argv=None) -> int:
         if data.kind != "image":
             raise ConfigError(f"preset {args.preset!r} is not an image preset")
         det = InceptionDetector.from_file(args.detector, device=device)
-        _log(f"fine-tuning benchmark: preset {args.preset}, B {args.base_kimg:g} kimg, E {args.extra_kimg:g} kimg, "
-             f"{args.num} samples per FID ({args.bootstrap} bootstrap resamples), Heun steps {args.steps}; training "
-             f"on {dist.device()}, detector on {device} ({det.backend}); runs in {out}")
-        models, reused = bench.train_both(out, {"base": base_cfg}, data, seconds, dist.device())
+        log(f"fine-tuning benchmark: preset {args.preset}, B {args.base_kimg:g} kimg, E {args.extra_kimg:g} kimg, "
+            f"{args.num} samples per FID ({args.bootstrap} bootstrap resamples), Heun steps {args.steps}; training "
+            f"on {dist.device()}, detector on {device} ({det.backend}); runs in {out}")
+        models, reused = train_both(out, {"base": base_cfg}, data, seconds, dist.device())
         cfgs, _ = resolve_routes(out, args, overrides, base_cfg)
-        more, more_reused = bench.train_both(out, cfgs, data, seconds, dist.device())
+        more, more_reused = train_both(out, cfgs, data, seconds, dist.device())
         models.update(more)
         reused.update(more_reused)
 
         images = to_uint8(data.x)
-        ref, floor, ref_reused = bench.log_timed(seconds, "fid_reference", bench.reference_and_floor, images, det, out,
-                                                 args.num, args.seed, args.bootstrap)
-        cache = bench.disk_cache(out / "fid-cache.json", {n: bench.fingerprint(out / n) for n in models}, args.num)
+        ref, floor, ref_reused = log_timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num,
+                                           args.seed, args.bootstrap)
+        cache = fid_cache(out, models, args.num)
         from discodiff.analysis.nfe import quality_vs_steps
         seeds = list(range(args.seed, args.seed + args.num))
-        nfe = bench.log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
-                              batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
-        use = {n: bench.latent_use(m, data.x, args.seed) for n, (m, _) in models.items() if m.num_latents}
+        nfe = log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+                        batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
+        use = {n: latent_information(m, data.x, data.labels, seed=args.seed) for n, (m, _) in models.items()
+               if m.num_latents}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -228,11 +227,11 @@ def main(argv=None) -> int:
     seconds["total"] = round(wall, 1)
     route_seconds = _route_seconds(seconds)
     table = format_table(res, args, route_seconds)
-    _log("\n" + table + "\n\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None)
-         + (" (reused: " + ", ".join(k for k, v in reused.items() if v) + ")" if any(reused.values()) else ""))
+    log("\n" + table + "\n\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None)
+        + (" (reused: " + ", ".join(k for k, v in reused.items() if v) + ")" if any(reused.values()) else ""))
     cfg = cfgs["finetuned"]
     report = {
-        "command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "quick": args.quick,
+        "preset": args.preset, "quick": args.quick,
         "wall_s": round(wall, 1), "seconds": seconds, "route_seconds": route_seconds, "reused": reused,
         "overrides": args.sets, "finetune_overrides": args.finetune_sets, "num": args.num, "seed": args.seed,
         "bootstrap": args.bootstrap, "steps": args.steps, "detector_backend": det.backend,
@@ -249,8 +248,8 @@ def main(argv=None) -> int:
                 f"FID-50k; compare only at equal N",
         "table": table, "results": res, "out": str(out),
     }
-    write_json(jsonable(report), path)
-    _log(f"wrote {path}; runs and caches in {out}")
+    write_report(report, path)
+    log(f"wrote {path}; runs and caches in {out}")
     return 0
 
 

@@ -9,9 +9,9 @@ training images (the preset's budgets, or --kimg / --toy-kimg).
 
 - toy2d: `experiments.toy2d.run_toy2d` once per process (its two models are m = 0 and m = 1): the off-mode fraction,
   the within-mode W2 (with its floor) and the mean ODE curvature at 50 and 10 Heun steps, as in docs/toy2d.md.
-- digits: benchmarks/images.py's training (`train_both`) and FID (`reference_and_floor`, one reference of all the
-  training images, features cached) with `analysis.nfe.quality_vs_steps`: FID ± bootstrap std and KID over --num
-  samples at 8 and 18 Heun steps, the same noise seeds for every model.
+- digits: the image benchmarks' training (benchmarks/common.py's `train_both`) and FID (`reference_and_floor`, one
+  reference of all the training images, features cached) with `analysis.nfe.quality_vs_steps`: FID ± bootstrap std
+  and KID over --num samples at 8 and 18 Heun steps, the same noise seeds for every model.
 
 Training runs where `discodiff train` would (the GPU when there is one; --device cpu hides it); sampling and the FID
 detector run on --device. Models train in float32 unless --bf16, as the CPU results in the README did. Run folders and
@@ -32,7 +32,11 @@ import tempfile
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "pfgmpp.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import (QUICK_MODEL, RESULTS, fid_cache, fid_text, kid_text, log, log_timed,  # noqa: E402
+                               reference_and_floor, run_overrides, train_both, write_report)
+
+REPORT = RESULTS / "pfgmpp.json"
 LABELS = {"edm": "EDM", "disco-edm": "DisCo-EDM", "pfgmpp": "PFGM++", "disco-pfgmpp": "DisCo-PFGM++"}
 TOY_STEPS = (50, 10)
 DIGITS_STEPS = "8,18"
@@ -41,14 +45,7 @@ DIGITS_STEPS = "8,18"
 QUICK_TOY = {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32},
                        "prior": {"depth": 1, "width": 32, "heads": 2}},
              "train": {"batch": 64, "tick_kimg": 1}, "prior_train": {"batch": 64, "tick_kimg": 0.5}}
-QUICK_DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 16, "latent_dim": 16,
-                                      "latent_depth": 1},
-                          "encoder": {"width": 16, "depth": 1}, "prior": {"depth": 1, "width": 16}},
-                "train": {"tick_kimg": 0.5}, "prior_train": {"batch": 64, "tick_kimg": 0.5}}
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
+QUICK_DIGITS = {"model": QUICK_MODEL, "train": {"tick_kimg": 0.5}, "prior_train": {"batch": 64, "tick_kimg": 0.5}}
 
 
 def processes(D: int) -> dict:
@@ -71,8 +68,8 @@ def run_toy(out: Path, args, overrides: dict) -> dict:
     res = {}
     for process, model in processes(args.toy_D).items():
         where = out / "toy" / folder(process, args.toy_D)
-        _log(f"[pfgmpp] toy2d, process {process}" + (f" (D = {args.toy_D})" if process != "edm" else "")
-             + f" -> {where}")
+        log(f"[pfgmpp] toy2d, process {process}" + (f" (D = {args.toy_D})" if process != "edm" else "")
+            + f" -> {where}")
         r = run_toy2d(where, kimg=args.toy_kimg, prior_kimg=args.toy_prior_kimg, seed=args.seed, steps=TOY_STEPS,
                       num_eval=args.toy_num, quiet=True, overrides=merge(overrides, {"model": model}))
         res[process] = {k: v for k, v in r.items() if k != "files"}
@@ -106,14 +103,12 @@ def toy_table(rows: dict, D: int, num: int) -> str:
 
 def digits_configs(out: Path, args, overrides: dict) -> tuple[dict, object]:
     """({model key: resolved config}, data) of the four digits runs, checked before anything is written."""
-    import images as bench
-
     from discodiff.config import merge
     from discodiff.runs import resolve_run
 
     cfgs, data = {}, None
     for process, model in processes(args.D).items():
-        pair = bench.run_overrides("digits", kimg=args.kimg, prior_kimg=args.prior_kimg, seed=args.seed,
+        pair = run_overrides("digits", kimg=args.kimg, prior_kimg=args.prior_kimg, seed=args.seed,
                                    overrides=merge(overrides, {"model": model}))
         for name, prefix in (("baseline", ""), ("discodiff", "disco-")):
             key = prefix + folder(process, args.D)
@@ -122,23 +117,21 @@ def digits_configs(out: Path, args, overrides: dict) -> tuple[dict, object]:
 
 
 def run_digits(out: Path, args, overrides: dict, det, seconds: dict) -> dict:
-    import images as bench
-
     from discodiff.analysis.nfe import quality_vs_steps
     from discodiff.data import to_uint8
 
     cfgs, data = digits_configs(out, args, overrides)
-    models, reused = bench.train_both(out, cfgs, data, seconds)
+    models, reused = train_both(out, cfgs, data, seconds)
     models = {key: (model.to(args.device), None if prior is None else prior.to(args.device))
               for key, (model, prior) in models.items()}
-    _log(f"[pfgmpp] digits FID reference: the {len(data)} training images (features cached in {out})")
-    ref, floor, _ = bench.log_timed(seconds, "fid_reference", bench.reference_and_floor, to_uint8(data.x), det, out,
-                                    args.num, args.seed, args.bootstrap)
-    cache = bench.disk_cache(out / "fid-cache.json", {key: bench.fingerprint(out / key) for key in cfgs}, args.num)
+    log(f"[pfgmpp] digits FID reference: the {len(data)} training images (features cached in {out})")
+    ref, floor, _ = log_timed(seconds, "fid_reference", reference_and_floor, to_uint8(data.x), det, out, args.num,
+                              args.seed, args.bootstrap)
+    cache = fid_cache(out, cfgs, args.num)
     seeds = list(range(args.seed, args.seed + args.num))
-    _log(f"[pfgmpp] digits FID at Heun steps {args.steps}, {args.num} samples each")
-    nfe = bench.log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
-                          batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
+    log(f"[pfgmpp] digits FID at Heun steps {args.steps}, {args.num} samples each")
+    nfe = log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+                    batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
     rows = {label_key(key): {str(r["steps"]): r for r in nfe["rows"][key]} for key in cfgs}
     cfg = cfgs[f"disco-{folder('pfgmpp', args.D)}"]
     return {"rows": rows, "floor": floor, "reused": reused, "steps": args.steps, "num": args.num,
@@ -152,16 +145,14 @@ def label_key(key: str) -> str:
 
 
 def digits_table(res: dict, D: int) -> str:
-    import images as bench
-
     fl = res["floor"]
     lines = [f"digits (8x8, N = 64), PFGM++ D = {D}; FID ± bootstrap std and KID x 1000 ± std over {res['num']} "
-             f"samples, Heun; data floor: {fl['num']} training images score FID {bench._fid(fl)}",
+             f"samples, Heun; data floor: {fl['num']} training images score FID {fid_text(fl)}",
              f"{'model':<14}{'steps':>6}{'NFE':>5}{'FID':>18}{'KID x 1000':>16}"]
     for n in map(str, res["steps"]):
         for key in LABELS:
             r = res["rows"][key][n]
-            lines.append(f"{LABELS[key]:<14}{n:>6}{r['nfe']:>5}{bench._fid(r):>18}{bench._kid(r):>16}")
+            lines.append(f"{LABELS[key]:<14}{n:>6}{r['nfe']:>5}{fid_text(r):>18}{kid_text(r):>16}")
     return "\n".join(lines)
 
 
@@ -203,10 +194,10 @@ def main(argv=None) -> int:
 
     import torch
 
-    from discodiff.analysis import jsonable
     from discodiff.cli.options import parse_list
-    from discodiff.config import ConfigError, merge
-    from discodiff.fileio import check_writable, write_json
+    from discodiff.config import merge
+    from discodiff.errors import ConfigError
+    from discodiff.fileio import check_writable
     from discodiff.metrics.fid import InceptionDetector
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -223,7 +214,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     tag = "pfgmpp-quick" if args.quick else "pfgmpp"
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-{tag}"
-    path = args.results or (out / "pfgmpp-quick.json" if args.quick else RESULTS)
+    path = args.results or (out / "pfgmpp-quick.json" if args.quick else REPORT)
     start, seconds, report = time.perf_counter(), {}, {}
     tables = []
     try:
@@ -232,8 +223,8 @@ def main(argv=None) -> int:
             raise ConfigError("--steps and --D must be positive")
         check_writable(out, folder=True)
         check_writable(path)
-        _log(f"pfgmpp benchmark: D = {args.D} (toy: {args.toy_D}), device {args.device}, {args.threads} threads"
-             f"{', quick' if args.quick else ''}; runs in {out}")
+        log(f"pfgmpp benchmark: D = {args.D} (toy: {args.toy_D}), device {args.device}, {args.threads} threads"
+            f"{', quick' if args.quick else ''}; runs in {out}")
         if not args.digits_only:
             t0 = time.perf_counter()
             toy = run_toy(out, args, toy_overrides)
@@ -242,7 +233,7 @@ def main(argv=None) -> int:
             tables.append(toy_table(rows, args.toy_D, args.toy_num))
             report["toy"] = {"D": args.toy_D, "num": args.toy_num, "steps": list(TOY_STEPS), "rows": rows,
                              "runs": toy}
-            _log("\n" + tables[-1] + "\n")
+            log("\n" + tables[-1] + "\n")
         if not args.toy_only:
             t0 = time.perf_counter()
             det = InceptionDetector.from_file(args.detector, device=args.device)
@@ -252,21 +243,21 @@ def main(argv=None) -> int:
             seconds["digits"] = round(time.perf_counter() - t0, 1)
             tables.append(digits_table(digits, args.D))
             report["digits"] = {"D": args.D, "detector_backend": det.backend, "bootstrap": args.bootstrap, **digits}
-            _log("\n" + tables[-1] + "\n")
+            log("\n" + tables[-1] + "\n")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     wall = round(time.perf_counter() - start, 1)
     seconds["total"] = wall
-    _log("seconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "quick": args.quick, "wall_s": wall,
+    log("seconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
+    report = {"quick": args.quick, "wall_s": wall,
               "seconds": seconds, "seed": args.seed, "device": args.device, "bf16": args.bf16,
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": args.threads,
                           "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None},
               "table": "\n\n".join(tables), **report, "out": str(out)}
-    write_json(jsonable(report), path)
-    _log(f"wrote {path}; runs and caches in {out}")
+    write_report(report, path)
+    log(f"wrote {path}; runs and caches in {out}")
     return 0
 
 

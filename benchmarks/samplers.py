@@ -25,8 +25,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import (DOCS, RESULTS, differ_word, fid_cache, fid_ratio, fid_text, kid_text,  # noqa: E402
+                               ratio_text, reference_and_floor, run_overrides, train_both, write_report)
 
 # (label, sampler, steps, options): the grid of sampler settings, each run for both models
 GRID = [
@@ -50,13 +51,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="benchmarks/images.py's folder (default: its default)")
     args = ap.parse_args(argv)
 
-    import images as bench  # benchmarks/images.py: the runs, the reference and the FID cache
-
-    from discodiff.analysis import jsonable
     from discodiff.analysis.quality import sample_fid
-    from discodiff.config import ConfigError
     from discodiff.data import to_uint8
-    from discodiff.fileio import write_json
+    from discodiff.errors import ConfigError
     from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
@@ -64,17 +61,17 @@ def main(argv=None) -> int:
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
     start = time.perf_counter()
     try:
-        overrides = bench.run_overrides(args.preset, seed=args.seed)
+        overrides = run_overrides(args.preset, seed=args.seed)
         resolved = {name: resolve_run(out / name, preset=args.preset, overrides=o) for name, o in overrides.items()}
         cfgs = {name: cfg for name, (cfg, _) in resolved.items()}
         data = resolved["discodiff"][1]
-        models, _ = bench.train_both(out, cfgs, data, {})
+        models, _ = train_both(out, cfgs, data, {})
         det = InceptionDetector.from_file()
-        ref, floor, _ = bench.reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
+        ref, floor, _ = reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cache = bench.disk_cache(out / "fid-cache.json", {n: bench.fingerprint(out / n) for n in models}, args.num)
+    cache = fid_cache(out, models, args.num)
     seeds = list(range(args.seed, args.seed + args.num))
     rows = []
     for label, sampler, steps, options in GRID:
@@ -84,8 +81,8 @@ def main(argv=None) -> int:
                                    progress=True, desc=f"{name}, {label}, {steps} steps", cache=cache,
                                    model_key=name, bootstrap=args.bootstrap, sampler_options=options or None)
         row["nfe"] = row["discodiff"]["nfe"]
-        row["ratio"], row["ratio_err"] = bench.ratio_and_error(row["discodiff"], row["baseline"])
-        row["differ"] = bench.differ(row["discodiff"], row["baseline"])
+        row["ratio"], row["ratio_err"] = fid_ratio(row["discodiff"], row["baseline"])
+        row["differ"] = differ_word(row["discodiff"], row["baseline"])
         rows.append(row)
 
     hybrid_rows = []
@@ -103,23 +100,23 @@ def main(argv=None) -> int:
              f"{'sampler':>17} {'steps':>5} {'NFE':>4} {'baseline FID':>16} {'DisCo-Diff FID':>16} {'ratio':>14} "
              f"{'differ':>6} {'base KID':>12} {'DisCo KID':>12}"]
     for r in rows:
-        lines.append(f"{r['label']:>17} {r['steps']:>5} {r['nfe']:>4} {bench._fid(r['baseline']):>16} "
-                     f"{bench._fid(r['discodiff']):>16} {bench._ratio(r['discodiff'], r['baseline']):>14} "
-                     f"{r['differ']:>6} {bench._kid(r['baseline']):>12} {bench._kid(r['discodiff']):>12}")
+        lines.append(f"{r['label']:>17} {r['steps']:>5} {r['nfe']:>4} {fid_text(r['baseline']):>16} "
+                     f"{fid_text(r['discodiff']):>16} {ratio_text(r['discodiff'], r['baseline']):>14} "
+                     f"{r['differ']:>6} {kid_text(r['baseline']):>12} {kid_text(r['discodiff']):>12}")
     lines += ["", "hybrid: DisCo-Diff for sigma >= switch, EDM below (Heun)", "",
               f"{'steps':>5} {'switch':>6} {'EDM FID':>16} {'DisCo-Diff FID':>16} {'hybrid FID':>16} {'hybrid KID':>12}"]
     for h in hybrid_rows:
-        lines.append(f"{h['steps']:>5} {h['switch_sigma']:>6g} {bench._fid(h['baseline']):>16} "
-                     f"{bench._fid(h['discodiff']):>16} {bench._fid(h['hybrid']):>16} {bench._kid(h['hybrid']):>12}")
+        lines.append(f"{h['steps']:>5} {h['switch_sigma']:>6g} {fid_text(h['baseline']):>16} "
+                     f"{fid_text(h['discodiff']):>16} {fid_text(h['hybrid']):>16} {kid_text(h['hybrid']):>12}")
     table = "\n".join(lines)
     print("\n" + table)
     png = plot(rows, DOCS / f"{args.preset}_fid_vs_nfe_samplers.png", args)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "num": args.num,
-              "bootstrap": args.bootstrap, "seed": args.seed, "wall_s": round(time.perf_counter() - start, 1),
-              "floor": floor, "rows": rows, "hybrid": hybrid_rows, "table": table, "plot": str(png), "out": str(out),
-              "detector_backend": det.backend, "threads": args.threads}
+    report = {"preset": args.preset, "num": args.num, "bootstrap": args.bootstrap, "seed": args.seed,
+              "wall_s": round(time.perf_counter() - start, 1), "floor": floor, "rows": rows, "hybrid": hybrid_rows,
+              "table": table, "plot": str(png), "out": str(out), "detector_backend": det.backend,
+              "threads": args.threads}
     path = RESULTS / f"samplers-{args.preset}.json"
-    write_json(jsonable(report), path)
+    write_report(report, path)
     print(f"wrote {path} and {png}")
     return 0
 

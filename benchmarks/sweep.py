@@ -1,8 +1,8 @@
 """Benchmark: where the latents pay off (issue #10, item 3). Plain EDM (m = 0) against DisCo-Diff across network
 width, sampler steps and training seeds, with the same data, training images and noise seeds everywhere.
 
-    python benchmarks/sweep.py --preset digits|fashion16 [--widths 16,24,40] [--seeds 0,1] [--steps 4,6,8,12,18]
-        [--num 2000] [--bootstrap 20] [--jobs 4] [--device cpu|cuda] [--out DIR]
+    .venv/bin/python benchmarks/sweep.py --preset digits|fashion16 [--widths 16,24,40] [--seeds 0,1]
+        [--steps 4,6,8,12,18] [--num 2000] [--bootstrap 20] [--jobs 4] [--device cpu|cuda] [--out DIR]
         [--variant NAME --disco-set KEY=VALUE ...]
 
 1. Training. For each width (the U-Net's model_channels; attention keeps the preset's number of heads) and model,
@@ -20,13 +20,16 @@ width, sampler steps and training seeds, with the same data, training images and
    width, two plots (the ratio against NFE for each width; the ratio against width at the most steps) in
    docs/sweep-<preset>-*.png, and benchmarks/results/sweep-<preset>.json.
 
-A variant changes DisCo-Diff alone: `--variant info --disco-set model.usage_weight=0.1 --disco-set
-model.confidence_weight=0.1` trains DisCo-Diff into w<width>-s<seed>/discodiff-info, reuses the EDM runs beside it,
-and reports to sweep-<preset>-info.json and docs/sweep-<preset>-info-*.png. A variant may drop the latents: `--variant
-labels --disco-set model.num_latents=0 --disco-set model.num_classes=10` puts EDM given the data's class labels (drawn
-balanced at sampling) in DisCo-Diff's place, a reference for what a perfectly fitted, human-chosen latent gives.
+A variant changes DisCo-Diff alone: `--variant info --disco-set model.info_weight=0.1` trains DisCo-Diff into
+w<width>-s<seed>/discodiff-info, reuses the EDM runs beside it, and reports to sweep-<preset>-info.json and
+docs/sweep-<preset>-info-*.png. A variant may drop the latents: `--variant labels --disco-set model.num_latents=0
+--disco-set model.num_classes=10` puts EDM given the data's class labels (drawn balanced at sampling) in DisCo-Diff's
+place, a reference for what a perfectly fitted, human-chosen latent gives.
 
-FID over a few thousand samples is biased upward (KID is not), so compare only at equal --num.
+FID over a few thousand samples is biased upward (KID is not), so compare only at equal --num. The "loss z/null"
+column is benchmarks/common.py's latent_information (the noise levels of `discodiff analyze loss-vs-sigma` within
+[2, 20]). The research scripts in benchmarks/research/ build on this sweep: its run folders (run_folder), its
+commands (train_commands), its classifier and its reports (load_reports, mean_ratio).
 """
 from __future__ import annotations
 
@@ -45,14 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-DOCS = ROOT / "docs"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import (DOCS, RESULTS, ROOT, differ, differ_word, fid_ratio, fid_text, finished,  # noqa
+                               high_sigmas, log, run_latent_information, write_report)
+
 MODELS = ("baseline", "discodiff")
-
-
-def _log(msg: str) -> None:
-    print(msg, flush=True)
 
 
 # ---- the plan ----------------------------------------------------------------------------------------------------
@@ -111,7 +111,8 @@ def train_commands(preset: str, run: dict, extra_sets: list[str], disco_sets: li
 
 def stage1_done(path: Path):
     """The Run in `path` when its stage I has trained for its whole budget, else None (none begun, or unfinished)."""
-    from discodiff.config import ConfigError, RunConfig
+    from discodiff.config import RunConfig
+    from discodiff.errors import ConfigError
     from discodiff.runs import Run
 
     try:
@@ -119,7 +120,7 @@ def stage1_done(path: Path):
     except ConfigError:
         return None
     r = Run(path, cfg)
-    return r if r.model_path.is_file() and r.trained_nimg("stage1") >= cfg.train.kimg * 1000 else None
+    return r if finished(r, "stage1") else None
 
 
 def is_trained(run: dict, p) -> bool:
@@ -131,20 +132,19 @@ def is_trained(run: dict, p) -> bool:
     if cfg.model.num_latents and (cfg.prior_train.kimg, cfg.prior_train.batch, cfg.prior_train.lr) != (p.kimg, p.batch,
                                                                                                       p.lr):
         return False  # a prior fitted with other settings than the preset's
-    return cfg.model.num_latents == 0 or (r.prior_status() == "ok" and
-                                          r.trained_nimg("prior") >= cfg.prior_train.kimg * 1000)
+    return cfg.model.num_latents == 0 or finished(r, "prior")
 
 
-def run_logged(commands: list[list[str]], log: Path, env: dict) -> float:
-    """Runs the commands one after the other, output into `log`; returns the seconds; raises on a failure."""
+def run_logged(commands: list[list[str]], log_file: Path, env: dict) -> float:
+    """Runs the commands one after the other, output into `log_file`; returns the seconds; raises on a failure."""
     t0 = time.perf_counter()
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "a") as f:
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "a") as f:
         for cmd in commands:
             f.write("$ " + " ".join(cmd) + "\n")
             f.flush()
             if subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode:
-                raise RuntimeError(f"failed: {' '.join(cmd)} (see {log})")
+                raise RuntimeError(f"failed: {' '.join(cmd)} (see {log_file})")
     return time.perf_counter() - t0
 
 
@@ -152,10 +152,10 @@ def in_parallel(jobs: int, tasks: list[tuple[str, list[list[str]], Path]], env: 
     """{name: seconds} of the tasks (name, commands, log), `jobs` at a time."""
     seconds = {}
     with futures.ThreadPoolExecutor(jobs) as pool:
-        running = {pool.submit(run_logged, cmds, log, env): name for name, cmds, log in tasks}
+        running = {pool.submit(run_logged, cmds, log_file, env): name for name, cmds, log_file in tasks}
         for fut in futures.as_completed(running):
             seconds[running[fut]] = round(fut.result(), 1)
-            _log(f"[sweep]   done: {running[fut]} ({seconds[running[fut]]:.0f} s)")
+            log(f"[sweep]   done: {running[fut]} ({seconds[running[fut]]:.0f} s)")
     return seconds
 
 
@@ -319,49 +319,11 @@ def evaluate_run(run_dir: Path, ref_path: Path, classifier_path: Path, steps: li
                        "nfe": nfe("heun", n), "class_tv": total_variation(freq, data_freq),
                        "class_frequencies": freq.tolist(), "sampling_s": round(t1 - t0, 1),
                        "seconds": round(time.perf_counter() - t0, 1)}
-        _log(f"{run_dir}: {n} steps FID {out[str(n)]['fid']:.3f} class TV {out[str(n)]['class_tv']:.3f}")
+        log(f"{run_dir}: {n} steps FID {out[str(n)]['fid']:.3f} class TV {out[str(n)]['class_tv']:.3f}")
     return out
 
 
-HIGH_SIGMAS = (2.0, 20.0)  # the noise levels where the latents cut the loss most (paper Fig. 7a)
-
-
-def latent_information(run_dir: Path, device: torch.device, num: int = 512, seed: int = 0) -> dict | None:
-    """What a DisCo-Diff run's latents carry: its loss given the encoder's latents over its loss given the null latent,
-    mean over the noise levels of `discodiff analyze loss-vs-sigma` (16 levels) within HIGH_SIGMAS, on the same `num`
-    training images and noise as that command at --seed `seed` (so its printed losses give the same figure). Below 1:
-    the latents inform the denoiser; 1: they carry nothing. None for a run without latents."""
-    from discodiff.analysis.common import pick_images
-    from discodiff.analysis.loss_sigma import loss_ratios, loss_vs_sigma
-    from discodiff.data import load_dataset
-    from discodiff.edm import sigma_bins
-    from discodiff.runs import Run
-
-    run = Run(run_dir)
-    if not run.config.model.num_latents:
-        return None
-    model = run.load_model(device)
-    data = load_dataset(run.config.data)
-    idx = pick_images(len(data), min(num, len(data)), seed)
-    y = data.x[idx]
-    labels = data.labels[idx] if data.labels is not None and model.config.num_classes else None
-    all_sigmas = [float(s) for s in sigma_bins(16)]
-    picked = [i for i, s in enumerate(all_sigmas) if HIGH_SIGMAS[0] <= s <= HIGH_SIGMAS[1]]
-    # the noise of each level depends on its index among the 16, so compute the curve at all 16 (a few seconds)
-    res = loss_vs_sigma({"m": model}, y, class_labels=labels, sigmas=all_sigmas, seed=seed)
-    over_null = loss_ratios(res, "m (null z)")["m"]
-    ratios = [over_null[i] for i in picked]
-    return {"loss_ratio": float(np.mean(ratios)), "sigmas": [all_sigmas[i] for i in picked],
-            "ratios": [float(r) for r in ratios], "num_images": len(y), "seed": seed}
-
-
 # ---- the report --------------------------------------------------------------------------------------------------
-
-def ratio(d: dict, b: dict) -> tuple[float, float]:
-    """FID ratio and its error from the two bootstrap stds, propagated as independent."""
-    r = d["fid"] / b["fid"]
-    return r, r * ((d.get("fid_std", 0) / d["fid"]) ** 2 + (b.get("fid_std", 0) / b["fid"]) ** 2) ** 0.5
-
 
 def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -> dict:
     """Ratios per (width, seed, steps); per width the mean over seeds, and the seed spread at the preset's width."""
@@ -372,11 +334,11 @@ def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -
     for (width, seed), e in sorted(pairs.items()):
         for n in steps:
             b, d = e["baseline"][str(n)], e["discodiff"][str(n)]
-            rr, err = ratio(d, b)
+            rr, err = fid_ratio(d, b)
             info = e["discodiff"].get("latents") or {}
             rows.append({"width": width, "seed": seed, "steps": n, "nfe": b["nfe"], "baseline": b, "discodiff": d,
                          "ratio": rr, "ratio_err": err, "latent_loss_ratio": info.get("loss_ratio"),
-                         "differ": abs(d["fid"] - b["fid"]) > 2 * (d.get("fid_std", 0) ** 2 + b.get("fid_std", 0) ** 2) ** 0.5})
+                         "differ": differ(d, b)})
     spread = {}
     for n in steps:
         rs = [r["ratio"] for r in rows if r["width"] == own_width and r["steps"] == n]
@@ -385,22 +347,19 @@ def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -
     return {"rows": rows, "seed_spread": spread}
 
 
-def _fid(r: dict) -> str:
-    return f"{r['fid']:.2f} ± {r.get('fid_std', 0):.2f}"
-
-
 def format_table(summary: dict) -> str:
     lines = [f"{'width':>5} {'seed':>4} {'steps':>5} {'NFE':>4} {'EDM FID':>14} {'DisCo FID':>14} {'ratio':>13} "
              f"{'differ':>6} {'EDM KIDx1e3':>11} {'DisCo KIDx1e3':>13} {'class TV E/D':>13} {'loss z/null':>11}"]
     for r in summary["rows"]:
         b, d = r["baseline"], r["discodiff"]
         kid = (lambda x: f"{1000 * x['kid']:.2f}" if x.get("kid") is not None else "-")
-        lines.append(f"{r['width']:>5} {r['seed']:>4} {r['steps']:>5} {r['nfe']:>4} {_fid(b):>14} {_fid(d):>14} "
-                     f"{r['ratio']:>6.3f} ± {r['ratio_err']:.3f} {'yes' if r['differ'] else 'no':>6} {kid(b):>11} "
+        err = "" if r["ratio_err"] is None else f" ± {r['ratio_err']:.3f}"
+        lines.append(f"{r['width']:>5} {r['seed']:>4} {r['steps']:>5} {r['nfe']:>4} {fid_text(b, 2):>14} "
+                     f"{fid_text(d, 2):>14} {r['ratio']:>6.3f}{err:<8} {differ_word(d, b):>6} {kid(b):>11} "
                      f"{kid(d):>13} {b['class_tv']:>6.3f}/{d['class_tv']:.3f} "
                      f"{'-' if r.get('latent_loss_ratio') is None else format(r['latent_loss_ratio'], '.3f'):>11}")
     lines += ["", "loss z/null: DisCo-Diff's loss given its encoder's latents over its loss given the null latent, "
-              f"mean over sigma in {list(HIGH_SIGMAS)} (below 1: the latents inform the denoiser)"]
+              f"mean over sigma in {[round(s, 2) for s in high_sigmas()]} (below 1: the latents inform the denoiser)"]
     if summary["seed_spread"]:
         lines += ["", "ratio over training seeds at the preset's width: " + ", ".join(
             f"{n} steps {s['mean']:.3f} ± {s['std_over_seeds']:.3f} (n={s['n']})"
@@ -414,6 +373,8 @@ def mean_ratio(rows: list[dict], width: int, n: int) -> tuple[float, float, int]
     rs = [r for r in rows if r["width"] == width and r["steps"] == n]
     value = float(np.mean([r["ratio"] for r in rs]))
     err = (float(np.std([r["ratio"] for r in rs], ddof=1)) if len(rs) > 1 else rs[0]["ratio_err"])
+    if err is None:  # one pair measured without bootstrap stds: no error bar
+        err = float("nan")
     return value, err, rs[0]["nfe"]
 
 
@@ -535,15 +496,13 @@ def main(argv=None) -> int:
         res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors",
                            [n for n in steps if str(n) not in done], args.num, args.bootstrap, device, args.batch)
         if "latents" not in done:
-            res["latents"] = latent_information(args.eval_run, device)
+            res["latents"] = run_latent_information(args.eval_run, device)
         path.write_text(json.dumps({**done, **res}) + "\n")
         return 0
 
-    from discodiff.analysis.common import jsonable
     from discodiff.cli.options import parse_key_values
     from discodiff.config import preset_config
     from discodiff.data import load_dataset, to_uint8
-    from discodiff.fileio import write_json
     from discodiff.metrics.fid import InceptionDetector, stats_of_images
 
     start = time.perf_counter()
@@ -557,34 +516,34 @@ def main(argv=None) -> int:
     name = f"{args.preset}-{args.variant}" if args.variant else args.preset
     env = child_env(threads)
     seconds = {}
-    _log(f"[sweep] {args.preset}: widths {widths} (preset {own}), seeds {seeds} at the preset's width, steps {steps}, "
-         f"{args.num} samples per FID, {len(runs)} runs, {args.jobs} jobs x {threads} threads on {device}; in {out}")
+    log(f"[sweep] {args.preset}: widths {widths} (preset {own}), seeds {seeds} at the preset's width, steps {steps}, "
+        f"{args.num} samples per FID, {len(runs)} runs, {args.jobs} jobs x {threads} threads on {device}; in {out}")
 
     prior_settings = preset_config(args.preset, parse_key_values([*args.sets, *args.disco_sets])).prior_train
     todo = [r for r in runs if not is_trained(r, prior_settings)]
-    _log(f"[sweep] training {len(todo)} runs ({len(runs) - len(todo)} already trained)")
+    log(f"[sweep] training {len(todo)} runs ({len(runs) - len(todo)} already trained)")
     t0 = time.perf_counter()
     train_s = in_parallel(args.jobs, [(str(r["dir"]), train_commands(args.preset, r, args.sets, args.disco_sets),
                                        r["dir"].parent / f"{r['dir'].name}-train.log") for r in todo], env)
     seconds["training"] = round(time.perf_counter() - t0, 1)
 
-    _log("[sweep] training cost per image, side by side")
+    log("[sweep] training cost per image, side by side")
     cost = training_cost(args.preset, args.sets, device, disco_sets=args.disco_sets)
-    _log(f"[sweep]   DisCo-Diff / EDM seconds per training image: {cost['ratio']:.3f}")
+    log(f"[sweep]   DisCo-Diff / EDM seconds per training image: {cost['ratio']:.3f}")
 
     data = load_dataset(cfg.data)
     images = to_uint8(data.x)
     ref_images = reference_images(images, args.ref_num)
     ref_path = out / ("fid-ref.npz" if len(ref_images) == len(images) else f"fid-ref-{len(ref_images)}.npz")
     if not ref_path.is_file():
-        _log(f"[sweep] reference features of {len(ref_images)} of the {len(images)} training images")
+        log(f"[sweep] reference features of {len(ref_images)} of the {len(images)} training images")
         det = InceptionDetector.from_file(device=device)
         stats_of_images(ref_images, det, batch=256 if device.type == "cuda" else 32).save(ref_path)
         del det
     cls_path = out / "classifier.safetensors"
     if not cls_path.is_file() and data.labels is not None:
         from safetensors.torch import save_file
-        _log("[sweep] training the classifier that reads the samples' classes")
+        log("[sweep] training the classifier that reads the samples' classes")
         net, acc = train_classifier(to_unit(images), data.labels, device)
         classes = int(data.labels.max()) + 1
         save_file({k: v.contiguous().cpu() for k, v in net.state_dict().items()}, cls_path)
@@ -593,7 +552,7 @@ def main(argv=None) -> int:
                                                              "held_out_accuracy": acc,
                                                              "data_frequencies": data_freq.tolist()}) + "\n")
     classifier = json.loads(cls_path.with_suffix(".json").read_text())
-    _log(f"[sweep]   classifier held-out accuracy {classifier['held_out_accuracy']:.3f}")
+    log(f"[sweep]   classifier held-out accuracy {classifier['held_out_accuracy']:.3f}")
 
     def eval_path(r):
         return r["dir"] / f"sweep-eval-{args.num}.json"
@@ -602,7 +561,7 @@ def main(argv=None) -> int:
         eval_path(r).unlink(missing_ok=True)
     fresh = [r for r in runs if not eval_path(r).is_file()
              or not {*map(str, steps), "latents"} <= json.loads(eval_path(r).read_text()).keys()]
-    _log(f"[sweep] evaluating {len(fresh)} runs")
+    log(f"[sweep] evaluating {len(fresh)} runs")
     t0 = time.perf_counter()
     child = [sys.executable, str(Path(__file__).resolve()), "--num", str(args.num), "--steps", args.steps,
              "--bootstrap", str(args.bootstrap), "--device", args.device, "--batch", str(args.batch),
@@ -617,9 +576,9 @@ def main(argv=None) -> int:
     args.docs.mkdir(parents=True, exist_ok=True)
     plots = plot(summary, args.preset, widths, steps, args.docs, name)
     seconds["total"] = round(time.perf_counter() - start, 1)
-    _log("\n" + table + f"\n\nclassifier held-out accuracy {classifier['held_out_accuracy']:.3f}; training cost "
-         f"DisCo-Diff / EDM per image {cost['ratio']:.3f} ({device}); seconds: "
-         + ", ".join(f"{k} {v:g}" for k, v in seconds.items()))
+    log("\n" + table + f"\n\nclassifier held-out accuracy {classifier['held_out_accuracy']:.3f}; training cost "
+        f"DisCo-Diff / EDM per image {cost['ratio']:.3f} ({device}); seconds: "
+        + ", ".join(f"{k} {v:g}" for k, v in seconds.items()))
     params = {}
     for w in widths:
         from discodiff.model import DiscoDiff
@@ -629,7 +588,7 @@ def main(argv=None) -> int:
             c.model.data_shape = data.shape
             params[f"{model}-w{w}"] = sum(p.numel() for p in DiscoDiff(c.model).parameters())
     report = {
-        "command": " ".join(["python", *[str(a) for a in sys.argv]]), "preset": args.preset, "widths": widths,
+        "preset": args.preset, "widths": widths,
         "preset_width": own, "seeds": seeds, "steps": steps, "num": args.num, "bootstrap": args.bootstrap,
         "overrides": args.sets, "variant": args.variant, "discodiff_overrides": args.disco_sets, "jobs": args.jobs,
         "device": str(device),
@@ -647,8 +606,8 @@ def main(argv=None) -> int:
                 "and those it reads off the training images.",
     }
     path = args.results or RESULTS / f"sweep-{name}.json"
-    write_json(jsonable(report), path)
-    _log(f"wrote {path} and {', '.join(str(p) for p in plots)}")
+    write_report(report, path)
+    log(f"wrote {path} and {', '.join(str(p) for p in plots)}")
     return 0
 
 

@@ -6,8 +6,8 @@ its stats.jsonl after a warm-up tick; the two models train in turns, --repeats r
 (prior + Heun ODE), and the prior's share of sampling time is measured on its own with `pipeline.sample_latents`,
 the prior's part of `generate`.
 
-    python benchmarks/throughput.py --preset digits                # CPU figures
-    python benchmarks/throughput.py --preset emoji --device cuda   # GPU figures
+    .venv/bin/python benchmarks/throughput.py --preset digits                # CPU figures
+    .venv/bin/python benchmarks/throughput.py --preset emoji --device cuda   # GPU figures
 
 Targets (issue #3): DisCo-Diff training cost at most 15% above the baseline's; the prior at most 1% of the
 total sampling time (the paper: 0.56% on ImageNet-128). Issue #11: DisCo-Diff's sampling throughput within 3% of the
@@ -20,21 +20,24 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from discodiff.cli.options import parse_key_values
-from discodiff.config import merge, preset_config
-from discodiff.data import ArrayDataset, load_dataset
-from discodiff.fileio import check_writable, write_json
-from discodiff.model import DiscoDiff
-from discodiff.pipeline import generate_batches, sample_latents
-from discodiff.prior import ARPrior
-from discodiff.sampling import karras_sigmas
-from discodiff.train.stage1 import train_stage1
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import RESULTS, write_report  # noqa: E402
+from discodiff.cli.options import parse_key_values  # noqa: E402
+from discodiff.config import merge, preset_config  # noqa: E402
+from discodiff.data import ArrayDataset, load_dataset  # noqa: E402
+from discodiff.fileio import check_writable  # noqa: E402
+from discodiff.model import DiscoDiff  # noqa: E402
+from discodiff.pipeline import generate_batches, sample_latents  # noqa: E402
+from discodiff.prior import ARPrior  # noqa: E402
+from discodiff.sampling import karras_sigmas  # noqa: E402
+from discodiff.train.stage1 import train_stage1  # noqa: E402
 
 
 def _sync(device):
@@ -106,7 +109,7 @@ def main():
     args = ap.parse_args()
     overrides = parse_key_values(args.sets)
     device = torch.device(args.device)
-    out = check_writable(args.out or Path(__file__).parent / "results" / f"throughput-{args.preset}-{device.type}.json")
+    out = check_writable(args.out or RESULTS / f"throughput-{args.preset}-{device.type}.json")
     results = {"preset": args.preset, "overrides": args.sets,
                "device": torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
@@ -164,7 +167,7 @@ def main():
           f"{'PASS' if overhead <= 0.15 else 'FAIL'})")
     print(f"prior share of sampling time: {100 * d['sampling']['prior_fraction']:.3f}% (target <= 1%: "
           f"{'PASS' if results['targets']['prior_fraction_ok'] else 'FAIL'})")
-    write_json(results, out)
+    write_report(results, out)
     print(f"wrote {out}")
 
 

@@ -9,7 +9,6 @@ writes benchmarks/results/toy2d.json. Run folders and figures go to --work-dir (
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 import tempfile
@@ -18,7 +17,10 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results" / "toy2d.json"
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import RESULTS, write_report  # noqa: E402
+
+REPORT = RESULTS / "toy2d.json"
 TIME_LIMIT_S = 600.0
 
 
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--num", type=int, default=4000, help="samples per model and step count")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads; one is fastest for this small MLP (docs/toy2d.md)")
-    ap.add_argument("--out", type=Path, default=RESULTS, help="the JSON report")
+    ap.add_argument("--out", type=Path, default=REPORT, help="the JSON report")
     args = ap.parse_args(argv)
 
     from discodiff.experiments.toy2d import run_toy2d
@@ -66,13 +68,12 @@ def main(argv=None) -> int:
     print(f"\nwall time {wall:.1f} s\ntargets:")
     for name, ok, figures in checks:
         print(f"  [{'PASS' if ok else 'FAIL'}] {name}: {figures}")
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "wall_s": wall,
+    report = {"wall_s": wall,
               "machine": {"platform": platform.platform(), "processor": platform.processor(),
                           "torch": torch.__version__, "threads": args.threads},
               "targets": [{"target": n, "pass": ok, "measured": f} for n, ok, f in checks],
               "results": {k: v for k, v in res.items() if k != "files"}, "work_dir": str(work)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    write_report(report, args.out)
     print(f"wrote {args.out}; figures in {work}")
     return 0 if all(ok for _, ok, _ in checks) else 1
 

@@ -1,11 +1,15 @@
 """Mode separation on the toy data: does each of the 8 codes name one of the 8 modes? (docs/toy2d.md)
 
-    python scripts/toy2d_ablation.py --name soft --kimg 300 --seeds 0,1,2,3,4 --set model.hard=false
+    .venv/bin/python benchmarks/research/toy2d_ablation.py --name soft --kimg 300 --seeds 0,1,2,3,4 \
+        --set model.hard=false
 
 Trains stage I only (train_stage1, the function `discodiff train` calls) with the toy2d preset plus the --set
 overrides, once per seed, in a temporary folder, then reports the purity of the EMA encoder's argmax code on the
 training data against the true components, the number of codes in use, the encoder's mean confidence and the last
 training loss. One JSON line per seed is appended to --out.
+
+The tool takes any --set; rows of docs/research-log.md that set options since removed from the package
+(model.encoder.balanced, model.network.latent_embedding=false) ran at commit 8b0f46c, where they exist.
 """
 from __future__ import annotations
 

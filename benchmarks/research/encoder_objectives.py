@@ -1,17 +1,23 @@
 """Benchmark: can the encoder be made to name the class without labels? (issue #10)
 
-    .venv/bin/python benchmarks/encoder_objectives.py [--preset fashion16] [--width 16] [--seed 0] \
+    .venv/bin/python benchmarks/research/encoder_objectives.py [--preset fashion16] [--width 16] [--seed 0] \
         [--variants preset,m8,...] [--kmeans 16,256] [--out /tmp/discodiff-sweep-fashion16]
 
-benchmarks/latent_class.py found that DisCo-Diff's FID gain follows how much of the class its latents name (a linear
-probe's accuracy on the one-hot tuple). This screens encoder objectives by that measure, which needs stage I only
-(15-21 minutes a run at width 16 on 2 cores) where an FID ratio needs the prior and 4,000 samples more. Each
+benchmarks/research/latent_class.py found that DisCo-Diff's FID gain follows how much of the class its latents name
+(a linear probe's accuracy on the one-hot tuple). This screens encoder objectives by that measure, which needs stage
+I only (15-21 minutes a run at width 16 on 2 cores) where an FID ratio needs the prior and 4,000 samples more. Each
 variant in VARIANTS is trained (stage I, the sweep's settings and folder: <out>/w<width>-s<seed>/discodiff[-<name>],
 so that benchmarks/sweep.py --variant <name> reuses it) unless it is there, and measured: the probe's held-out
 accuracy and each latent's I(class; z_i) (latent_class.measure), and its loss z / null at high noise
-(sweep.latent_information). For scale, --kmeans K clusters the training images by k-means in pixel space, what the
-denoising loss asks of one latent as sigma grows (the best denoiser given z is then E[y | z]), and measures the
-clusters the same way. Writes results/encoder-objectives-<preset>-w<width>-s<seed>.json.
+(benchmarks/common.py's latent_information). For scale, --kmeans K clusters the training images by k-means in pixel
+space, what the denoising loss asks of one latent as sigma grows (the best denoiser given z is then E[y | z]), and
+measures the clusters the same way. Writes benchmarks/results/encoder-objectives-<preset>-w<width>-s<seed>.json.
+
+Ran at commit 8b0f46c (as benchmarks/encoder_objectives.py), where the options its VARIANTS set exist: the focus and
+invariance variants need model.latent_sigma_focus and model.invariance_weight / _shift / _flip, since removed from
+the package, and the info variants model.usage_weight with model.confidence_weight, since folded into
+model.info_weight. To run it again as it ran, check out that commit. Its loss z / null was then measured at
+sigma 2.34, 4.74, 9.61 and 19.48, as latent_information still is.
 """
 from __future__ import annotations
 
@@ -22,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from latent_class import measure  # noqa: E402  (the benchmarks' own)
-from sweep import (RESULTS, child_env, latent_information, run_folder, run_logged, stage1_done,  # noqa: E402
-                   train_commands)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import RESULTS, run_latent_information, write_report  # noqa: E402
+from benchmarks.research.latent_class import measure  # noqa: E402
+from benchmarks.sweep import child_env, run_folder, run_logged, stage1_done, train_commands  # noqa: E402
 
 # name -> the --set overrides of DisCo-Diff's stage I ("" is the preset itself, the sweep's "discodiff" run)
 VARIANTS = {
@@ -94,7 +100,7 @@ def main(argv=None) -> int:
             train = train_commands(args.preset, run, VARIANTS[name])[0]
             run_logged([train], path.parent / f"{path.name}-train.log", child_env(args.threads))
         info = measure(path, device)
-        loss = latent_information(path, device)["loss_ratio"]
+        loss = run_latent_information(path, device)["loss_ratio"]
         rows.append({"variant": name or "preset", "overrides": VARIANTS[name], "run": str(path),
                      "latent_loss_ratio": loss, **info})
         print(f"{name or 'preset':>12}: probe accuracy {info['probe_accuracy']:.3f}, I(class; z_i) "
@@ -108,17 +114,14 @@ def main(argv=None) -> int:
         print(f"{'k-means ' + str(k):>12}: probe accuracy {ref['probe_accuracy']:.3f}, I(class; cluster) "
               f"{ref['mutual_information_bits'][0]:.2f} bits, distortion {ref['distortion_per_pixel']:.4f}", flush=True)
 
-    from discodiff.analysis.common import jsonable
-    from discodiff.fileio import write_json
-
-    report = {"command": " ".join(["python", *map(str, sys.argv)]), "preset": args.preset, "width": args.width,
+    report = {"preset": args.preset, "width": args.width,
               "seed": args.seed, "variants": rows, "kmeans": references,
               "seconds": round(time.perf_counter() - start, 1), "device": str(device),
               "note": "probe_accuracy: held-out accuracy of a linear probe on the one-hot latents (1/6 of the images "
                       "held out, seed 0); latent_loss_ratio: the denoiser's loss given the encoder's latents over "
                       "its loss given the null latent at high noise (below 1: the latents inform it)."}
     out = args.results or RESULTS / f"encoder-objectives-{args.preset}-w{args.width}-s{args.seed}.json"
-    write_json(jsonable(report), out)
+    write_report(report, out)
     print(f"wrote {out}")
     return 0
 

@@ -1,6 +1,6 @@
 """Benchmark: do the latents pay off where they name the class? (issue #10)
 
-    .venv/bin/python benchmarks/latent_class.py benchmarks/results/sweep-fashion16*.json \
+    .venv/bin/python benchmarks/research/latent_class.py benchmarks/results/sweep-fashion16*.json \
         --runs /tmp/discodiff-sweep-fashion16 [--steps 18] [--results benchmarks/results/latent-class-fashion16.json]
 
 For every DisCo-Diff run of the given benchmarks/sweep.py reports (found in --runs, the sweeps' --out folder, as
@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sweep import DOCS, RESULTS, ROOT, latent_information, load_reports, run_folder  # noqa: E402  (the sweep's own)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import DOCS, RESULTS, ROOT, run_latent_information, write_report  # noqa: E402
+from benchmarks.sweep import load_reports, run_folder  # noqa: E402  (the sweep's reports and run folders)
 
 
 def measure(path: Path, device: torch.device) -> dict:
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
             info = measure(where, device)
             loss = row.get("latent_loss_ratio")  # reports older than the sweep's own measure lack it
             if loss is None and not info["labels"]:
-                loss = latent_information(where, device)["loss_ratio"]
+                loss = run_latent_information(where, device)["loss_ratio"]
             overrides = ", ".join(o.removeprefix("model.") for o in report.get("discodiff_overrides") or [])
             variant = f"{report['variant']} ({overrides})" if report.get("variant") else "as the preset"
             points.append({"run": str(where), "report": path.name, "variant": variant,
@@ -138,18 +139,15 @@ def main(argv=None) -> int:
                   f"(p = {s['spearman_p']:.3g}), Pearson {s['pearson']:.2f} (p = {s['pearson_p']:.3g}) "
                   f"over {s['n']} runs")
     figure = plot(points, args.steps, points[0]["nfe"], preset, args.docs / f"latent-class-{preset}.png")
-    report = {"command": " ".join(["python", *map(str, sys.argv)]), "preset": preset, "steps": args.steps,
+    report = {"preset": preset, "steps": args.steps,
               "reports": [str(p) for p in args.reports], "points": points, "correlations": stats,
               "seconds": round(time.perf_counter() - start, 1), "device": str(device),
               "plot": str(figure.relative_to(ROOT)) if figure.is_relative_to(ROOT) else str(figure),
               "note": "probe_accuracy: held-out accuracy of a linear probe on the one-hot latents (1/6 of the images "
                       "held out, seed 0); a lower bound on what the tuple says about the class. Ratios and their "
                       "errors are the sweep's (bootstrap stds of the two FIDs)."}
-    from discodiff.analysis.common import jsonable
-    from discodiff.fileio import write_json
-
     out = args.results or RESULTS / f"latent-class-{preset}.json"
-    write_json(jsonable(report), out)
+    write_report(report, out)
     print(f"wrote {out} and {figure}")
     return 0
 

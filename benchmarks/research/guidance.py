@@ -1,13 +1,13 @@
 """Benchmark: why latent guidance hurts on digits, and what would make it help (issue #10, item 4).
 
-    python benchmarks/guidance.py [--sweep-out DIR] [--run w24-s0/discodiff] [--weights 0,1] [--latents prior,oracle]
-        [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--steps 9,18] [--ref fid-ref.npz]
-        [--baseline w24-s0/baseline --baseline-steps 18,35] [--sampler heun|dpmpp-2m|...] [--results FILE]
-        [--plot FILE.png]
+    .venv/bin/python benchmarks/research/guidance.py [--sweep-out DIR] [--run w24-s0/discodiff] [--weights 0,1]
+        [--latents prior,oracle] [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--steps 9,18]
+        [--ref fid-ref.npz] [--baseline w24-s0/baseline --baseline-steps 18,35] [--sampler heun|dpmpp-2m|...]
+        [--results FILE] [--plot FILE.png]
 
 Guidance D~ = (1 + w) D(x, sigma, z) - w D(x, sigma, null) on a finished DisCo-Diff run of `benchmarks/sweep.py`
-(its reference features and its classifier are reused), the same noise seeds everywhere, varying the three things
-the issue names:
+(its reference features and its classifier, benchmarks.sweep.SmallClassifier, are reused), the same noise seeds
+everywhere, varying the three things the issue names:
 - where the latents come from: the prior (what sampling uses), or the oracle, the encoder's argmax z of num
   training images (a seeded subset), with no prior in the way. If guidance hurts with oracle latents too, the
   prior is not the cause;
@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/__init__.py
+from benchmarks import sweep  # noqa: E402  (the sweep whose runs, reference and classifier this reuses)
+from benchmarks.common import RESULTS, write_report  # noqa: E402
 
 
 def parse_intervals(text: str) -> list[tuple[float, float] | None]:
@@ -93,7 +93,6 @@ def plot_rows(rows: list[dict], path: Path, num: int) -> None:
 
 
 def main(argv=None) -> int:
-    import sweep
     from discodiff.sampling import NAMED_SAMPLERS
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -129,9 +128,8 @@ def main(argv=None) -> int:
         return 0
 
     from discodiff.analysis.codebook import encoder_latents
-    from discodiff.analysis.common import jsonable, pick_images
+    from discodiff.analysis.common import pick_images
     from discodiff.analysis.quality import diversity, sample_batches
-    from discodiff.fileio import write_json
     from discodiff.metrics.fid import FIDStats, InceptionDetector, scores, stats_of_images
     from discodiff.data import load_dataset
     from discodiff.pipeline import PassCounter
@@ -196,11 +194,11 @@ def main(argv=None) -> int:
                                 p_null=run.config.model.p_null, latents=latents)
     if args.plot is not None:
         plot_rows(rows, args.plot, args.num)
-    report = {"command": " ".join(["python", *sys.argv]), "runs": [str(r) for r in runs], "num": args.num,
+    report = {"runs": [str(r) for r in runs], "num": args.num,
               "steps": steps_list, "sampler": args.sampler, "baseline": args.baseline, "bootstrap": args.bootstrap,
               "classifier_accuracy": meta["held_out_accuracy"], "rows": rows,
               "seconds": round(time.perf_counter() - t_start, 1)}
-    write_json(jsonable(report), args.results)
+    write_report(report, args.results)
     print(f"wrote {args.results}")
     return 0
 

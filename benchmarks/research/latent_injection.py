@@ -1,6 +1,7 @@
 """Benchmark: how the latents enter the U-Net, at equal budget (issue #10, item 1).
 
-    .venv/bin/python benchmarks/latent_injection.py --preset digits [--variants embedding,xattn,xattn-soft] [--num 2000]
+    .venv/bin/python benchmarks/research/latent_injection.py --preset digits [--variants embedding,xattn,xattn-soft]
+        [--num 2000]
 
 Trains DisCo-Diff variants of an image preset that differ only in how the latents are injected and relaxed, how the
 encoder's heads start, and which penalty against codebook collapse they train with, with the same network, data,
@@ -11,11 +12,18 @@ seed and training images, and reports for each:
   first batch as the trainer does: whether a collapse was there from the start or came with training);
 - the prior's token perplexity against the marginal's (stage II's own report);
 - the loss at sigma >= 2 given the encoder's latents, over the loss given the null latent (the same network: how
-  much the latents carry at high noise, where the paper says they matter; 1 = nothing);
+  much the latents carry at high noise, where the paper says they matter; 1 = nothing): benchmarks/common.py's
+  latent_information, at sigma 2.34, 4.74, 9.61 and 19.48 (the report in benchmarks/results/ took sigma 2, 5, 10
+  and 20);
 - FID ± bootstrap std and KID at the preset's Heun steps, --num samples against the training set.
 
 The runs live beside benchmarks/images.py's (the same --out), so its DisCo-Diff run serves as the preset's own
 variant. Writes benchmarks/results/latent-injection-<preset>.json.
+
+Ran at commit 8b0f46c (as benchmarks/latent_injection.py), where the options its VARIANTS set exist: the -kmeans
+variants need the ViT encoder's head_init="kmeans", since removed from the package, and the -usage / -info variants
+model.usage_weight and model.confidence_weight, since folded into one model.info_weight. To run it again as it ran,
+check out that commit.
 """
 from __future__ import annotations
 
@@ -28,7 +36,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import (RESULTS, fid_cache, fid_text, high_sigmas, kid_text, latent_information,  # noqa
+                               reference_and_floor, run_overrides, train_both, write_report)
 
 # name -> (run folder, model overrides); "embedding" is the digits preset itself (benchmarks/images.py's run)
 VARIANTS = {
@@ -79,15 +89,11 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="benchmarks/images.py's folder (default: its default)")
     args = ap.parse_args(argv)
 
-    import images as bench
-
-    from discodiff.analysis import jsonable
     from discodiff.analysis.codebook import codebook_analysis
     from discodiff.analysis.quality import sample_fid
     from discodiff.cli.options import parse_list
     from discodiff.config import merge
     from discodiff.data import to_uint8
-    from discodiff.fileio import write_json
     from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
@@ -97,7 +103,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         ap.error(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
-    base = bench.run_overrides(args.preset, seed=args.seed)["discodiff"]
+    base = run_overrides(args.preset, seed=args.seed)["discodiff"]
     cfgs, data = {}, None
     for name in names:
         folder, model = VARIANTS[name]
@@ -105,17 +111,17 @@ def main(argv=None) -> int:
         cfgs[folder] = cfg
     start = time.perf_counter()
     seconds: dict = {}
-    models, _ = bench.train_both(out, cfgs, data, seconds)
+    models, _ = train_both(out, cfgs, data, seconds)
     det = InceptionDetector.from_file()
-    ref, floor, _ = bench.reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
-    cache = bench.disk_cache(out / "fid-cache-injection.json", {f: bench.fingerprint(out / f) for f in cfgs}, args.num)
+    ref, floor, _ = reference_and_floor(to_uint8(data.x), det, out, args.num, args.seed, args.bootstrap)
+    cache = fid_cache(out, cfgs, args.num, "fid-cache-injection.json")
     seeds = list(range(args.seed, args.seed + args.num))
     rows = {}
     for name in names:
         folder = VARIANTS[name][0]
         model, prior = models[folder]
         cb = codebook_analysis(model, prior, data.x, prior_samples=args.num, seed=args.seed)
-        use = bench.latent_use(model, data.x, args.seed)
+        use = latent_information(model, data.x, data.labels, seed=args.seed)
         init = at_start(cfgs[folder], data.x, args.seed)
         report_path = out / folder / "prior_report.json"
         prior_report = json.loads(report_path.read_text()) if report_path.is_file() else {}
@@ -129,10 +135,11 @@ def main(argv=None) -> int:
                       "loss_null": use["loss_null"], "fid": fid, "model": VARIANTS[name][1], "at_start": init}
         print(f"{name}: codes used {rows[name]['codes_used']} (at step 0: {init['codes_used']}), loss ratio "
               f"(sigma >= 2) "
-              f"{rows[name]['loss_ratio_high_sigma']:.3f}, FID {bench._fid(fid)}", flush=True)
+              f"{rows[name]['loss_ratio_high_sigma']:.3f}, FID {fid_text(fid)}", flush=True)
     k = next(iter(cfgs.values())).model.codebook_size
     lines = [f"{args.preset}, equal budget; FID ± bootstrap std over {args.num} samples, KID x 1000; loss ratio = "
-             f"loss given the encoder's latents / given the null latent, mean over sigma {bench.HIGH_SIGMAS}", "",
+             f"loss given the encoder's latents / given the null latent, mean over sigma "
+             f"{[round(s, 2) for s in high_sigmas()]}", "",
              f"{'variant':>22} {'codes used of ' + str(k):>16} {'at step 0':>16} {'tuples':>7} {'prior TV':>22} "
              f"{'loss ratio':>10} "
              f"{'FID':>16} {'KID':>12}"]
@@ -140,14 +147,14 @@ def main(argv=None) -> int:
         tv = ", ".join(f"{v:.2f}" for v in r["prior_vs_encoder_tv"] or [])
         lines.append(f"{name:>22} {str(r['codes_used']):>16} {str(r['at_start']['codes_used']):>16} "
                      f"{r['distinct_tuples']:>7} {tv:>22} "
-                     f"{r['loss_ratio_high_sigma']:>10.3f} {bench._fid(r['fid']):>16} {bench._kid(r['fid']):>12}")
+                     f"{r['loss_ratio_high_sigma']:>10.3f} {fid_text(r['fid']):>16} {kid_text(r['fid']):>12}")
     table = "\n".join(lines)
     print("\n" + table)
-    report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "preset": args.preset, "num": args.num,
+    report = {"preset": args.preset, "num": args.num,
               "bootstrap": args.bootstrap, "seed": args.seed, "floor": floor, "rows": rows, "table": table,
               "seconds": seconds, "wall_s": round(time.perf_counter() - start, 1), "out": str(out)}
     path = RESULTS / f"latent-injection-{args.preset}.json"
-    write_json(jsonable(report), path)
+    write_report(report, path)
     print(f"wrote {path}")
     return 0
 

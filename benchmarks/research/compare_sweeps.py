@@ -1,18 +1,19 @@
 """Plots the FID ratio DisCo-Diff / EDM against NFE from several benchmarks/sweep.py reports, one line per report
 (at the preset's width, or --width, the mean over training seeds ± their spread), one panel per preset.
 
-    python scripts/compare_sweeps.py benchmarks/results/sweep-digits.json benchmarks/results/sweep-digits-info0.1.json \
+    .venv/bin/python benchmarks/research/compare_sweeps.py benchmarks/results/sweep-digits.json \
+        benchmarks/results/sweep-digits-info0.1.json \
         benchmarks/results/sweep-fashion16.json benchmarks/results/sweep-fashion16-info0.1.json \
         --out docs/sweep-info-term.png
-    python scripts/compare_sweeps.py benchmarks/results/sweep-fashion16.json \
+    .venv/bin/python benchmarks/research/compare_sweeps.py benchmarks/results/sweep-fashion16.json \
         benchmarks/results/sweep-fashion16-m8.json --width 16 --out docs/sweep-fashion16-latents.png
 """
 import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from sweep import load_reports, mean_ratio  # noqa: E402  (the sweep's own reading of its reports)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/__init__.py
+from benchmarks.sweep import load_reports, mean_ratio  # noqa: E402  (the sweep's own reading of its reports)
 
 
 def curve(report: dict, width: int) -> tuple[list[int], list[float], list[float]]:

@@ -1,14 +1,18 @@
 """Benchmark: how well stage II fits the encoder's latent tuples, across prior settings and runs (issue #10, item 4).
 
-    .venv/bin/python benchmarks/prior_fit.py --runs /tmp/discodiff-sweep-fashion16/w32-s0/discodiff,... \
+    .venv/bin/python benchmarks/research/prior_fit.py --runs /tmp/discodiff-sweep-fashion16/w32-s0/discodiff,... \
         [--settings preset,kimg3000,ema,...] [--results benchmarks/results/prior-fit-fashion16.json]
 
 For every finished DisCo-Diff run and every setting, the run's stage-I weights are copied into a folder of their own
 (<out>/<sweep cell>/<run>/<setting>) and a prior is fitted there with the setting's prior_train.* and model.prior.*
-values, by the same trainer as `discodiff train-prior`. Its report (prior_report.json) gives what the table shows: the per-latent
-marginal total variation of 20,000 prior draws against the encoder's latents on the data, the mean pairwise TV, the
-share of drawn tuples the data never produce, and the floor of each (a second draw of the data's own latents). The
-copy's config.json holds the setting, so `discodiff fid gen --run-dir <copy>` samples with that prior.
+values, by the same trainer as `discodiff train-prior`. Its report (prior_report.json) gives what the table shows:
+the per-latent marginal total variation of 20,000 prior draws against the encoder's latents on the data, the mean
+pairwise TV, the share of drawn tuples the data never produce, and the floor of each (a second draw of the data's own
+latents). The copy's config.json holds the setting, so `discodiff fid gen --run-dir <copy>` samples with that prior.
+
+Ran at commit 8b0f46c (as benchmarks/prior_fit.py), where the options its SETTINGS set exist: the -ema settings need
+the prior's EMA (prior_train.ema_halflife_kimg), since removed from the package. To run it again as it ran, check
+out that commit.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: benchmarks/__init__.py
+from benchmarks.common import RESULTS, write_report  # noqa: E402
 
 # name -> overrides of prior_train (the training) and model.prior (the transformer's size); "preset" is the run's own
 # settings as its config.json holds them
@@ -82,9 +87,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from discodiff.analysis.common import jsonable
     from discodiff.cli.options import parse_list
-    from discodiff.fileio import write_json
 
     runs = [Path(r) for r in parse_list(args.runs, str, "--runs")]
     names = parse_list(args.settings, str, "--settings")
@@ -125,8 +128,7 @@ def main(argv=None) -> int:
                      f"{r['marginal_perplexity']:.2f} | {r['train_seconds']:.0f} |")
     table = "\n".join(lines)
     print("\n" + table)
-    write_json(jsonable({"command": " ".join([Path(sys.executable).name, *sys.argv]), "rows": rows, "table": table,
-                         "wall_s": round(time.perf_counter() - start, 1)}), args.results)
+    write_report({"rows": rows, "table": table, "wall_s": round(time.perf_counter() - start, 1)}, args.results)
     print(f"wrote {args.results}")
     return 0
 
