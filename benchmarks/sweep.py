@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (DOCS, RESULTS, ROOT, differ, differ_word, fid_ratio, fid_text, finished,  # noqa
+from benchmarks.common import (DOCS, RESULTS, ROOT, differ, differ_word, fid_ratio, fid_text, finished,  # noqa: E402
                                high_sigmas, log, run_latent_information, write_report)
 
 MODELS = ("baseline", "discodiff")
