@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from .analyze import analyze
 from .demo import demo
 from .fid import fid
+from .import_edm import import_edm
 from .sample import sample
 from .train import train
 from .train_prior import train_prior
@@ -26,7 +27,7 @@ def cli():
     """
 
 
-for command in (train, train_prior, sample, fid, analyze, demo):
+for command in (train, train_prior, sample, fid, analyze, demo, import_edm):
     cli.add_command(command)
 
 
