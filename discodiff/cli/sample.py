@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import click
 
-from .options import (RUN_DIR, SAMPLER_CHOICE, SEED, device_option, guidance_interval_option, hybrid_options,
-                      restart_options, seed_range)
+from .options import RUN_DIR, SEED, device_option, sampling_options, seed_range
 
 MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever --num is
 
@@ -14,28 +13,16 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--num", type=click.IntRange(min=1), required=True, help="Number of samples.")
 @click.option("--out", type=click.Path(dir_okay=False), required=True, help="Output .npz file.")
 @click.option("--seed", type=SEED, default=0, help="Samples use seeds seed, seed+1, ..., seed+num-1.")
-@click.option("--steps", type=click.IntRange(min=1), default=None,
-              help="Sampler steps (default: the restart preset's, else the run's config).")
-@click.option("--sampler", type=SAMPLER_CHOICE, default=None,
-              help="ODE solver (heun, euler, dpmpp-2m), or a stochastic sampler: edm (with --churn), restart.")
-@click.option("--guidance", type=float, default=None, help="Guidance weight w on the latents (0: conditional sampling).")
-@guidance_interval_option
+@sampling_options
 @click.option("--class", "class_label", type=int, default=None, help="Class label for class-conditional models.")
 @click.option("--class-guidance", type=float, default=0.0, help="Guidance weight on the class.")
-@click.option("--prior-temperature", type=click.FloatRange(min=0, min_open=True), default=None,
-              help="Temperature of the prior's draws (> 0): of its categorical draws, or for continuous latents the "
-                   "scale of the diffusion prior's initial noise.")
-@click.option("--churn", type=click.FloatRange(min=0), default=0.0, help="S_churn of the stochastic sampler (--sampler edm).")
-@restart_options
-@hybrid_options
 @click.option("--trajectory", is_flag=True, help="Also store every point the sampler visited as `traj`.")
 @click.option("--grid-by-latent", is_flag=True, help="Rows of --cols samples that share one z (drawn with the row's first seed).")
 @click.option("--cols", type=click.IntRange(min=1), default=8, help="Samples per row of the PNG grid.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Samples per batch (results do not depend on it).")
 @device_option
-def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval, class_label, class_guidance,
-           prior_temperature, churn, restart_preset, restart_intervals, hybrid_run, switch_sigma, trajectory,
-           grid_by_latent, cols, batch, device):
+def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, trajectory, grid_by_latent, cols, batch,
+           device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
     Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` /
@@ -49,34 +36,30 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval,
     from ..errors import ConfigError
     from ..data import to_output
     from ..fileio import NpzStreamWriter, check_writable
-    from ..pipeline import PassCounter, generate_batches, sampler_from_name, shared_latents
+    from ..pipeline import PassCounter, generate_batches, shared_latents
     from ..runs import Run
     from ..sampling import karras_sigmas, trajectory_recorder
-    from .options import (describe_guidance_interval, load_hybrid, parse_guidance_interval, resolve_device,
-                          resolve_sampler)
+    from .options import describe_guidance_interval, load_sampling_hybrid, resolve_device, resolve_sampling
 
     out = check_writable(Path(out))
     seeds = seed_range(seed, num)
     run = Run(run_dir)
     cfg, s = run.config, run.config.sample
-    sampler, steps, options = resolve_sampler(sampler, steps, s, restart_preset=restart_preset,
-                                              restart_intervals=restart_intervals)
-    guidance = s.guidance if guidance is None else guidance
-    interval = parse_guidance_interval(guidance_interval)
-    prior_temperature = s.prior_temperature if prior_temperature is None else prior_temperature
+    resolved = resolve_sampling(sampling, s)  # the shared sampling options, checked before any work
+    sampler, steps, guidance, interval = resolved.sampler, resolved.steps, resolved.guidance, resolved.guidance_interval
+    prior_temperature, restart_preset = resolved.prior_temperature, resolved.restart_preset
+    hybrid_run, switch_sigma = resolved.hybrid_run, resolved.switch_sigma
     if class_label is not None and not 0 <= class_label < cfg.model.num_classes:
         raise ConfigError(f"--class {class_label} is out of range: this model has {cfg.model.num_classes} classes")
-    if churn and sampler != "edm":
-        raise ConfigError(f"--churn applies to the stochastic sampler (--sampler edm), not {sampler}")
     if grid_by_latent and cfg.model.num_latents == 0:
         raise ConfigError("--grid-by-latent needs a model with latents (this one has m = 0)")
     device = resolve_device(device)
-    hybrid = load_hybrid(run, hybrid_run, switch_sigma, device)
+    hybrid = load_sampling_hybrid(resolved, run, device).hybrid
     model, prior = run.load_model(device), run.load_prior(device)
     kind = "image" if len(cfg.model.data_shape) == 3 else "vector"
     row_z = (shared_latents(model, prior, seeds, cols, class_labels=class_label, temperature=prior_temperature,
                             device=device) if grid_by_latent else None)
-    sampler_fn = sampler_from_name(sampler, **options, **({"S_churn": churn} if sampler == "edm" else {}))
+    sampler_fn = resolved.sampler_fn()
     sigmas = karras_sigmas(steps, device=device)
 
     shape = cfg.model.data_shape
@@ -111,7 +94,8 @@ def sample(run_dir, num, out, seed, steps, sampler, guidance, guidance_interval,
                 points.clear()
             i += len(chunk)
         grid_images = np.array(a["x"][:MAX_GRID_IMAGES]) if kind == "image" else None
-    settings = f"restart {restart_preset or 'intervals'}, " if sampler == "restart" else ""
+    settings = (f"restart {restart_preset or 'intervals'}, " if sampler == "restart" else
+                f"churn {resolved.churn:g}, " if sampler == "edm" else "")
     batched = 1 if hybrid is not None else model.guidance_passes(guidance, class_guidance, class_label)
     w_class = model.guidance_weights(guidance, class_guidance, class_label)[1]
     weights = f"guidance {guidance:g}" + (f", class guidance {class_guidance:g}" if w_class else "")
