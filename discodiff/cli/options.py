@@ -10,7 +10,7 @@ from typing import Callable
 import click
 
 from ..config import MAX_SEED, ConfigError
-from ..sampling import NAMED_SAMPLERS, RESTART_PRESETS, SAMPLERS
+from ..sampling import RESTART_PRESETS, SAMPLERS
 
 
 def parse_key_values(items, flag: str = "--set", *, nested: bool = True) -> dict:
@@ -89,22 +89,12 @@ def _cell(v) -> str:
 # ---- option decorators ------------------------------------------------------------------------------------------
 
 SAMPLER_CHOICE = click.Choice(list(SAMPLERS))
-NAMED_SAMPLER_CHOICE = click.Choice(list(NAMED_SAMPLERS))  # those that need no options (not restart)
 RUN_DIR = click.Path(file_okay=False, path_type=Path)
 SEED = click.IntRange(min=0, max=MAX_SEED)
 
 
 def device_option(f):
     return click.option("--device", type=str, default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available).")(f)
-
-
-def sampler_options(f):
-    """--steps and --sampler, defaulting to the run's config."""
-    f = click.option("--steps", type=click.IntRange(min=1), default=None, help="Sampler steps (default: the run's config).")(f)
-    f = click.option("--sampler", type=SAMPLER_CHOICE, default=None,
-                     help="Sampler (default: the run's config): " + "; ".join(f"{k}: {v.description}"
-                                                                            for k, v in SAMPLERS.items()) + ".")(f)
-    return f
 
 
 def restart_options(f):
