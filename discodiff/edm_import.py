@@ -309,6 +309,7 @@ def convert(pkl, run_dir) -> RunConfig:
         cfg = preset_config(PRESET, overrides)
         cfg.model.data_shape, cfg.model.num_classes, cfg.model.sigma_data = [channels, resolution, resolution], \
             label_dim, sigma_data
+        cfg.sample.guidance = 0.0  # latent guidance: a plain network has no latents to guide
         validate(cfg)
     except ConfigError as e:
         raise CheckpointError(f"{pkl}: its network does not make a discodiff configuration ({e})") from None

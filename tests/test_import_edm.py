@@ -257,6 +257,7 @@ def test_converted_network_matches_edms_layout(tmp_path):
     assert cfg.model.num_latents == 0 and cfg.model.num_classes == LABELS
     assert cfg.model.data_shape == [CHANNELS, RES, RES] and cfg.model.network["norm_eps"] == 1e-5
     assert cfg.train.kimg == 100  # from network-snapshot-000100.pkl: the run counts as finished
+    assert cfg.sample.guidance == 0 and cfg.sample.steps == 40
 
     model = Run(run_dir).load_model()  # the layout `sample`, `fid gen` and `--init-from` read
     model.eval()
