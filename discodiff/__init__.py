@@ -11,6 +11,7 @@ from .model import DiscoDiff
 from .pipeline import generate, generate_batches, hybrid_denoiser, sample_latents, sampler_from_name, shared_latents
 from .prior import ARPrior
 from .runs import Run, resolve_run
+from . import variants  # noqa: F401  (registers the research variants by name)
 from .sampling import (RESTART_PRESETS, SAMPLERS, karras_sigmas, sample_dpmpp_2m, sample_edm_stochastic, sample_euler,
                        sample_heun, sample_restart)
 

@@ -24,20 +24,9 @@ class ModelConfig:
     tau: float = 1.0                  # Gumbel-Softmax temperature in stage I (the paper: 1, no annealing)
     hard: bool = True                 # straight-through one-hot samples (False: soft relaxation)
     p_null: float = 0.1               # latent dropout to the learned null latent
-    # Against codebook collapse in stage I (0: off): usage_weight * latents.usage_penalty (every code in use) +
-    # confidence_weight * latents.posterior_entropy (each image sure of its code); equal weights: log k - I(y; z).
-    usage_weight: float = 0.0
-    confidence_weight: float = 0.0
-    # Where the encoder learns from (0: everywhere, the paper's): > 0 weighs each sample's gradient into its latents
-    # by sigma^2 / (sigma^2 + latent_sigma_focus^2), so that the latents carry what the high noise levels need, the
-    # global content, rather than the details the middle ones need (latents.noise_level_focus). The denoiser's own
-    # loss is unchanged.
-    latent_sigma_focus: float = 0.0
-    # Latents that ignore what does not change an image's kind (0: off): invariance_weight * latents.disagreement of
-    # the codes of each image and of a copy moved by up to invariance_shift pixels (and mirrored, with invariance_flip)
-    invariance_weight: float = 0.0
-    invariance_shift: int = 1
-    invariance_flip: bool = False
+    # Stage I's extra loss terms, {name: weight} (latents.REGULARISERS); the paper uses none. "information": log k -
+    # I(y; z), against codebook collapse (variants/information.py).
+    regularisers: dict = field(default_factory=dict)
     p_class_drop: float = 0.0         # class-label dropout, for guidance on the class
     P_mean: float = -1.2              # ln(sigma) ~ N(P_mean, P_std^2) during training
     P_std: float = 1.2
@@ -81,12 +70,8 @@ class ModelConfig:
         if self.continuous:
             return (f"continuous latent D={self.latent_size} as m={self.num_latents} tokens of {self.token_width}, "
                     f"KL weight {self.beta:g}")
-        penalties = [f"{name} {w:g}" for name, w in (("usage", self.usage_weight),
-                                                     ("confidence", self.confidence_weight),
-                                                     ("invariance", self.invariance_weight)) if w]
-        return (f"m={self.num_latents} k={self.codebook_size}"
-                + (f" (against collapse: {', '.join(penalties)})" if penalties else "")
-                + (f", encoder focused on sigma > {self.latent_sigma_focus:g}" if self.latent_sigma_focus else ""))
+        terms = [f"{name} {w:g}" for name, w in self.regularisers.items() if w]
+        return f"m={self.num_latents} k={self.codebook_size}" + (f" (regularisers: {', '.join(terms)})" if terms else "")
 
 
 @dataclass
@@ -122,7 +107,6 @@ class PriorTrainConfig:
     batch: int = 256
     lr: float = 1e-3
     tau: float = 0.01                 # Gumbel temperature of the latents the prior learns from
-    ema_halflife_kimg: float = 0.0    # EMA of the prior's weights (0: none; the last iterate is saved)
     seed: int = 0
     tick_kimg: float = 10.0
 
@@ -149,7 +133,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
-        return _from_dict(cls, d, "config")
+        return _from_dict(cls, upgrade(d), "config")
 
     def save(self, path: Path) -> None:
         """Writes config.json atomically: a kill or a full disk leaves the previous file whole."""
@@ -209,6 +193,46 @@ def _checked(value, annotation, where: str):
 
 _NESTED = {(RunConfig, "model"): ModelConfig, (RunConfig, "data"): DataConfig, (RunConfig, "train"): TrainConfig,
            (RunConfig, "prior_train"): PriorTrainConfig, (RunConfig, "sample"): SampleConfig}
+
+
+# Options that the project measured not to help and removed at commit 8b0f46c's successor. A config that still names
+# one at its neutral value loads without it; at any other value it is refused, naming that commit (where the option
+# and the results measured with it live: docs/research-log.md).
+REMOVED_OPTIONS = {
+    ("model", "latent_sigma_focus"): 0.0, ("model", "invariance_weight"): 0.0, ("model", "invariance_shift"): None,
+    ("model", "invariance_flip"): None, ("prior_train", "ema_halflife_kimg"): 0.0,
+    ("model.encoder", "balanced"): False, ("model.encoder", "gain_rate"): None, ("model.encoder", "head_init"): "random",
+}
+REMOVED_AT = "8b0f46c"
+
+
+def upgrade(d: dict) -> dict:
+    """A config dict written before the last change of its options, brought up to date: the anti-collapse weights
+    usage_weight and confidence_weight, at equal values, are the "information" regulariser; removed options at their
+    neutral value are dropped; anything else is refused in one line."""
+    if not isinstance(d, dict):
+        return d
+    d = copy.deepcopy(d)
+    model = d.get("model")
+    if isinstance(model, dict):
+        usage, confidence = model.pop("usage_weight", 0.0), model.pop("confidence_weight", 0.0)
+        if usage != confidence:
+            raise ConfigError(f"model.usage_weight {usage} and model.confidence_weight {confidence} differ; they are "
+                              f"now one term, model.regularisers.information (their sum at equal weights; unequal "
+                              f"weights ran at commit {REMOVED_AT})")
+        if usage:
+            model["regularisers"] = {**model.get("regularisers", {}), "information": usage}
+    for (section, key), neutral in REMOVED_OPTIONS.items():
+        where = d
+        for part in section.split("."):
+            where = where.get(part) if isinstance(where, dict) else None
+        if not isinstance(where, dict) or key not in where:
+            continue
+        value = where.pop(key)
+        if neutral is not None and value != neutral:
+            raise ConfigError(f"{section}.{key} was removed (measured not to help; it ran at commit {REMOVED_AT}, see "
+                              f"docs/research-log.md); this config sets it to {json.dumps(value)}")
+    return d
 
 
 def merge(base: dict, override: dict) -> dict:
@@ -285,7 +309,7 @@ PRESETS: dict[str, dict] = {
     # most of any cross-attention variant (benchmarks/latent_injection.py).
     "mnist": {
         "model": {"sigma_data": 0.5, "num_latents": 10, "codebook_size": 32, "p_class_drop": 0.1,
-                  "hard": False, "usage_weight": 0.1, "confidence_weight": 0.1,
+                  "hard": False, "regularisers": {"information": 0.1},
                   "network": {"name": "unet", "model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 2,
                               "attn_resolutions": [7], "dropout": 0.1, "channels_per_head": 32,
                               "latent_dim": 64, "latent_depth": 2, "latent_heads": 4},
@@ -300,7 +324,7 @@ PRESETS: dict[str, dict] = {
     # 32x32 RGB emoji from Debian's colour emoji font: our small colour benchmark, sized for a GPU.
     "emoji": {
         "model": {"sigma_data": 0.5, "num_latents": 10, "codebook_size": 32,
-                  "hard": False, "usage_weight": 0.1, "confidence_weight": 0.1,
+                  "hard": False, "regularisers": {"information": 0.1},
                   "network": {"name": "unet", "model_channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 2,
                               "attn_resolutions": [16, 8], "dropout": 0.1, "channels_per_head": 64,
                               "latent_dim": 128, "latent_depth": 4, "latent_heads": 4},
@@ -373,6 +397,88 @@ PRESETS["imagenet64"] = {
 }
 
 
+# The paper's 2D experiment as the paper ran it (its App. F): 8 Gaussians, m = 1, k = 8, a 4-layer MLP denoiser with
+# the reparameterised output G = (F(z) - x) / (t^2 + sigma_1^2) + H(x, t) (the centred MLP, whose H does not see z),
+# a 3-layer MLP encoder from a random start, straight-through Gumbel-Softmax at tau = 1 (the paper's images and its
+# docking code), Adam at lr 1e-3, Heun with 50 steps. The paper does not give the noise schedule, the budget or the
+# prior: those are toy2d's.
+PRESETS["toy2d-paper"] = merge_overrides(PRESETS["toy2d"], {
+    "model": {"hard": True,
+              "network": {"name": "mlp", "hidden": 128, "depth": 4, "emb_dim": 64, "centred": True,
+                          "centre_init_std": 1.0, "latent_embedding": False},
+              "encoder": {"name": "mlp", "hidden": 128, "depth": 3, "prototypes": False}}})
+
+
+@dataclass(frozen=True)
+class PresetCard:
+    """What a preset is, for `discodiff presets` and the docs: the paper's configuration, or ours with each
+    deviation from the paper and its reason; the data's shape and classes (for the parameter counts, before any data
+    are loaded); and where it has been trained at length, if anywhere."""
+    summary: str
+    data_shape: tuple
+    num_classes: int = 0
+    paper: bool = False
+    deviations: tuple = ()            # ("what differs from the paper", "why"), ...
+    trained: str = ""                 # where it was trained at length and measured ("" if never)
+
+
+PRESET_CARDS: dict[str, PresetCard] = {
+    "toy2d-paper": PresetCard(
+        "the paper's 2D toy (App. F): 8 Gaussians, m = 1, k = 8", (2,), paper=True,
+        deviations=(("noise schedule (sigma_data 2, ln sigma ~ N(0, 1.4^2)), budget and prior are toy2d's",
+                     "the paper does not give them"),)),
+    "toy2d": PresetCard(
+        "the 2D toy of the demo: 8 Gaussians, m = 1, k = 8", (2,),
+        deviations=(("soft Gumbel-Softmax samples instead of straight-through",
+                     "straight-through gradients pulled even a correct partition of the modes apart"),
+                    ("encoder prototypes seeded by k-means++ on the first batch",
+                     "from a random start codes die or take two modes within ~40 steps, and never recover"),
+                    ("z also enters the MLP's embedding, not only its centre F(z)", "learns the modes faster"),
+                    ("noise schedule sigma_data 2, ln sigma ~ N(0, 1.4^2)", "fitted to the data's scale; the "
+                     "paper does not give one")),
+        trained="the demo: CPU, about 5 minutes (docs/toy2d.md)"),
+    "digits": PresetCard(
+        "scikit-learn's 8x8 digits, a small U-Net, m = 4, k = 16", (1, 8, 8),
+        deviations=(("latents through the noise embedding instead of cross-attention",
+                     "at this budget cross-attention collapsed to 1-2 codes a latent"),
+                    ("m = 4, k = 16, a 2-layer ViT encoder with 4x4 patches", "1,797 images of 8x8 pixels")),
+        trained="CPU, minutes (docs/results.md)"),
+    "fashion16": PresetCard(
+        "Fashion-MNIST at 16x16, a small U-Net, m = 4, k = 16", (1, 16, 16),
+        deviations=(("latents through the noise embedding instead of cross-attention",
+                     "cross-attention collapsed on the digits at CPU budgets"),
+                    ("m = 4, k = 16, a 2-layer ViT encoder with 4x4 patches", "sized for 2 CPU cores")),
+        trained="CPU, about half an hour a run, two seeds (docs/results.md)"),
+    "fashion16-kmeans": PresetCard(
+        "fashion16 with one fixed k-means latent of 256 codes", (1, 16, 16),
+        deviations=(("no learned encoder: the codes are a k-means partition of the training images",
+                     "it scored best by Inception FID among the latents tried on fashion16"),
+                    ("sampled by DPM-Solver++(2M), 17 steps, latent guidance w = 1",
+                     "chosen by Inception FID, which a classifier's feature space contradicts at 16x16 "
+                     "(docs/results.md)")),
+        trained="CPU, two seeds (docs/results.md)"),
+    "mnist": PresetCard(
+        "MNIST 28x28, class-conditional, m = 10, k = 32", (1, 28, 28), num_classes=10,
+        deviations=(("soft Gumbel-Softmax and the information term (weight 0.1) against collapse",
+                     "through cross-attention the codebooks collapsed to 2-3 codes a latent without them"),
+                    ("a 2M-parameter U-Net, k = 32", "sized for one GPU"))),
+    "fashion-mnist": PresetCard(
+        "Fashion-MNIST 28x28, class-conditional, m = 10, k = 32", (1, 28, 28), num_classes=10,
+        deviations=(("soft Gumbel-Softmax and the information term (weight 0.1)", "as mnist: through "
+                     "cross-attention the codebooks collapsed without them"),
+                    ("a 2M-parameter U-Net, k = 32", "sized for one GPU"))),
+    "emoji": PresetCard(
+        "Noto colour emoji at 32x32 RGB, m = 10, k = 32", (3, 32, 32),
+        deviations=(("soft Gumbel-Softmax and the information term (weight 0.1)", "as mnist"),
+                    ("a 13M-parameter U-Net, k = 32", "sized for one GPU"))),
+    "imagenet64": PresetCard(
+        "the paper's ImageNet-64 configuration: EDM's ADM U-Net, m = 10, k = 100, ViT-B/8", (3, 64, 64),
+        num_classes=1000, paper=True,
+        deviations=(("fine-tuning budget, prior training, the latent transformer's heads", "the paper leaves them "
+                     "open (values marked 'ours' in discodiff/config.py)"),)),
+}
+
+
 def preset_config(name: str, overrides: dict | None = None) -> RunConfig:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose from: {', '.join(sorted(PRESETS))}")
@@ -412,8 +518,14 @@ def validate(cfg: RunConfig) -> None:
                             f"model.process=edm)")
     for key in ("network", "encoder"):
         _require("name" in getattr(m, key), f"model.{key} must name its architecture (a 'name' entry)")
-    for key in ("usage_weight", "confidence_weight", "latent_sigma_focus", "invariance_weight", "invariance_shift"):
-        _require(getattr(m, key) >= 0, f"model.{key} must be >= 0, got {getattr(m, key)}")
+    from .latents import LATENT_TYPES, REGULARISERS
+    for name, weight in m.regularisers.items():
+        _require(name in REGULARISERS, f"unknown regulariser model.regularisers.{name}; choose from: "
+                                       f"{', '.join(sorted(REGULARISERS))}")
+        _require(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight >= 0,
+                 f"model.regularisers.{name} must be a weight >= 0, got {json.dumps(weight)}")
+    _require(m.latent_type in LATENT_TYPES, f"--latent-type (model.latent_type) must be one of "
+                                            f"{', '.join(LATENT_TYPES)}, got {m.latent_type!r}")
     _validate_latent_type(m)
     t = cfg.train
     _require(t.kimg >= 0, f"train.kimg must be >= 0, got {t.kimg}")
@@ -440,7 +552,6 @@ def validate(cfg: RunConfig) -> None:
     p = cfg.prior_train
     _require(p.kimg >= 0, f"prior_train.kimg must be >= 0, got {p.kimg}")
     _require(p.batch >= 1, f"prior_train.batch must be >= 1, got {p.batch}")
-    _require(p.ema_halflife_kimg >= 0, f"prior_train.ema_halflife_kimg must be >= 0, got {p.ema_halflife_kimg}")
     for key in ("lr", "tau", "tick_kimg"):
         _require(getattr(p, key) > 0, f"prior_train.{key} must be positive, got {getattr(p, key)}")
     _require(0 <= p.seed <= MAX_SEED, f"prior_train.seed must lie in [0, 2**63), got {p.seed}")
@@ -453,20 +564,14 @@ def validate(cfg: RunConfig) -> None:
     _require(s.prior_temperature > 0, f"sample.prior_temperature must be positive, got {s.prior_temperature}")
 
 
-LATENT_TYPES = ("discrete", "continuous")
-
-
 def _validate_latent_type(m: ModelConfig) -> None:
-    _require(m.latent_type in LATENT_TYPES, f"--latent-type (model.latent_type) must be one of "
-                                            f"{', '.join(LATENT_TYPES)}, got {m.latent_type!r}")
     if not m.continuous:
         for flag, key in (("--latent-dim", "latent_dim"), ("--kl-weight", "kl_weight")):
             _require(getattr(m, key) is None, f"{flag} (model.{key}) applies to --latent-type continuous only; this "
                                               f"model's latents are {m.latent_type}")
         return
-    for key in ("usage_weight", "confidence_weight", "invariance_weight"):
-        _require(not getattr(m, key), f"model.{key} acts on a discrete latent's codes; continuous latents have "
-                                      f"none (their KL weight, --kl-weight, regularises the encoder)")
+    _require(not m.regularisers.get("information"), "model.regularisers.information acts on a discrete latent's "
+             "codes; continuous latents have none (their KL weight, --kl-weight, regularises the encoder)")
     _require(m.num_latents >= 1, "--latent-type continuous needs m >= 1 latent tokens (--latents); for a model "
                                  "without latents use --latents 0 with the default --latent-type discrete")
     D = m.latent_size

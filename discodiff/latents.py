@@ -1,8 +1,16 @@
-"""Latents: Gumbel-Softmax relaxation of discrete ones, the learned null latent, codebook statistics, and the
-Gaussian posterior of continuous ones (the paper's Table 3 ablation)."""
+"""The discrete latents of DisCo-Diff: Gumbel-Softmax over the encoder's logits, the learned null latent, and the
+embedding the denoiser reads them through.
+
+A kind of latent is a `LatentType`, named in the config (model.latent_type) and looked up in `LATENT_TYPES`; this
+module defines the paper's, "discrete". Other kinds (the continuous latents of the paper's Table 3,
+variants/continuous.py) register themselves by name; this module knows none of them.
+
+Stage I's extra loss terms work the same way: `REGULARISERS` maps a name in model.regularisers to a term, and the
+paper uses none (variants/information.py adds one against codebook collapse).
+"""
 from __future__ import annotations
 
-import math
+from typing import Callable
 
 import torch
 from torch import nn
@@ -25,29 +33,6 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, *, hard: bool = True,
         return y_soft
     y_hard = nn.functional.one_hot(y_soft.argmax(-1), logits.shape[-1]).to(y_soft.dtype)
     return (y_hard - y_soft).detach() + y_soft
-
-
-# A continuous latent's posterior q(z | y) = N(mean, diag(exp(logvar))). Its log-variance is clamped, as latent
-# diffusion's DiagonalGaussianDistribution does, so that exp() can neither overflow nor vanish.
-LOGVAR_RANGE = (-30.0, 20.0)
-
-
-def split_posterior(encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The encoder's output [B, m, 2w] for continuous latents -> (mean, log-variance), each [B, m, w] in float32."""
-    mean, logvar = encoded.float().chunk(2, dim=-1)
-    return mean, logvar.clamp(*LOGVAR_RANGE)
-
-
-def reparameterise(mean: torch.Tensor, logvar: torch.Tensor, *, generator=None) -> torch.Tensor:
-    """z = mean + exp(logvar / 2) * eps with eps ~ N(0, I): a sample of the posterior that gradients pass through."""
-    eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + (0.5 * logvar).exp() * eps
-
-
-def gaussian_kl(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """KL(N(mean, exp(logvar)) || N(0, I)) per sample [B], in nats, summed over all latent coordinates:
-    sum_i (mean_i^2 + var_i - 1 - logvar_i) / 2."""
-    return 0.5 * (mean.square() + logvar.exp() - 1 - logvar).flatten(1).sum(1)
 
 
 def one_hot(z: torch.Tensor, codebook_size: int) -> torch.Tensor:
@@ -83,77 +68,8 @@ class LatentEmbedding(nn.Module):
         return tokens
 
 
-def noise_level_focus(sigma: torch.Tensor, focus: float) -> torch.Tensor:
-    """Per-sample weights sigma^2 / (sigma^2 + focus^2) for the gradient into each sample's latents, normalised to
-    mean 1 over the batch. The weight is the share of a noisy image's variance that is noise (at focus = sigma_data):
-    near 0 where the noisy image still shows its details, near 1 where only the latents can say what it was."""
-    w = sigma.float().square() / (sigma.float().square() + focus**2)
-    return w / w.mean().clamp_min(1e-12)
-
-
-class _ScaledGradient(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight):
-        ctx.save_for_backward(weight)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (weight,) = ctx.saved_tensors
-        return grad * weight.reshape(-1, *([1] * (grad.ndim - 1))).to(grad.dtype), None
-
-
-def scale_gradient(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x unchanged in the forward pass; in the backward pass, sample i's gradient times weight[i]. Each sample's latent
-    enters only its own loss term, so this re-weighs what the encoder learns from each noise level while the
-    denoiser's loss stays as it is."""
-    return _ScaledGradient.apply(x, weight.detach())
-
-
-def usage_penalty(logits: torch.Tensor) -> torch.Tensor:
-    """How far a batch's codes are from all being in use: per latent, log k - H(mean over the batch of
-    softmax(logits)), the KL of the batch's mean posterior from the uniform one, averaged over the m latents.
-    0 when the batch spreads evenly over the k codes, log k when every image picks the same one. (The codebook-
-    diversity term of wav2vec 2.0.) logits: [B, m, k].
-
-    It pushes only the mean posterior towards uniform, and an encoder unsure of every image satisfies it as well as
-    one that is sure of a different code for each group of images; `posterior_entropy` tells the two apart."""
-    mean_posterior = logits.float().softmax(-1).mean(0)  # [m, k]
-    return (math.log(logits.shape[-1]) - _entropy(mean_posterior)).mean()
-
-
-def posterior_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """The mean entropy of each image's posterior over the codes, averaged over the m latents: 0 when the encoder is
-    sure of every code. usage_penalty + posterior_entropy = log k - I(y; z), the mutual information between an image
-    and its code under the encoder (the objective of information-maximising clustering, IIC / RIM), 0 exactly when
-    every image is sure of its code and the batch uses every code equally. logits: [B, m, k]."""
-    return _entropy(logits.float().softmax(-1)).mean()
-
-
-def disagreement(logits: torch.Tensor, logits_other: torch.Tensor) -> torch.Tensor:
-    """How far two views of the same images are from being sure of the same codes: the cross-entropy between their
-    posteriors, both ways, averaged over the batch and the m latents (0 only when both are sure of one code, the
-    same). logits, logits_other: [B, m, k]."""
-    lp, lq = logits.float().log_softmax(-1), logits_other.float().log_softmax(-1)
-    return -0.5 * ((lq.exp() * lp).sum(-1) + (lp.exp() * lq).sum(-1)).mean()
-
-
-def moved_copies(y: torch.Tensor, max_shift: int, flip: bool = False, *,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """Each image [B, C, H, W] moved by its own random whole-pixel offset in [-max_shift, max_shift] along each axis
-    (edge pixels repeated into the space it leaves) and, with `flip`, mirrored left-right with probability 1/2."""
-    B, _, H, W = y.shape
-    dy, dx = torch.randint(-max_shift, max_shift + 1, (2, B), generator=generator, device=y.device)
-    rows = (torch.arange(H, device=y.device) + dy[:, None]).clamp(0, H - 1)  # [B, H]
-    cols = (torch.arange(W, device=y.device) + dx[:, None]).clamp(0, W - 1)  # [B, W]
-    out = y.gather(2, rows[:, None, :, None].expand_as(y)).gather(3, cols[:, None, None, :].expand_as(y))
-    if flip:
-        mirror = torch.rand(B, generator=generator, device=y.device) < 0.5
-        out = torch.where(mirror.view(B, 1, 1, 1), out.flip(-1), out)
-    return out
-
-
-def _entropy(p: torch.Tensor) -> torch.Tensor:
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """The entropy (nats) of the distributions p over the last axis."""
     return -(p * p.clamp_min(1e-12).log()).sum(-1)
 
 
@@ -162,5 +78,106 @@ def codebook_usage(z: torch.Tensor, codebook_size: int) -> dict:
     z = z.long()
     counts = torch.stack([torch.bincount(z[:, i], minlength=codebook_size) for i in range(z.shape[1])]).float()
     p = counts / counts.sum(1, keepdim=True).clamp_min(1)
-    return {"perplexity": _entropy(p).exp().tolist(), "codes_used": (counts > 0).sum(1).tolist(),
+    return {"perplexity": entropy(p).exp().tolist(), "codes_used": (counts > 0).sum(1).tolist(),
             "counts": counts.long().tolist()}
+
+
+class LatentType:
+    """How a model's latents are drawn from the encoder's outputs and handed to the denoiser. The paper's kind is
+    `DiscreteLatents`; a variant subclasses this and registers it with `register_latent_type`."""
+
+    name = ""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def encoder_outputs(self) -> int:
+        """What the encoder outputs per latent token."""
+        raise NotImplementedError
+
+    def embedding_input(self, z: torch.Tensor) -> torch.Tensor:
+        """What the denoiser's latent embedding reads for latents z: [B, m, token_width]."""
+        raise NotImplementedError
+
+    def training_sample(self, encoded: torch.Tensor, generator=None) -> torch.Tensor:
+        """Stage I's draw from the encoder's posterior, differentiable, in the embedding's input form."""
+        raise NotImplementedError
+
+    def mode(self, encoded: torch.Tensor) -> torch.Tensor:
+        """The posterior's mode (the "oracle" latents of the analyses)."""
+        raise NotImplementedError
+
+    def sample(self, encoded: torch.Tensor, tau: float, generator=None) -> torch.Tensor:
+        """A draw of z from the posterior (what stage II learns)."""
+        raise NotImplementedError
+
+    def loss_terms(self) -> list[tuple[str, float]]:
+        """Regularisers (names in REGULARISERS, with weights) that this kind of latent always adds in stage I."""
+        return []
+
+    def prior_class(self):
+        """The stage-II prior over these latents."""
+        raise NotImplementedError
+
+    def prepare_prior(self, prior, encoded: torch.Tensor) -> None:
+        """Whatever a fresh prior takes from the encoder's outputs over the data set before stage II (nothing for
+        the paper's)."""
+
+
+class DiscreteLatents(LatentType):
+    """The paper's latents: m categorical variables of k codes; stage I draws them by Gumbel-Softmax at temperature
+    tau (straight-through one-hots with model.hard, the paper's choice; soft samples otherwise); an autoregressive
+    transformer is their prior."""
+
+    name = "discrete"
+
+    def encoder_outputs(self) -> int:
+        return self.cfg.codebook_size
+
+    def embedding_input(self, z):
+        return one_hot(z, self.cfg.codebook_size)
+
+    def training_sample(self, encoded, generator=None):
+        return gumbel_softmax(encoded, self.cfg.tau, hard=self.cfg.hard, generator=generator)
+
+    def mode(self, encoded):
+        return encoded.argmax(-1)
+
+    def sample(self, encoded, tau, generator=None):
+        return gumbel_softmax(encoded, tau, hard=True, generator=generator).argmax(-1)
+
+    def prior_class(self):
+        from .prior import ARPrior
+        return ARPrior
+
+
+LATENT_TYPES: dict[str, type[LatentType]] = {"discrete": DiscreteLatents}
+
+
+def register_latent_type(cls: type[LatentType]) -> type[LatentType]:
+    LATENT_TYPES[cls.name] = cls
+    return cls
+
+
+def latent_type(cfg) -> LatentType:
+    """The LatentType of a model config (model.latent_type); the config has checked the name."""
+    return LATENT_TYPES[cfg.latent_type](cfg)
+
+
+def prior_class(cfg):
+    """The stage-II prior of a model of configuration `cfg`, as its kind of latent says: `prior.ARPrior` over the
+    paper's discrete latents. Every prior has for_model, load, save, training_loss and sample(noise, labels,
+    temperature)."""
+    return latent_type(cfg).prior_class()
+
+
+# A regulariser: (model, clean data y [B, ...], encoder outputs of y) -> a loss term per sample [B] or for the batch.
+Regulariser = Callable[..., torch.Tensor]
+REGULARISERS: dict[str, Regulariser] = {}
+
+
+def register_regulariser(name: str):
+    def deco(fn: Regulariser) -> Regulariser:
+        REGULARISERS[name] = fn
+        return fn
+    return deco

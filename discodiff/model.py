@@ -1,9 +1,8 @@
 """The stage-I model of DisCo-Diff: the denoiser D(x, sigma, z, c) and the encoder E(y), trained together.
 
-The latents are discrete by default (m categorical variables); `latent_type="continuous"` makes them a Gaussian
-vector with a KL penalty instead, the paper's Table 3 ablation. The prior p(z | c) is a separate object
-(`prior.prior_class`: autoregressive or diffusion), trained and saved on its own in stage II; sampling
-(`pipeline.generate`) takes both.
+The latents are the paper's discrete ones unless the config names another kind (model.latent_type, a
+`latents.LatentType`). The prior p(z | c) is a separate object (`prior.prior_class`), trained and saved on its own in
+stage II; sampling (`pipeline.generate`) takes both.
 """
 from __future__ import annotations
 
@@ -15,18 +14,21 @@ from torch import nn
 from .checkpoint import load_state_into, load_tensors, save_tensors
 from .config import ModelConfig
 from .edm import EDMLoss
-from .latents import (disagreement, gaussian_kl, gumbel_softmax, moved_copies, noise_level_focus, null_mask, one_hot,
-                      posterior_entropy, reparameterise, scale_gradient, split_posterior, usage_penalty)
+from .latents import REGULARISERS, latent_type, null_mask
 from .networks import build_denoiser, build_encoder
-from .sampling import guide
 
 
 class DiscoDiff(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.config = cfg
+        self.latent_type = latent_type(cfg)
         self.denoiser = build_denoiser(cfg)
         self.encoder = build_encoder(cfg) if cfg.num_latents else None
+        # Stage I's extra loss terms, (regulariser, weight): the config's, and those the kind of latent always adds
+        # (none for the paper's).
+        self.regularisers = [(REGULARISERS[name], weight) for name, weight in
+                             [*cfg.regularisers.items(), *self.latent_type.loss_terms()] if weight]
 
     def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
         """The weights as one safetensors file (atomically); the run's config.json holds `self.config`."""
@@ -47,9 +49,7 @@ class DiscoDiff(nn.Module):
     def latent_input(self, z: torch.Tensor) -> torch.Tensor:
         """What the denoiser's latent embedding reads for latents z: the one-hots [B, m, k] of integer codes [B, m],
         or a continuous z [B, D] cut into its m tokens [B, m, D / m]."""
-        if self.config.continuous:
-            return z.float().reshape(len(z), self.num_latents, self.config.token_width)
-        return one_hot(z, self.config.codebook_size)
+        return self.latent_type.embedding_input(z)
 
     def _class_onehot(self, class_labels, batch, device):
         if self.config.num_classes == 0:
@@ -166,9 +166,9 @@ class DiscoDiff(nn.Module):
                                                   for key, v in ins.items()}) for i in range(n)]
             d = outs[0]
             if w_latent:
-                d = guide(d, outs[1], w_latent)
+                d = d + w_latent * (d - outs[1])
             if w_class:
-                d = guide(d, outs[-1], w_class)
+                d = d + w_class * (d - outs[-1])
             return d if inside is None else torch.where(inside, d, outs[0])
 
         return denoise
@@ -185,65 +185,45 @@ class DiscoDiff(nn.Module):
     def latent_mode(self, encoded: torch.Tensor) -> torch.Tensor:
         """z from encoder outputs (as `encoder` or `encode_all` give them): the argmax code of each latent [B, m], or a
         continuous latent's posterior mean [B, D]. The "oracle" latents of the analyses."""
-        if self.config.continuous:
-            return split_posterior(encoded)[0].flatten(1)
-        return encoded.argmax(-1)
+        return self.latent_type.mode(encoded)
 
     def latent_sample(self, encoded: torch.Tensor, tau: float, *, generator=None) -> torch.Tensor:
         """z drawn from the posterior the encoder outputs give: Cat(softmax(logits)) by Gumbel-Softmax at temperature
         `tau` [B, m], or N(mean, var) by reparameterisation [B, D] (`tau` does not apply). What stage II learns."""
-        if self.config.continuous:
-            return reparameterise(*split_posterior(encoded), generator=generator).flatten(1)
-        return gumbel_softmax(encoded, tau, hard=True, generator=generator).argmax(-1)
+        return self.latent_type.sample(encoded, tau, generator=generator)
 
     def training_loss(self, y, class_labels=None, *, loss_fn: EDMLoss, generator=None) -> torch.Tensor:
-        """Stage I (paper Alg. 1): z ~ GumbelSoftmax(E(y), tau), null with probability p_null, EDM loss on D.
-
-        Continuous latents draw z ~ N(mean, var) of E(y) instead, and add beta * KL(q(z | y) || N(0, I)) / d to each
-        sample's loss, d the number of data entries. The EDM loss is a mean over the d entries, so this weighs the KL
-        against the squared error summed over them, as an ELBO does: beta = 1 is the VAE's balance. The KL counts
-        for every sample, dropped to the null latent or not: it regularises the encoder, whatever the denoiser saw.
-        Against codebook collapse, discrete latents add usage_weight * latents.usage_penalty + confidence_weight *
-        latents.posterior_entropy of the batch's encoder logits to every sample's loss (when either weight is > 0),
-        and invariance_weight * latents.disagreement of the codes of the images and of moved copies of them.
-        With latent_sigma_focus > 0, the gradient into each sample's latents is weighted by its noise level
-        (latents.noise_level_focus); the noise levels are then drawn here, from the same generator, before the loss."""
-        cfg, B = self.config, y.shape[0]
-        latents = drop = kl = penalty = None
-        if self.num_latents and cfg.continuous:
-            mean, logvar = split_posterior(self.encoder(y))
-            latents = reparameterise(mean, logvar, generator=generator)
-            kl = gaussian_kl(mean, logvar)
-        elif self.num_latents:
-            logits = self.encoder(y)
-            latents = gumbel_softmax(logits, cfg.tau, hard=cfg.hard, generator=generator)
-            if cfg.usage_weight or cfg.confidence_weight:
-                penalty = cfg.usage_weight * usage_penalty(logits) + cfg.confidence_weight * posterior_entropy(logits)
-            if cfg.invariance_weight:
-                moved = moved_copies(y, cfg.invariance_shift, cfg.invariance_flip, generator=generator)
-                invariance = cfg.invariance_weight * disagreement(logits, self.encoder(moved))
-                penalty = invariance if penalty is None else penalty + invariance
+        """Stage I, the paper's Algorithm 1, per sample [B]:
+            z ~ GumbelSoftmax(E(y), tau), replaced by the null latent with probability p_null,
+            loss = lambda(sigma) ||D(y + n, sigma, z, c) - y||^2        (EDMLoss: sigma, n drawn inside),
+        plus the weighted sum of the regularisers the config names (none in the paper). Other kinds of latent
+        draw z their own way (`latents.LatentType.training_sample`). All randomness comes from `generator`."""
+        B = y.shape[0]
+        z = null = None
+        extra = torch.zeros((), device=y.device)
         if self.num_latents:
-            drop = null_mask(B, cfg.p_null, generator=generator, device=y.device)
-        if class_labels is not None and cfg.num_classes and cfg.p_class_drop > 0:
-            keep = torch.rand(B, generator=generator, device=y.device) >= cfg.p_class_drop
-            class_onehot = self._class_onehot(class_labels, B, y.device) * keep[:, None]
-        else:
-            class_onehot = self._class_onehot(class_labels, B, y.device)
-        sigma = None
-        if latents is not None and cfg.latent_sigma_focus > 0:
-            sigma = loss_fn.sample_sigma(B, generator=generator, device=y.device)
-            latents = scale_gradient(latents, noise_level_focus(sigma, cfg.latent_sigma_focus))
-        loss = loss_fn(self.denoiser, y, sigma=sigma, generator=generator, latents=latents, null_latent=drop,
-                       class_labels=class_onehot)
-        if kl is not None:
-            loss = loss + cfg.beta * kl / y[0].numel()
-        return loss if penalty is None else loss + penalty
+            encoded = self.encoder(y)
+            z = self.latent_type.training_sample(encoded, generator=generator)
+            null = null_mask(B, self.config.p_null, generator=generator, device=y.device)
+            for regulariser, weight in self.regularisers:
+                extra = extra + weight * regulariser(self, y, encoded)
+        c = self._training_class_onehot(class_labels, B, y.device, generator)
+        loss = loss_fn(self.denoiser, y, generator=generator, latents=z, null_latent=null, class_labels=c)
+        return loss + extra
+
+    def _training_class_onehot(self, class_labels, batch: int, device, generator):
+        """The class one-hots stage I conditions on, each dropped (to "no class") with probability p_class_drop, so
+        that the model can also be guided on the class."""
+        onehot = self._class_onehot(class_labels, batch, device)
+        if class_labels is None or onehot is None or self.config.p_class_drop <= 0:
+            return onehot
+        keep = torch.rand(batch, generator=generator, device=device) >= self.config.p_class_drop
+        return onehot * keep[:, None]
 
     @torch.no_grad()
     def encode_all(self, y: torch.Tensor, batch: int = 512) -> torch.Tensor:
         """Encoder outputs (float32) of a whole dataset, in batches, in eval mode: logits [N, m, k], or for continuous
-        latents the posterior's mean and log-variance [N, m, 2 D / m] (latents.split_posterior)."""
+        latents the posterior's mean and log-variance [N, m, 2 D / m] (variants.continuous.split_posterior)."""
         was_training = self.training
         self.eval()
         logits = torch.cat([self.encoder(y[i:i + batch]).float() for i in range(0, len(y), batch)])

@@ -1,6 +1,7 @@
 """Stage II: an autoregressive transformer prior p(z) = prod_i p(z_i | z_<i [, c]) over the m latent tokens.
 
-(Continuous latents have a diffusion prior instead, diffusion_prior.py; `prior_class` picks the one a model needs.)
+(Other kinds of latent bring their own prior, e.g. variants/diffusion_prior.py; `latents.prior_class` picks the one a
+model needs.)
 """
 from __future__ import annotations
 
@@ -15,35 +16,10 @@ from .networks.layers import TransformerBlock
 
 class _Block(TransformerBlock):
     """The shared transformer layer, causal, with dropout on the attention weights and the MLP output (not its
-    hidden layer), stored under the names and in the order of the prior's original block: ln1, ln2, attn, mlp.
-    So prior.safetensors files and resumable prior states (whose optimizer moments follow the parameter order)
-    written before the layer was shared still load."""
-
-    _LEGACY = {"norm1.": "ln1.", "norm2.": "ln2."}
+    hidden layer)."""
 
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__(width, heads, dropout=dropout, causal=True, attn_dropout=dropout, hidden_dropout=False)
-        for name in ("attn", "mlp"):  # parameter order ln1, ln2, attn, mlp
-            self._modules[name] = self._modules.pop(name)
-        self._register_state_dict_hook(self._save_legacy_names)
-        self._register_load_state_dict_pre_hook(self._load_legacy_names)
-
-    @classmethod
-    def _save_legacy_names(cls, module, state_dict, prefix, local_metadata):
-        own = [k for k in state_dict if k.startswith(prefix)]  # this block's entries, in parameter order
-        for k in own:
-            v, rest = state_dict.pop(k), k[len(prefix):]
-            for new, old in cls._LEGACY.items():
-                if rest.startswith(new):
-                    rest = old + rest[len(new):]
-            state_dict[prefix + rest] = v
-
-    @classmethod
-    def _load_legacy_names(cls, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                           error_msgs):
-        for new, old in cls._LEGACY.items():
-            for k in [k for k in state_dict if k.startswith(prefix + old)]:
-                state_dict[prefix + new + k[len(prefix + old):]] = state_dict.pop(k)
 
 
 class ARPrior(nn.Module):
@@ -132,13 +108,3 @@ class ARPrior(nn.Module):
         prior = cls.for_model(cfg)
         load_state_into(prior, load_tensors(path), path)
         return prior
-
-
-def prior_class(cfg):
-    """The stage-II prior of a model of configuration `cfg`: ARPrior over discrete latents, DiffusionPrior
-    (diffusion_prior.py) over continuous ones. Both have for_model, load, save, training_loss and
-    sample(noise, labels, temperature)."""
-    if cfg.continuous:
-        from .diffusion_prior import DiffusionPrior
-        return DiffusionPrior
-    return ARPrior

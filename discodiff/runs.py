@@ -92,9 +92,6 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
         if wants_classes and dataset.labels is None:
             raise ConfigError(f"class conditioning needs labels, and dataset {cfg.data.name!r} has none; use --uncond")
         cfg.model.num_classes = dataset.num_classes if wants_classes else 0
-        if cfg.model.invariance_weight and len(dataset.shape) != 3:
-            raise ConfigError(f"model.invariance_weight compares the codes of moved copies of images; data of shape "
-                              f"{dataset.shape} are not images")
         validate(cfg)
         DiscoDiff(cfg.model)  # a configuration whose network cannot be built fails here, before any file exists
         if cfg.train.init_from is not None:
@@ -186,7 +183,7 @@ class Run:
     def load_prior(self, device="cpu"):
         """The prior in eval mode (None for a plain model, m = 0). A missing prior, or one fitted to other stage-I
         weights than the current model.safetensors, is refused with one line that names `discodiff train-prior`."""
-        from .prior import prior_class
+        from .latents import prior_class
         status = self.prior_status()
         if status == "none":
             return None

@@ -19,7 +19,7 @@ def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
     the stage-II prior (0 for the parts a model without latents lacks)."""
     from .finetune import plain_counterpart
     from .model import DiscoDiff
-    from .prior import prior_class
+    from .latents import prior_class
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = DiscoDiff(cfg)
         backbone = _count(DiscoDiff(plain_counterpart(cfg)).denoiser) if cfg.num_latents else _count(model.denoiser)

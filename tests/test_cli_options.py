@@ -95,7 +95,7 @@ def test_continuous_encoder_fixes():
 
     assert continuous_encoder_fixes({"name": "mlp", "hidden": 8, "prototypes": True}) == {"prototypes": False}
     assert continuous_encoder_fixes({"name": "mlp", "prototypes": False}) == {}
-    assert continuous_encoder_fixes({"name": "vit", "head_init": "kmeans"}) == {"head_init": "random"}
+    assert continuous_encoder_fixes({"name": "vit", "patch_size": 4}) == {}
     assert continuous_encoder_fixes({"name": "kmeans"}) == {}
 
 

@@ -10,9 +10,10 @@ import torch
 
 from discodiff.cli import main
 from discodiff.config import ConfigError, ModelConfig, preset_config
-from discodiff.diffusion_prior import DiffusionPrior
+from discodiff.variants.diffusion_prior import DiffusionPrior
 from discodiff.edm import EDMLoss
-from discodiff.latents import gaussian_kl, gumbel_softmax, null_mask, reparameterise, split_posterior
+from discodiff.latents import gumbel_softmax, null_mask
+from discodiff.variants.continuous import gaussian_kl, reparameterise, split_posterior
 from discodiff.model import DiscoDiff
 from discodiff.pipeline import generate, sample_latents
 from discodiff.runs import Run
@@ -194,16 +195,6 @@ def test_bad_latent_flags_give_one_line_before_anything_is_written(tmp_path, cap
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert needle in err
     assert not (tmp_path / "r").exists()
-
-
-def test_discrete_encoder_options_are_refused_for_continuous_latents(tmp_path, capsys):
-    code, _, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "r"),
-                            "--latent-type", "continuous"], capsys)
-    assert code == 2 and "prototypes=true applies to discrete latents" in err, err
-    code, _, err = run_cli(["train", "--preset", "digits", "--run-dir", str(tmp_path / "r2"), "--latent-type",
-                            "continuous", "--set", "model.encoder.head_init=kmeans"], capsys)
-    assert code == 2 and "head_init=kmeans applies to discrete latents" in err, err
-    assert not (tmp_path / "r2").exists()
 
 
 # ---- the diffusion prior --------------------------------------------------------------------------------------

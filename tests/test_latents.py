@@ -5,10 +5,9 @@ import torch
 
 from discodiff.config import ConfigError, ModelConfig, preset_config
 from discodiff.edm import EDMLoss
-from discodiff.latents import (LatentEmbedding, codebook_usage, disagreement, gumbel_softmax, moved_copies,
-                              noise_level_focus, one_hot, posterior_entropy, scale_gradient, usage_penalty)
+from discodiff.latents import REGULARISERS, LatentEmbedding, codebook_usage, gumbel_softmax, one_hot
 from discodiff.model import DiscoDiff
-from discodiff.runs import resolve_run
+from discodiff.variants.information import posterior_entropy, usage_penalty
 
 
 def test_hard_samples_are_one_hot_and_pass_gradients():
@@ -120,109 +119,58 @@ def _tiny_discrete(**model) -> DiscoDiff:
                                  encoder={"name": "mlp", "hidden": 16, "depth": 2}, **model))
 
 
-def test_training_loss_adds_the_weighted_usage_penalty_to_every_sample():
+def test_training_loss_is_algorithm_1_plus_the_weighted_regularisers():
     y = torch.randn(8, 2)
     plain = _tiny_discrete().training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
-    model = _tiny_discrete(usage_weight=0.3)
+    model = _tiny_discrete(regularisers={"information": 0.3})
     loss = model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(loss, plain + 0.3 * usage_penalty(model.encoder(y)))
-    both = _tiny_discrete(usage_weight=0.3, confidence_weight=0.2)
-    loss_both = both.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
-    logits = both.encoder(y)
-    torch.testing.assert_close(loss_both, plain + 0.3 * usage_penalty(logits) + 0.2 * posterior_entropy(logits))
+    logits = model.encoder(y)
+    torch.testing.assert_close(loss, plain + 0.3 * (usage_penalty(logits) + posterior_entropy(logits)))
     loss.sum().backward()  # and its gradient reaches the encoder
     assert all(p.grad is not None for p in model.encoder.parameters())
 
 
-def test_scale_gradient_is_the_identity_forward_and_weighs_each_sample_backward():
-    x = torch.randn(3, 2, 4, requires_grad=True)
-    y = scale_gradient(x, torch.tensor([0.0, 1.0, 2.5]))
-    assert torch.equal(y, x)
-    (y * 3).sum().backward()
-    torch.testing.assert_close(x.grad, torch.tensor([0.0, 3.0, 7.5]).view(3, 1, 1).expand(3, 2, 4))
+def test_algorithm_1_by_hand():
+    """The loss of one sample, recomputed from the paper's Algorithm 1 with the same random draws: z by
+    Gumbel-Softmax of E(y), the null mask, then sigma and the noise of the EDM loss."""
+    model = _tiny_discrete(p_null=0.5)
+    y = torch.randn(8, 2)
+    loss = model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    z = gumbel_softmax(model.encoder(y), 1.0, hard=True, generator=g)
+    null = torch.rand(8, generator=g) < 0.5
+    sigma = (torch.randn(8, generator=g) * 1.2 - 1.2).exp()
+    n = torch.randn(y.shape, generator=g) * sigma[:, None]
+    d = model.denoiser(y + n, sigma, latents=z, null_latent=null)
+    expected = (sigma**2 + 0.25) / (sigma * 0.5) ** 2 * (d - y).square().mean(1)
+    torch.testing.assert_close(loss, expected)
 
 
-def test_noise_level_focus_rises_with_sigma_and_averages_one():
-    w = noise_level_focus(torch.tensor([0.05, 0.5, 5.0]), 0.5)
-    torch.testing.assert_close(w.mean(), torch.tensor(1.0))
-    raw = torch.tensor([0.0025 / 0.2525, 0.5, 25 / 25.25])  # sigma^2 / (sigma^2 + 0.25)
-    torch.testing.assert_close(w, raw / raw.mean())
+def test_a_model_with_a_regulariser_the_registry_does_not_know_is_refused():
+    assert "information" in REGULARISERS
+    with pytest.raises(ConfigError, match="unknown regulariser model.regularisers.entropy"):
+        preset_config("digits", {"model": {"regularisers": {"entropy": 0.1}}})
 
 
-def _gradients(model, y, seed=4):
-    model.zero_grad()
-    model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(seed)).sum().backward()
-    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-
-def test_latent_sigma_focus_changes_what_the_encoder_learns_and_nothing_else():
-    y = torch.randn(16, 2)
-    plain, focused = _tiny_discrete(), _tiny_discrete(latent_sigma_focus=0.5)
-    loss_plain = plain.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
-    loss_focused = focused.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(4))
-    torch.testing.assert_close(loss_focused, loss_plain)  # the same noise levels, noise and latents
-    g_plain, g_focused = _gradients(plain, y), _gradients(focused, y)
-    assert g_plain.keys() == g_focused.keys()
-    for name in g_plain:
-        if name.startswith("encoder."):
-            assert not torch.allclose(g_focused[name], g_plain[name]), name
-        else:
-            torch.testing.assert_close(g_focused[name], g_plain[name])
-
-
-def test_moved_copies_move_each_image_by_its_own_offset_and_repeat_the_edges():
-    y = torch.arange(2 * 3 * 5 * 6, dtype=torch.float32).view(2, 3, 5, 6)
-    assert torch.equal(moved_copies(y, 0), y)
-    out = moved_copies(y, 2, generator=torch.Generator().manual_seed(3))
-    dy, dx = torch.randint(-2, 3, (2, 2), generator=torch.Generator().manual_seed(3))
-    for b in range(2):
-        for i in range(5):
-            for j in range(6):
-                src = y[b, :, min(max(i + dy[b], 0), 4), min(max(j + dx[b], 0), 5)]
-                assert torch.equal(out[b, :, i, j], src)
-    mirrored = moved_copies(y, 0, flip=True, generator=torch.Generator().manual_seed(0))
-    assert all(torch.equal(mirrored[b], y[b]) or torch.equal(mirrored[b], y[b].flip(-1)) for b in range(2))
-
-
-def test_disagreement_is_low_only_when_both_views_are_sure_of_the_same_code():
-    sure = torch.tensor([[[20.0, 0.0, 0.0]]])
-    other = torch.tensor([[[0.0, 20.0, 0.0]]])
-    unsure = torch.zeros(1, 1, 3)
-    assert disagreement(sure, sure) < 1e-6
-    torch.testing.assert_close(disagreement(unsure, unsure), torch.tensor(math.log(3)))
-    assert disagreement(sure, other) > 10
-
-
-def test_the_invariance_term_trains_the_encoder_on_images_and_is_refused_elsewhere(tmp_path):
-    cfg = preset_config("digits", {"model": {"data_shape": [1, 8, 8], "num_latents": 2, "invariance_weight": 0.5,
-                                             "invariance_shift": 1, "invariance_flip": True}})
-    torch.manual_seed(0)
-    model = DiscoDiff(cfg.model)
-    y = torch.randn(4, *cfg.model.data_shape)
-    model.training_loss(y, loss_fn=EDMLoss(), generator=torch.Generator().manual_seed(0)).sum().backward()
-    assert all(p.grad is not None for p in model.encoder.parameters())
-    assert "invariance 0.5" in cfg.model.latent_summary()
-    with pytest.raises(ConfigError, match="are not images"):
-        resolve_run(tmp_path / "run", preset="toy2d", overrides={"model": {"invariance_weight": 0.1}})
-
-
-def test_the_penalties_in_force_are_named_in_the_log_lines():
+def test_the_regularisers_in_force_are_named_in_the_log_lines():
     assert ModelConfig(num_latents=2, codebook_size=3).latent_summary() == "m=2 k=3"
-    assert ModelConfig(num_latents=2, codebook_size=3, usage_weight=0.1, confidence_weight=0.1).latent_summary() == \
-        "m=2 k=3 (against collapse: usage 0.1, confidence 0.1)"
-    assert ModelConfig(num_latents=2, codebook_size=3, latent_sigma_focus=0.5).latent_summary() == \
-        "m=2 k=3, encoder focused on sigma > 0.5"
+    assert ModelConfig(num_latents=2, codebook_size=3, regularisers={"information": 0.1}).latent_summary() == \
+        "m=2 k=3 (regularisers: information 0.1)"
 
 
 @pytest.mark.parametrize("model,needle", [
-    ({"usage_weight": -0.1}, "model.usage_weight must be >= 0"),
-    ({"confidence_weight": -1}, "model.confidence_weight must be >= 0"),
-    ({"latent_sigma_focus": -0.5}, "model.latent_sigma_focus must be >= 0"),
-    ({"invariance_weight": -1}, "model.invariance_weight must be >= 0"),
-    ({"usage_weight": 0.1, "latent_type": "continuous"}, "model.usage_weight acts on a discrete latent's codes"),
-    ({"confidence_weight": 0.1, "latent_type": "continuous"}, "continuous latents have none"),
+    ({"regularisers": {"information": -0.1}}, "model.regularisers.information must be a weight >= 0"),
+    ({"regularisers": {"information": 0.1}, "latent_type": "continuous"}, "acts on a discrete latent's codes"),
+    ({"usage_weight": 0.1, "confidence_weight": 0.2}, "now one term, model.regularisers.information"),
+    ({"latent_sigma_focus": 0.5}, "model.latent_sigma_focus was removed"),
+    ({"invariance_weight": 1.0}, "model.invariance_weight was removed"),
 ])
-def test_bad_usage_weights_are_refused(model, needle):
+def test_bad_regulariser_settings_are_refused(model, needle):
     with pytest.raises(ConfigError) as e:
         preset_config("digits", {"model": model})
     assert needle in str(e.value)
+
+
+def test_the_old_anti_collapse_weights_at_equal_values_are_the_information_term():
+    cfg = preset_config("digits", {"model": {"usage_weight": 0.2, "confidence_weight": 0.2}})
+    assert cfg.model.regularisers == {"information": 0.2}

@@ -83,7 +83,7 @@ def test_load_model_equals_the_model_training_returned(tmp_path, tiny_toy_overri
         assert torch.equal(loaded.denoise(x, sigma, z=z), trained.denoise(x, sigma, z=z))
         assert torch.equal(loaded.denoise(x, sigma), trained.denoise(x, sigma))  # the learned null latent
         assert torch.equal(loaded.encode_logits(x), trained.encode_logits(x))
-    prior, _ = train_prior(run, cfg, data, trained, quiet=True)
+    prior = train_prior(run, cfg, data, trained, quiet=True)
     loaded, loaded_prior = _load(run)
     assert torch.equal(sample_latents(loaded, loaded_prior, range(64)), sample_latents(trained, prior, range(64)))
     assert torch.equal(_generate(loaded, loaded_prior, range(4), 4)[0], _generate(trained, prior, range(4), 4)[0])

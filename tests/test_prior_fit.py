@@ -1,4 +1,4 @@
-"""How well a prior reproduces the encoder's latents: marginals, pairs, whole tuples; and the prior's EMA."""
+"""How well a prior reproduces the encoder's latents: marginals, pairs, whole tuples; and the prior's report."""
 import json
 import shutil
 
@@ -7,7 +7,6 @@ import torch
 from conftest import run_cli, train_tiny_toy
 
 from discodiff.analysis.codebook import pairwise_tv, prior_fit, unseen_share
-from discodiff.checkpoint import load_tensors
 from discodiff.cli import main
 
 
@@ -58,15 +57,16 @@ def test_the_prior_report_holds_its_fit_against_a_floor(toy_stage1, tmp_path):
     assert "fit over" in (run / "log.txt").read_text()
 
 
-def test_prior_ema_saves_the_average_and_resumes(toy_stage1, tmp_path, capsys):
-    plain = _prior(toy_stage1, tmp_path, "plain")
-    ema = _prior(toy_stage1, tmp_path, "ema", "--set", "prior_train.ema_halflife_kimg=0.2")
-    a, b = load_tensors(plain / "prior.safetensors"), load_tensors(ema / "prior.safetensors")
-    assert a.keys() == b.keys() and any(not torch.equal(a[k], b[k]) for k in a)  # the EMA is not the last iterate
-    assert json.loads((ema / "config.json").read_text())["prior_train"]["ema_halflife_kimg"] == 0.2
-    # resuming continues the average from the saved state
-    main(["train-prior", "--run-dir", str(ema), "--kimg", "1.5", "--quiet"])
-    assert "resuming the prior" in (ema / "log.txt").read_text()
-    code, _, err = run_cli(["train-prior", "--run-dir", str(ema), "--set", "prior_train.ema_halflife_kimg=-1",
+def test_a_removed_option_is_refused_in_one_line_naming_the_commit_it_ran_at(toy_stage1, tmp_path, capsys):
+    run = _prior(toy_stage1, tmp_path, "plain")
+    code, _, err = run_cli(["train-prior", "--run-dir", str(run), "--set", "prior_train.ema_halflife_kimg=0.2",
                             "--quiet"], capsys)
-    assert code == 2 and "ema_halflife_kimg must be >= 0" in err and "Traceback" not in err
+    assert code == 2 and "prior_train.ema_halflife_kimg was removed" in err and "8b0f46c" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    # a config written before the removal, with the option at its neutral value, still loads
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["prior_train"]["ema_halflife_kimg"] = 0.0
+    cfg["model"]["usage_weight"] = cfg["model"]["confidence_weight"] = 0.0
+    (run / "config.json").write_text(json.dumps(cfg))
+    main(["train-prior", "--run-dir", str(run), "--kimg", "1.5", "--quiet"])
+    assert "resuming the prior" in (run / "log.txt").read_text()

@@ -213,54 +213,6 @@ def clustered_images(per_cluster=8, clusters=K, res=8, seed=0):
     return y, torch.arange(clusters).repeat_interleave(per_cluster)
 
 
-def test_vit_kmeans_heads_start_from_a_partition_of_the_data():
-    torch.manual_seed(0)
-    vit = ViTEncoder(8, 1, num_latents=M, codebook_size=K, patch_size=2, width=32, depth=2, heads=4,
-                     head_init="kmeans")
-    y, groups = clustered_images()
-    with torch.no_grad():
-        before = vit(y).argmax(-1)
-    assert vit.init_from_data(y)
-    with torch.no_grad():
-        logits = vit(y)
-    z = logits.argmax(-1)
-    for i in range(M):
-        # every code in use, and each group of images on one code of its own: the k groups are the k codes
-        assert len(z[:, i].unique()) == K, (i, z[:, i])
-        assert all(len(z[groups == c, i].unique()) == 1 for c in range(K))
-    # a random head leaves codes unused on the same images
-    assert min(len(before[:, i].unique()) for i in range(M)) < K
-    # the head is a nearest-centre rule: each image prefers its code over the runner-up by about PREFERENCE_NATS
-    # (the scale is set on the mean gap; within a group, images are alike)
-    top2 = logits.topk(2, dim=-1).values
-    assert (top2[..., 0] - top2[..., 1]).mean() == pytest.approx(ViTEncoder.PREFERENCE_NATS, rel=0.5)
-    # seeded once: a second call (a resumed run) leaves the heads alone, and the flag travels with the weights
-    w = vit.head_weight.clone()
-    assert not vit.init_from_data(torch.randn_like(y)) and torch.equal(vit.head_weight, w)
-    assert vit.state_dict()["heads_seeded"]
-    fresh = ViTEncoder(8, 1, num_latents=M, codebook_size=K, patch_size=2, width=32, depth=2, heads=4,
-                       head_init="kmeans")
-    fresh.load_state_dict(vit.state_dict())
-    assert not fresh.init_from_data(y) and torch.equal(fresh.head_weight, w)
-    # the default head has no data-dependent start and nothing extra in its weights
-    plain = ViTEncoder(8, 1, num_latents=M, codebook_size=K, patch_size=2, width=32, depth=2, heads=4)
-    assert not plain.init_from_data(y) and "heads_seeded" not in plain.state_dict()
-    with pytest.raises(ValueError, match="head_init"):
-        ViTEncoder(8, 1, num_latents=M, codebook_size=K, head_init="kmean")
-
-
-def test_vit_kmeans_heads_with_a_batch_smaller_than_the_codebook():
-    torch.manual_seed(0)
-    vit = ViTEncoder(8, 1, num_latents=2, codebook_size=K, patch_size=2, width=32, depth=1, heads=4,
-                     head_init="kmeans")
-    y = torch.randn(3, 1, 8, 8)
-    assert vit.init_from_data(y)
-    logits = vit(y)
-    assert torch.isfinite(logits).all() and all(len(logits.argmax(-1)[:, i].unique()) == 3 for i in range(2))
-    # repeated centres do not blow the scale up: the heads stay of the order of the features' own spread
-    assert vit.head_weight.abs().max() < 100
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # inside DisCo-Diff, through the registry
 

@@ -13,6 +13,7 @@ from .analyze import analyze
 from .demo import demo
 from .fid import fid
 from .import_edm import import_edm
+from .presets import presets
 from .sample import sample
 from .train import train
 from .train_prior import train_prior
@@ -27,7 +28,7 @@ def cli():
     """
 
 
-for command in (train, train_prior, sample, fid, analyze, demo, import_edm):
+for command in (presets, train, train_prior, sample, fid, analyze, demo, import_edm):
     cli.add_command(command)
 
 

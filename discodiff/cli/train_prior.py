@@ -28,6 +28,7 @@ def train_prior(run_dir, kimg, batch, lr, sets, quiet, device):
     from ..errors import ConfigError
     from ..analysis.prior_report import write_prior_report
     from ..runs import Run, resolve_run, run_lock
+    from ..train.common import RunLog
     from ..train.prior import train_prior as fit_prior
     from .options import resolve_device
 
@@ -49,5 +50,4 @@ def train_prior(run_dir, kimg, batch, lr, sets, quiet, device):
         Run.create(run_dir, cfg)  # the prior's settings as used, atomically
         prior = fit_prior(run_dir, cfg, dataset, model, quiet=quiet)
         _, summary = write_prior_report(run_dir, cfg, dataset, model, prior)
-    if not quiet:
-        click.echo(f"prior report ({run_dir}/prior_report.json): {summary}")
+        RunLog(run_dir, quiet).line(f"prior report (prior_report.json): {summary}")

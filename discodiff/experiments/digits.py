@@ -13,6 +13,7 @@ from ..fileio import check_writable, write_json
 from ..pipeline import generate, shared_latents
 from ..runs import Run, resolve_run
 from ..sampling import karras_sigmas
+from ..analysis.prior_report import write_prior_report
 from ..train.prior import train_prior
 from ..train.stage1 import train_stage1
 
@@ -32,7 +33,7 @@ def run_digits(out_dir: Path, *, kimg: float | None = None, prior_kimg: float | 
     train_stage1(run_dir, cfg, data, quiet=quiet)
     t1 = time.perf_counter()
     model = run.load_model()  # the EMA weights, as `discodiff train-prior` loads them
-    _, report = train_prior(run_dir, cfg, data, model, quiet=quiet)
+    report, _ = write_prior_report(run_dir, cfg, data, model, train_prior(run_dir, cfg, data, model, quiet=quiet))
     t2 = time.perf_counter()
     prior = run.load_prior()  # as `discodiff sample` loads it
     seeds = list(range(seed, seed + rows * cols))

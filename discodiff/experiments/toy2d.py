@@ -22,6 +22,7 @@ from ..metrics import toy as tm
 from ..pipeline import generate
 from ..runs import Run, resolve_run
 from ..sampling import karras_sigmas, trajectory_recorder
+from ..analysis.prior_report import write_prior_report
 from ..train.prior import train_prior
 from ..train.stage1 import train_stage1
 from .common import timed
@@ -105,7 +106,8 @@ def run_toy2d(out_dir, *, kimg=None, prior_kimg=None, seed: int = 0, steps=(50, 
         model = timed(seconds, f"stage1_{name}", train_stage1, run_dir, cfg, data, quiet=True)
         if cfg.model.num_latents:
             log(f"[toy2d] stage II: prior of {LABELS[name]}, {cfg.prior_train.kimg:g} kimg")
-            timed(seconds, f"prior_{name}", train_prior, run_dir, cfg, data, model, quiet=True)
+            prior = timed(seconds, f"prior_{name}", train_prior, run_dir, cfg, data, model, quiet=True)
+            timed(seconds, f"prior_report_{name}", write_prior_report, run_dir, cfg, data, model, prior)
         log(f"[toy2d]   done in {seconds[f'stage1_{name}'] + seconds.get(f'prior_{name}', 0):.1f} s")
 
     seeds = list(range(seed * 1_000_000, seed * 1_000_000 + num_eval))

@@ -11,6 +11,7 @@ from ..errors import ConfigError
 
 from ..config import ModelConfig
 from ..edm import Denoiser
+from ..latents import latent_type
 
 BACKBONES: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 ENCODERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
@@ -61,16 +62,14 @@ def build_encoder(cfg: ModelConfig) -> nn.Module:
 
 
 def encoder_outputs(cfg: ModelConfig) -> int:
-    """What an encoder outputs per latent token: k logits (discrete latents), or the mean and the log-variance of
-    its D / m coordinates (continuous latents, latents.split_posterior)."""
-    return 2 * cfg.token_width if cfg.continuous else cfg.codebook_size
+    """What an encoder outputs per latent token, as the model's kind of latent says (k logits for the paper's)."""
+    return latent_type(cfg).encoder_outputs()
 
 
 # Encoder options that shape a categorical distribution's logits, so fit discrete latents only, each with the value
 # that fits continuous latents (the default): `discodiff train --latent-type continuous` on a preset made for
 # discrete latents sets them so (`continuous_encoder_fixes`), and building such an encoder with other values fails.
-DISCRETE_ONLY_ENCODER_OPTIONS: dict[str, dict] = {"mlp": {"prototypes": False, "balanced": False},
-                                                  "vit": {"head_init": "random"}}
+DISCRETE_ONLY_ENCODER_OPTIONS: dict[str, dict] = {"mlp": {"prototypes": False}}
 
 
 def continuous_encoder_fixes(encoder: dict) -> dict:
@@ -110,7 +109,7 @@ def _mlp_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
 def _mlp_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .mlp import MLPEncoder
     kw.setdefault("input_scale", cfg.sigma_data)
-    for option in DISCRETE_ONLY_ENCODER_OPTIONS["mlp"]:  # both shape a categorical distribution's logits
+    for option in DISCRETE_ONLY_ENCODER_OPTIONS["mlp"]:
         if cfg.continuous and kw.get(option):
             raise ConfigError(f"the mlp encoder's {option}=true applies to discrete latents, not continuous ones; "
                               f"set model.encoder.{option}=false")
@@ -152,9 +151,6 @@ def _vit_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .vit import ViTEncoder
     channels, resolution = _image_shape(cfg, "vit encoder")
     kw.setdefault("input_scale", cfg.sigma_data)
-    if cfg.continuous and kw.get("head_init", "random") != "random":  # it seeds a categorical distribution's logits
-        raise ConfigError(f"the vit encoder's head_init={kw['head_init']} applies to discrete latents, not continuous "
-                          f"ones; set model.encoder.head_init=random")
     try:
         return ViTEncoder(resolution, channels, cfg.num_latents, encoder_outputs(cfg), **kw)
     except ValueError as e:

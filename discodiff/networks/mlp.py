@@ -23,7 +23,7 @@ class MLPBackbone(nn.Module):
     the function is unchanged, but Adam (whose steps are about lr in parameter units) moves the centres g times
     faster, so they reach the modes within a short toy run (see docs/toy2d.md). `latent_embedding=False`
     feeds z to the network only through mu(z) and s(z), as in the paper's toy model
-    G = (F(z) - x) / (t^2 + sigma_1^2) + H(x, t), where H does not see z.
+    G = (F(z) - x) / (t^2 + sigma_1^2) + H(x, t), where H does not see z (the `toy2d-paper` preset).
     """
 
     def __init__(self, dim: int, num_latents: int = 0, codebook_size: int = 0, num_classes: int = 0,
@@ -141,14 +141,10 @@ class MLPEncoder(nn.Module):
     prototypes are seeded by k-means++ on the first training batch (`init_from_data`), so the encoder starts from a partition of the
     data into k compact regions instead of a random one; gradient descent cannot undo a bad starting partition,
     which leaves codes dead or covering two modes (see docs/toy2d.md).
-
-    `balanced=True` standardises each code's logit over the batch (BatchNorm without affine terms) and multiplies
-    by a learned gain exp(gain_rate * u) per latent, so no code can score below the others everywhere.
     """
 
     def __init__(self, dim: int, num_latents: int, codebook_size: int, hidden: int = 128, depth: int = 3,
-                 input_scale: float = 1.0, balanced: bool = False, gain_rate: float = 1.0,
-                 prototypes: bool = False, prototype_width: float = 0.25):
+                 input_scale: float = 1.0, prototypes: bool = False, prototype_width: float = 0.25):
         super().__init__()
         self.num_latents, self.codebook_size, self.input_scale = num_latents, codebook_size, input_scale
         layers, width = [], dim
@@ -157,9 +153,6 @@ class MLPEncoder(nn.Module):
             width = hidden
         layers.append(nn.Linear(width, num_latents * codebook_size))
         self.net = nn.Sequential(*layers)
-        self.norm = nn.BatchNorm1d(num_latents * codebook_size, affine=False) if balanced else None
-        self.gain_rate = gain_rate
-        self.log_gain = nn.Parameter(torch.zeros(num_latents, 1)) if balanced else None
         self.prototypes = nn.Parameter(torch.zeros(num_latents, codebook_size, dim)) if prototypes else None
         if prototypes:
             self.log_precision = nn.Parameter(torch.full((num_latents, 1), -2 * math.log(prototype_width)))
@@ -181,9 +174,6 @@ class MLPEncoder(nn.Module):
     def forward(self, y):
         u = y.flatten(1) / self.input_scale
         logits = self.net(u)
-        if self.norm is not None:
-            logits = self.norm(logits).view(-1, self.num_latents, self.codebook_size)
-            logits = logits * (self.gain_rate * self.log_gain).exp()
         logits = logits.view(-1, self.num_latents, self.codebook_size)
         if self.prototypes is not None:
             d2 = (u[:, None, None, :] - self.prototypes[None]).square().sum(-1)  # [B, m, k]

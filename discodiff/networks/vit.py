@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import TransformerBlock, kmeans_pp
+from .layers import TransformerBlock
 
 
 class ViTEncoder(nn.Module):
@@ -15,31 +15,20 @@ class ViTEncoder(nn.Module):
 
     The image is cut into patch_size x patch_size patches (zero-padded at the bottom/right when H or W is not a
     multiple of the patch size, e.g. 28 px with patch 8), m learnable classification tokens are prepended, and
-    each of them, after the transformer, gives the logits of one latent (paper-spec section 3.3).
+    each of them, after the transformer, gives the logits of one latent (the paper's section 3.3).
 
     Heads: one linear head PER TOKEN rather than a shared one. The latents are independent categorical
     variables and the denoiser embeds each with its own table (LatentEmbedding: [m, k, dim]), so code j of
     latent 1 has nothing to do with code j of latent 2; a shared head would tie them and make the final tokens
     spend capacity on undoing that. The cost is m * width * k parameters, small next to the transformer.
-
-    `head_init="kmeans"` seeds each head from the data (`init_from_data`, on the first training batch): k-means++
-    picks k of the batch's token features per latent, and the head scores code c by the squared distance to the
-    c-th of them, logits_c = -|h - p_c|^2 / (2 s^2) (linear in h, since |h|^2 is the same for every code), s set so
-    that a typical image of the batch prefers its nearest code over the runner-up by PREFERENCE_NATS. Every
-    code then starts out owning a region of the images, as the toy's k-means++ prototypes do (docs/toy2d.md),
-    instead of a random head under which a few codes win everywhere and the rest never receive a gradient.
     """
-
-    PREFERENCE_NATS = 2.0  # head_init="kmeans": how strongly a typical image prefers its code at the start
 
     def __init__(self, img_resolution: int, in_channels: int, num_latents: int, codebook_size: int,
                  patch_size: int = 4, width: int = 128, depth: int = 4, heads: int = 4, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0, input_scale: float = 1.0, head_init: str = "random"):
+                 dropout: float = 0.0, input_scale: float = 1.0):
         super().__init__()
         if num_latents < 1 or codebook_size < 1:
             raise ValueError("a ViT encoder needs num_latents >= 1 and codebook_size >= 1")
-        if head_init not in ("random", "kmeans"):
-            raise ValueError(f"head_init must be 'random' or 'kmeans', got {head_init!r}")
         self.num_latents, self.codebook_size = num_latents, codebook_size
         self.patch_size, self.input_scale = patch_size, input_scale
         grid = math.ceil(img_resolution / patch_size)
@@ -52,35 +41,6 @@ class ViTEncoder(nn.Module):
         bound = 1 / math.sqrt(width)  # nn.Linear's default range: logits start near-uniform over codes
         self.head_weight = nn.Parameter(torch.empty(num_latents, width, codebook_size).uniform_(-bound, bound))
         self.head_bias = nn.Parameter(torch.zeros(num_latents, codebook_size))
-        self.head_init = head_init
-        if head_init == "kmeans":  # saved with the weights, so a resumed or loaded encoder is not seeded again
-            self.register_buffer("heads_seeded", torch.tensor(False))
-
-    @torch.no_grad()
-    def init_from_data(self, y: torch.Tensor) -> bool:
-        """Seeds the heads by k-means++ on the token features of the clean batch y; returns whether it did. A no-op
-        unless head_init="kmeans", and once seeded. The trainer calls this on a fresh run's first training batch,
-        through `networks.init_encoder_from_data`."""
-        if self.head_init != "kmeans" or bool(self.heads_seeded):
-            return False
-        was_training = self.training
-        self.eval()
-        h = self.features(y).float()  # [B, m, width]
-        self.train(was_training)
-        for i in range(self.num_latents):
-            u = h[:, i]
-            centres = kmeans_pp(u, self.codebook_size)                       # [k, width]
-            two = torch.cdist(u, centres).square().topk(2, dim=1, largest=False).values   # [B, 2]
-            # s^2 such that a typical image prefers its nearest code over the runner-up by PREFERENCE_NATS: in many
-            # dimensions all distances are alike, and a scale set by the distances themselves gives near-uniform
-            # logits, a random start again. Ties (a batch smaller than k repeats centres) are left out of the mean.
-            gaps = two[:, 1] - two[:, 0]
-            gap = gaps[gaps > 0].mean() if bool((gaps > 0).any()) else u.var(0).sum()
-            s2 = (gap / (2 * self.PREFERENCE_NATS)).clamp_min(1e-6)
-            self.head_weight[i] = (centres / s2).T.to(self.head_weight.dtype)
-            self.head_bias[i] = (-centres.square().sum(1) / (2 * s2)).to(self.head_bias.dtype)
-        self.heads_seeded.fill_(True)
-        return True
 
     def features(self, y: torch.Tensor) -> torch.Tensor:
         """The m classification tokens after the transformer and its final norm [B, m, width]."""

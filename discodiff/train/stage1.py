@@ -17,7 +17,7 @@ from ..edm import EDMLoss
 from ..ema import EMA
 from ..finetune import group_lrs, load_base_weights, parameter_groups
 from ..model import DiscoDiff
-from ..prior import prior_class
+from ..latents import prior_class
 from ..networks import init_encoder_from_data
 from ..runs import Run
 from .common import (DivergenceGuard, RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, resume_line,
