@@ -13,6 +13,7 @@ therefore depends on its seed only, never on the batch it is drawn in.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Callable, Iterator, Sequence
 
@@ -137,7 +138,7 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
              prior: ARPrior | None = None, z: torch.Tensor | None = None, class_labels=None,
              guidance: float = 0.0, class_guidance: float = 0.0, guidance_interval: tuple[float, float] | None = None,
              prior_temperature: float = 1.0, hybrid: tuple[DiscoDiff, float] | None = None, callback=None,
-             device=None) -> tuple[torch.Tensor, torch.Tensor]:
+             device=None, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample per seed: (x in model space [N, *shape], z [N, m], or [N, D] for continuous latents).
 
     `sigmas`: the decreasing noise levels ending in 0 (e.g. `karras_sigmas(steps)`); `sampler(denoise, noise,
@@ -151,6 +152,9 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     of its own: none for a plain model (m = 0, the usual case), the null latent for a DisCo-Diff model (so no
     latent guidance either); the class and its guidance are the same. The seeds' noise is the first model's, so
     a hybrid sample starts where `model`'s own sample for that seed starts.
+
+    `bf16`: the denoiser networks run under bfloat16 autocast (the latents, the noise and the sampler's own
+    arithmetic stay float32, so z is the same as without it and the images differ by the network's rounding).
     """
     device = _device_of(model, device)
     gen = StackedGenerator(seeds, device)
@@ -162,18 +166,31 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     # the initial sample at sigma_max, from the model's kernel: sigma_max g for EDM (process.perturbation)
     noise = perturbation(gen.randn(model.config.data_shape), sigmas[0].float(), kernel_D(model.config),
                          gen.standard_gamma)
-    denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance, class_guidance=class_guidance,
-                                  guidance_interval=guidance_interval)
-    if hybrid is not None:
-        second, switch_sigma = hybrid
-        check_hybrid_pair(model, second)
-        denoise = hybrid_denoiser(denoise, second.make_denoiser(None, class_labels, class_guidance=class_guidance),
-                                  switch_sigma)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    with autocast:
+        denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance,
+                                      class_guidance=class_guidance, guidance_interval=guidance_interval)
+        if hybrid is not None:
+            second, switch_sigma = hybrid
+            check_hybrid_pair(model, second)
+            denoise = hybrid_denoiser(denoise, second.make_denoiser(None, class_labels, class_guidance=class_guidance),
+                                      switch_sigma)
+    if bf16:
+        denoise = _autocast_calls(denoise, device.type)
     if callback is not None:
         callback(-1, noise)
     if takes_noise_source(sampler):
         sampler = functools.partial(sampler, randn_like=gen.randn_like)
     return sampler(denoise, noise, sigmas, callback=callback), z
+
+
+def _autocast_calls(denoise: Denoise, device_type: str) -> Denoise:
+    """`denoise` with each call under bfloat16 autocast and its output back in float32: the sampler's steps
+    between calls stay float32."""
+    def wrapped(x, sigma):
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            return denoise(x, sigma).float()
+    return wrapped
 
 
 def generate_batches(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, batch: int = 256,
@@ -196,3 +213,70 @@ def generate_batches(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tenso
             bar.update(len(chunk))
             yield chunk, x, z_chunk
 
+
+
+def generate_sharded(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, batch: int = 256,
+                     z: torch.Tensor | None = None, class_labels=None, progress: bool = False,
+                     **options) -> Iterator[tuple[Sequence[int], torch.Tensor, torch.Tensor]]:
+    """`generate_batches` shared among the processes of torchrun: the seeds go out `batch` per process in turn (the
+    k-th batch of `batch` seeds to rank k % world), and rank 0 gathers the results and yields exactly the batches
+    that `generate_batches` yields for the same arguments, in seed order; the other ranks yield nothing. Every rank
+    must iterate it to the end (it makes collective calls). A single process is `generate_batches` itself.
+
+    Since a sample depends on its seed only, the output is the same as a single process's, whatever the number of
+    processes (the seed contract). The gathered tensors are on rank 0's device. Every round gathers before it
+    yields, so rank 0 may stop at its last batch without resuming the generator (nothing collective follows)."""
+    from . import dist
+
+    world, rank = dist.world_size(), dist.rank()
+    if world == 1:
+        yield from generate_batches(model, seeds, sigmas, batch=batch, z=z, class_labels=class_labels,
+                                    progress=progress, **options)
+        return
+    import sys
+
+    import torch.distributed as td
+    from tqdm import tqdm
+
+    seeds = list(seeds)
+    per_sample = class_labels is not None and torch.as_tensor(class_labels).numel() > 1
+    step = batch * world
+    with tqdm(total=len(seeds), desc="sampling", unit="img", leave=False,
+              disable=not (progress and rank == 0 and sys.stderr.isatty())) as bar:
+        for start in range(0, len(seeds), step):
+            spans = [(min(start + r * batch, len(seeds)), min(start + (r + 1) * batch, len(seeds)))
+                     for r in range(world)]
+            lo, hi = spans[rank]
+            if hi == lo:  # the last round may leave a rank without seeds: it draws one it then drops
+                lo, hi = start, start + 1
+            x, z_mine = generate(model, seeds[lo:hi], sigmas, z=None if z is None else z[lo:hi],
+                                 class_labels=class_labels[lo:hi] if per_sample else class_labels, **options)
+            xs, zs = _gather_padded(x, batch, world), _gather_padded(z_mine, batch, world)
+            for r, (a, b) in enumerate(spans):
+                if rank == 0 and b > a:
+                    bar.update(b - a)
+                    yield seeds[a:b], xs[r][:b - a], zs[r][:b - a]
+
+
+def own_share(num: int, batch: int, world: int, rank: int) -> tuple[int, int]:
+    """(samples, batches) that rank `rank` generates in `generate_sharded` for `num` seeds, the one-seed batch
+    of a rank left without seeds in the last round included."""
+    samples = batches = 0
+    for start in range(0, num, batch * world):
+        lo, hi = min(start + rank * batch, num), min(start + (rank + 1) * batch, num)
+        samples, batches = samples + max(hi - lo, 1), batches + 1
+    return samples, batches
+
+
+def _gather_padded(t: torch.Tensor, rows: int, world: int) -> list[torch.Tensor]:
+    """Every rank's `t` (at most `rows` rows, the same trailing shape and dtype on every rank), padded to `rows`
+    for all_gather (NCCL needs equal sizes) and returned padded; the caller knows each rank's count."""
+    import torch.distributed as td
+
+    if t[:0].flatten(1).shape[1] == 0:  # nothing to send (the [N, 0] latents of a plain model)
+        return [t.new_zeros((rows, *t.shape[1:])) for _ in range(world)]
+    padded = t.new_zeros((rows, *t.shape[1:]))
+    padded[:len(t)] = t
+    out = [torch.empty_like(padded) for _ in range(world)]
+    td.all_gather(out, padded.contiguous())
+    return out

@@ -23,7 +23,7 @@ import torch
 
 from ..data import to_uint8
 from ..metrics.fid import FIDStats, accumulate_stats, iter_batches, scores, stats_of_images
-from ..pipeline import generate_batches, sampler_from_name
+from ..pipeline import generate_sharded, sampler_from_name
 from ..sampling import karras_sigmas, nfe
 from .common import AnalysisError, generation_labels, require_image_model, require_prior
 
@@ -74,18 +74,21 @@ def diversity(stats: FIDStats, ref: FIDStats) -> float:
 def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
                    steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
                    prior_temperature: float = 1.0, sampler_options: dict | None = None, hybrid=None,
-                   guidance_interval: tuple[float, float] | None = None):
-    """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds. `z` [N, m] fixes the latents (else
+                   guidance_interval: tuple[float, float] | None = None, bf16: bool = False):
+    """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds (under torchrun the processes share the
+    seeds and rank 0 alone yields the batches, the same ones: `pipeline.generate_sharded`; `bf16`: the network
+    under bfloat16 autocast). `z` [N, m] fixes the latents (else
     `prior` draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional
     model); `sampler_options` go to the sampler (restart's intervals), `hybrid` to `generate`. A sample depends on
     its seed only, not on `batch` (see pipeline.generate)."""
     seeds = list(seeds)
     device = next(model.parameters()).device
     labels = generation_labels(model, seeds) if class_labels is None else class_labels
-    for _, x, _ in generate_batches(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
+    for _, x, _ in generate_sharded(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
                                     class_labels=labels, sampler=sampler_from_name(sampler, **(sampler_options or {})),
                                     prior=prior, guidance=guidance, guidance_interval=guidance_interval,
-                                    prior_temperature=prior_temperature, hybrid=hybrid):
+                                    prior_temperature=prior_temperature, hybrid=hybrid,
+                                    **({"bf16": True} if bf16 else {})):
         yield to_uint8(x).cpu()
 
 

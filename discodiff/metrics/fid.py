@@ -582,6 +582,34 @@ class Progress:
             self.bar.close()
 
 
+GPU_DETECTOR_BATCH = 256  # images per detector call on a GPU, whatever size the batches arrive in
+
+
+def rebatch(batches: Iterable, size: int):
+    """The images of `batches` (uint8 tensors or arrays, in order) regrouped into batches of exactly `size` (the
+    last one smaller): the detector's calls then do not depend on how the images arrived."""
+    buf, held = [], 0
+    for images in batches:
+        images = torch.as_tensor(images)
+        while len(images):
+            take = images[:size - held]
+            buf.append(take)
+            held += len(take)
+            images = images[len(take):]
+            if held == size:
+                yield buf[0] if len(buf) == 1 else torch.cat(buf)
+                buf, held = [], 0
+    if held:
+        yield buf[0] if len(buf) == 1 else torch.cat(buf)
+
+
+def detector_batches(batches: Iterable, detector) -> Iterable:
+    """`batches` as the detector gets them: regrouped into GPU_DETECTOR_BATCH images on a GPU (a GPU wants large
+    calls), passed as they come elsewhere (the CPU figures stay as they were)."""
+    device = getattr(detector, "device", None)
+    return rebatch(batches, GPU_DETECTOR_BATCH) if device is not None and device.type == "cuda" else batches
+
+
 def iter_batches(images, batch: int):
     """Slices of an image array or tensor, `batch` images at a time."""
     for i in range(0, len(images), batch):
@@ -596,7 +624,7 @@ def accumulate_stats(batches: Iterable, detector: FeatureDetector, *, num: int |
     stats = FeatureStats(max_items=num, keep=True)
     bar = Progress(num, desc, progress)
     try:
-        for images in batches:
+        for images in detector_batches(batches, detector):
             if num is not None:
                 images = images[: num - stats.num]
             if len(images) == 0:
