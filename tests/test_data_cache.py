@@ -143,6 +143,8 @@ def test_reader_converts_per_batch_and_xflip_draws_only_when_asked():
     assert all(flipped[i] or torch.equal(y[i], d.x[i]) for i in range(20)) and 0 < sum(flipped) < 20
     assert torch.equal(y, f.images(torch.arange(20), torch.Generator().manual_seed(1)))  # seeded
     assert torch.equal(torch.cat([b for _, b in f.batches(7)]), d.x)  # whole-set passes never flip
+    r.on_host = True  # the path of a set too large for the GPU: rows gathered on the host, then copied
+    assert torch.equal(r.images(idx), d.x[idx])
 
 
 def test_xflip_is_a_data_option(tmp_path, cache_dir):

@@ -3,6 +3,7 @@ pixels (in memory, or memory-mapped from the decode cache, cache.py) that become
 on the training device (`ArrayDataset.reader`)."""
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -61,7 +62,7 @@ class ArrayDataset:
         """Model-space samples to what `sample` writes: float32 [N, D] vectors or uint8 [N, H, W, C] images."""
         return to_output(x, self.kind)
 
-    def reader(self, device, *, labels: bool = True, max_device_fraction: float = 0.4) -> "BatchReader":
+    def reader(self, device, *, labels: bool = True, max_device_fraction: float = 0.15) -> "BatchReader":
         """Batches of this dataset on `device` (see BatchReader)."""
         return BatchReader(self, torch.device(device), labels=labels, max_device_fraction=max_device_fraction)
 
@@ -76,13 +77,15 @@ class BatchReader:
     """Rows of a dataset, by index, as float32 model space on `device`.
 
     Vectors are moved to the device whole. uint8 images go to a GPU whole, as uint8, when they take at most
-    `max_device_fraction` of its free memory (4x less than float32: ImageNet-64 is 15.7 GB); otherwise they stay
-    in host memory (or the memory-mapped cache) and each batch's rows are gathered there, pinned and copied. On a
-    CPU they stay where they are (a memory map is read a batch at a time). Either way the conversion to [-1, 1]
+    `max_device_fraction` of its memory (4x less than float32: ImageNet-64's 15.7 GB go on a 141 GB H200 but not
+    on an 80 GB GPU, whose memory the paper's model needs for activations); otherwise they stay in host memory (or
+    the memory-mapped cache) and each batch's rows are gathered there, pinned and copied. The environment variable
+    DISCODIFF_DATA_ON_DEVICE=1 (or 0) overrides that choice when the fraction is not 0. On a CPU they stay where
+    they are (a memory map is read a batch at a time). Either way the conversion to [-1, 1]
     happens per batch, on the device, and gives the same floats as `ArrayDataset.x`."""
 
     def __init__(self, data: ArrayDataset, device: torch.device, *, labels: bool = True,
-                 max_device_fraction: float = 0.4):
+                 max_device_fraction: float = 0.15):
         self.data, self.device, self.xflip = data, device, data.xflip and data.kind == "image"
         self.is_images = data.pixels is not None
         self.on_host = False
@@ -92,8 +95,11 @@ class BatchReader:
             self.store = data.pixels
         else:
             size = data.pixels.numel()
-            free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else float("inf")
-            self.on_host = size > max_device_fraction * free
+            total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else float("inf")
+            self.on_host = size > max_device_fraction * total
+            force = os.environ.get("DISCODIFF_DATA_ON_DEVICE", "").strip().lower()
+            if max_device_fraction > 0 and force in ("0", "1", "true", "false", "yes", "no"):
+                self.on_host = force in ("0", "false", "no")
             self.store = data.pixels if self.on_host else data.pixels.to(device)
         self.label_store = data.labels.to(device) if (labels and data.labels is not None) else None
 
