@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from pathlib import Path
 
 import click
@@ -40,6 +41,9 @@ def _needs_user_data(run_dir, preset, overrides) -> bool:
 @click.option("--batch-gpu", type=int, default=None, help="Per-process micro-batch (gradient accumulation).")
 @click.option("--lr", type=float, default=None, help="Learning rate.")
 @click.option("--data", "data_path", type=str, default=None, help="A folder, zip or .npz of images to train on instead of the preset's data.")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where a folder or zip of images is decoded once, as a memory-mapped uint8 .npy that every process "
+                   "on the machine shares (default: $DISCODIFF_CACHE_DIR, else .discodiff-cache beside the data).")
 @click.option("--cond/--uncond", "cond", default=None, help="Condition on the dataset's class labels (default: the preset's choice).")
 @click.option("--init-from", "init_from", type=click.Path(path_type=Path), default=None, metavar="RUN",
               help="Fine-tune a finished plain run (m = 0) with the same backbone into DisCo-Diff: the denoiser and "
@@ -53,7 +57,7 @@ def _needs_user_data(run_dir, preset, overrides) -> bool:
                    "here: its declared image shape and classes are used.")
 @click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
 def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, kl_weight, kimg, seed, batch, batch_gpu,
-          lr, data_path, cond, init_from, sets, dry_run, quiet):
+          lr, data_path, cache_dir, cond, init_from, sets, dry_run, quiet):
     """Stage I: train the denoiser and the encoder jointly (resumes an existing run directory)."""
     from .. import dist
     from ..runs import Run, resolve_run, run_lock
@@ -64,6 +68,8 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     train_o = {k: v for k, v in {"kimg": kimg, "seed": seed, "batch": batch, "batch_gpu": batch_gpu, "lr": lr}.items()
                if v is not None}
     overrides = merge({"model": model_o, "train": train_o}, parse_key_values(sets))
+    if cache_dir is not None:  # (not part of the run's config: a resumed run may decode elsewhere)
+        os.environ["DISCODIFF_CACHE_DIR"] = str(cache_dir)
     overrides = fit_encoder_to_latent_type(run_dir, preset, overrides)
     data = None
     if data_path is not None:
