@@ -175,3 +175,16 @@ def test_stage1_on_uint8_pixels_equals_float_data_held_whole(tmp_path):
         weights.append(load_tensors(tmp_path / name / "model.safetensors"))
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_train_cache_dir_option(tmp_path, monkeypatch, capsys):
+    from discodiff.cli import main
+
+    monkeypatch.setenv(cache.CACHE_ENV, str(tmp_path / "elsewhere"))  # restored after the test; the option wins
+    write_zip(tmp_path / "d.zip", size=(8, 8))
+    try:
+        main(["train", "--preset", "digits", "--run-dir", str(tmp_path / "run"), "--data", str(tmp_path / "d.zip"),
+              "--cache-dir", str(tmp_path / "mine"), "--dry-run"])
+    except SystemExit as e:
+        assert e.code in (0, None), capsys.readouterr().err
+    assert len(list((tmp_path / "mine").glob("d.zip-*.npy"))) == 1 and not (tmp_path / "elsewhere").exists()
