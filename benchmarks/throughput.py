@@ -134,7 +134,7 @@ def main():
     for name, cfg in cfgs.items():
         torch.manual_seed(0)
         model = DiscoDiff(cfg.model).to(device).eval()  # untrained: sampling speed does not depend on the weights
-        prior = ARPrior.for_model(cfg.model).to(device).eval() if cfg.model.num_latents else None
+        prior = ARPrior.for_model(cfg.model, cfg.prior_train.network).to(device).eval() if cfg.model.num_latents else None
         setups[name] = (model, prior, 0.0)
     setups["discodiff_guided"] = (*setups["discodiff"][:2], 1.0)  # w = 1: the guided passes batched into one call
     samples = sampling(setups, device, args.num, args.steps, min(args.num, 256), args.repeats)

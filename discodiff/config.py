@@ -34,7 +34,6 @@ class ModelConfig:
     pfgm_D: int = 128                 # PFGM++'s D (process "pfgmpp"); D -> infinity is EDM
     network: dict = field(default_factory=lambda: {"name": "mlp"})
     encoder: dict = field(default_factory=lambda: {"name": "mlp"})
-    prior: dict = field(default_factory=lambda: {"depth": 4, "width": 128, "heads": 4, "dropout": 0.0})
     # The paper's Table 3 ablation (docs/continuous_latents.md): "continuous" replaces the m categorical latents by a
     # Gaussian vector of D entries, cut into m tokens of D / m, with a KL penalty, and a diffusion prior in stage II.
     latent_type: str = "discrete"     # "discrete" (DisCo-Diff) or "continuous"
@@ -103,6 +102,10 @@ class TrainConfig:
 
 @dataclass
 class PriorTrainConfig:
+    """Stage II: the prior's network (the transformer's sizes, for either kind of prior) and its training. All of it
+    may change on an existing run: `discodiff train-prior --set prior_train.network.depth=4` fits another prior to
+    the same stage-I model, in place."""
+    network: dict = field(default_factory=lambda: {"depth": 4, "width": 128, "heads": 4, "dropout": 0.0})
     kimg: float = 100.0
     batch: int = 256
     lr: float = 1e-3
@@ -208,8 +211,9 @@ REMOVED_AT = "8b0f46c"
 
 def upgrade(d: dict) -> dict:
     """A config dict written before the last change of its options, brought up to date: the anti-collapse weights
-    usage_weight and confidence_weight, at equal values, are the "information" regulariser; removed options at their
-    neutral value are dropped; anything else is refused in one line."""
+    usage_weight and confidence_weight, at equal values, are the "information" regulariser; model.prior is
+    prior_train.network; removed options at their neutral value are dropped; anything else is refused in one line.
+    (Also what lets `--set model.prior.depth=2` keep working.)"""
     if not isinstance(d, dict):
         return d
     d = copy.deepcopy(d)
@@ -222,6 +226,10 @@ def upgrade(d: dict) -> dict:
                               f"weights ran at commit {REMOVED_AT})")
         if usage:
             model["regularisers"] = {**model.get("regularisers", {}), "information": usage}
+        if "prior" in model:  # the prior's sizes moved to stage II's section, where they may change on resume
+            prior_train = d.setdefault("prior_train", {})
+            if isinstance(prior_train, dict):
+                prior_train["network"] = merge(prior_train.get("network") or {}, model.pop("prior"))
     for (section, key), neutral in REMOVED_OPTIONS.items():
         where = d
         for part in section.split("."):
@@ -255,14 +263,14 @@ PRESETS: dict[str, dict] = {
                   "P_mean": 0.0, "P_std": 1.4,
                   "network": {"name": "mlp", "hidden": 128, "depth": 4, "emb_dim": 64, "centred": True,
                               "centre_init_std": 1.0},
-                  "encoder": {"name": "mlp", "hidden": 128, "depth": 3, "prototypes": True},
-                  "prior": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0}},
+                  "encoder": {"name": "mlp", "hidden": 128, "depth": 3, "prototypes": True}},
         "data": {"name": "toy2d"},
         "train": {"kimg": 1000, "batch": 512, "lr": 1e-3, "ema_halflife_kimg": 50, "tick_kimg": 100,
                   "snapshot_ticks": 5, "state_ticks": 5},
         # The prior has no EMA: at lr 1e-3 its last iterate is off uniform by a TV of ~0.03, which W2 sees as mass
         # moved between modes; a large batch at a low lr brings that to ~0.007 (docs/toy2d.md).
-        "prior_train": {"kimg": 400, "batch": 4096, "lr": 1e-4, "tick_kimg": 100},
+        "prior_train": {"network": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0},
+                        "kimg": 400, "batch": 4096, "lr": 1e-4, "tick_kimg": 100},
         "sample": {"steps": 50, "sampler": "heun"},
     },
     # 8x8 grey digits that ship with scikit-learn: DisCo-Diff on images in minutes on a CPU. At this budget the
@@ -273,14 +281,14 @@ PRESETS: dict[str, dict] = {
                   "network": {"name": "unet", "model_channels": 24, "channel_mult": [1, 2, 2], "num_blocks": 1,
                               "attn_resolutions": [4, 2], "dropout": 0.1, "channels_per_head": 48,
                               "latent_dim": 64, "latent_depth": 2, "latent_heads": 4, "latent_injection": "embedding"},
-                  "encoder": {"name": "vit", "patch_size": 4, "width": 64, "depth": 2, "heads": 4},
-                  "prior": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0}},
+                  "encoder": {"name": "vit", "patch_size": 4, "width": 64, "depth": 2, "heads": 4}},
         "data": {"name": "digits"},
         "train": {"kimg": 96, "batch": 64, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 5, "ema_rampup": 0.1,
                   "tick_kimg": 8, "snapshot_ticks": 4, "state_ticks": 4},
         # The prior needs far more than stage I's images: at 30 kimg its marginals were 0.07-0.14 (TV) off the
         # encoder's; 1,000 kimg at a large batch and a low lr bring them to 0.01-0.05 in about 40 s (issue #10).
-        "prior_train": {"kimg": 1000, "batch": 1024, "lr": 1e-4, "tick_kimg": 100},
+        "prior_train": {"network": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0},
+                        "kimg": 1000, "batch": 1024, "lr": 1e-4, "tick_kimg": 100},
         "sample": {"steps": 18, "sampler": "heun"},
     },
     # Fashion-MNIST's 60,000 training images reduced to 16x16 by area averaging: harder than the digits (more
@@ -295,12 +303,12 @@ PRESETS: dict[str, dict] = {
                   "network": {"name": "unet", "model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1,
                               "attn_resolutions": [4], "dropout": 0.1, "channels_per_head": 32,
                               "latent_dim": 64, "latent_depth": 2, "latent_heads": 4, "latent_injection": "embedding"},
-                  "encoder": {"name": "vit", "patch_size": 4, "width": 64, "depth": 2, "heads": 4},
-                  "prior": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0}},
+                  "encoder": {"name": "vit", "patch_size": 4, "width": 64, "depth": 2, "heads": 4}},
         "data": {"name": "fashion-mnist", "options": {"resolution": 16}},
         "train": {"kimg": 320, "batch": 128, "lr": 1e-3, "lr_rampup_kimg": 5, "ema_halflife_kimg": 10,
                   "ema_rampup": 0.1, "tick_kimg": 16, "snapshot_ticks": 4, "state_ticks": 4},
-        "prior_train": {"kimg": 3000, "batch": 1024, "lr": 1e-4, "tick_kimg": 100},
+        "prior_train": {"network": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0},
+                        "kimg": 3000, "batch": 1024, "lr": 1e-4, "tick_kimg": 100},
         "sample": {"steps": 18, "sampler": "heun"},
     },
     # 28x28 grey: sized for a GPU, runnable on a CPU with a smaller --kimg. The GPU presets inject the latents by
@@ -313,12 +321,12 @@ PRESETS: dict[str, dict] = {
                   "network": {"name": "unet", "model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 2,
                               "attn_resolutions": [7], "dropout": 0.1, "channels_per_head": 32,
                               "latent_dim": 64, "latent_depth": 2, "latent_heads": 4},
-                  "encoder": {"name": "vit", "patch_size": 4, "width": 128, "depth": 4, "heads": 4},
-                  "prior": {"depth": 4, "width": 256, "heads": 8, "dropout": 0.1}},
+                  "encoder": {"name": "vit", "patch_size": 4, "width": 128, "depth": 4, "heads": 4}},
         "data": {"name": "mnist"},
         "train": {"kimg": 2000, "batch": 256, "lr": 5e-4, "lr_rampup_kimg": 50, "ema_halflife_kimg": 50,
                   "tick_kimg": 50, "snapshot_ticks": 4, "state_ticks": 4},
-        "prior_train": {"kimg": 500, "batch": 512, "lr": 5e-4, "tick_kimg": 50},
+        "prior_train": {"network": {"depth": 4, "width": 256, "heads": 8, "dropout": 0.1},
+                        "kimg": 500, "batch": 512, "lr": 5e-4, "tick_kimg": 50},
         "sample": {"steps": 18, "sampler": "heun"},
     },
     # 32x32 RGB emoji from Debian's colour emoji font: our small colour benchmark, sized for a GPU.
@@ -328,12 +336,12 @@ PRESETS: dict[str, dict] = {
                   "network": {"name": "unet", "model_channels": 64, "channel_mult": [1, 2, 2, 2], "num_blocks": 2,
                               "attn_resolutions": [16, 8], "dropout": 0.1, "channels_per_head": 64,
                               "latent_dim": 128, "latent_depth": 4, "latent_heads": 4},
-                  "encoder": {"name": "vit", "patch_size": 4, "width": 192, "depth": 6, "heads": 6},
-                  "prior": {"depth": 6, "width": 256, "heads": 8, "dropout": 0.1}},
+                  "encoder": {"name": "vit", "patch_size": 4, "width": 192, "depth": 6, "heads": 6}},
         "data": {"name": "emoji"},
         "train": {"kimg": 5000, "batch": 256, "lr": 5e-4, "lr_rampup_kimg": 100, "ema_halflife_kimg": 100,
                   "tick_kimg": 50, "snapshot_ticks": 4, "state_ticks": 4},
-        "prior_train": {"kimg": 500, "batch": 512, "lr": 5e-4, "tick_kimg": 50},
+        "prior_train": {"network": {"depth": 6, "width": 256, "heads": 8, "dropout": 0.1},
+                        "kimg": 500, "batch": 512, "lr": 5e-4, "tick_kimg": 50},
         "sample": {"steps": 18, "sampler": "heun"},
     },
 }
@@ -381,16 +389,16 @@ PRESETS["imagenet64"] = {
                           "latent_dim": 192, "latent_depth": 6,
                           "latent_heads": 3,  # ours: 64 channels per head, as the U-Net's attention
                           "latent_injection": "cross_attention"},
-              "encoder": {"name": "vit", "patch_size": 8, "width": 768, "depth": 12, "heads": 12},  # ViT-B/8
-              "prior": {"depth": 12, "width": 512, "heads": 8,
-                        "dropout": 0.0}},  # ours
+              "encoder": {"name": "vit", "patch_size": 8, "width": 768, "depth": 12, "heads": 12}},  # ViT-B/8
     "data": {"name": "path", "path": None},
     "train": {"kimg": 100000,  # ours: the fine-tuning duration (100 Mimg, 4% of EDM's 2.5 Gimg)
               "batch": 4096, "lr": 1e-4, "lr_rampup_kimg": 10000, "ema_halflife_kimg": 50000,  # EDM's recipe
               "ema_rampup": None,  # EDM's --transfer: no EMA ramp-up when starting from a trained network
               "batch_gpu": 64,  # ours: fits an 80 GB GPU in bf16 (gradient accumulation makes up the batch)
               "tick_kimg": 200, "snapshot_ticks": 50, "state_ticks": 50},  # EDM's --tick=200 --snap=50 (states: ours)
-    "prior_train": {"kimg": 50000, "batch": 1024, "lr": 1e-4, "tick_kimg": 1000,  # ours
+    "prior_train": {"network": {"depth": 12, "width": 512, "heads": 8,  # the paper's 12-layer width-512 prior
+                                "dropout": 0.0},  # ours
+                    "kimg": 50000, "batch": 1024, "lr": 1e-4, "tick_kimg": 1000,  # ours
                     "tau": 0.01},  # the paper's latents for stage II (Alg. 2)
     "sample": {"steps": 40, "sampler": "heun",  # EDM's 40 Heun steps (79 evaluations)
                "guidance": 1.0},  # latent guidance w = 1, the paper's FID 1.65

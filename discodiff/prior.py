@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .errors import ConfigError
 from .networks.layers import TransformerBlock
 
 
@@ -93,9 +94,13 @@ class ARPrior(nn.Module):
         return self(z, class_labels)[1]
 
     @classmethod
-    def for_model(cls, cfg) -> "ARPrior":
-        """The prior that a model of configuration `cfg` (a ModelConfig with m >= 1) is sampled with."""
-        return cls(cfg.num_latents, cfg.codebook_size, cfg.num_classes, **cfg.prior)
+    def for_model(cls, cfg, network: dict) -> "ARPrior":
+        """The prior of a model of configuration `cfg` (a ModelConfig with m >= 1), of the sizes `network`
+        (prior_train.network: depth, width, heads, dropout)."""
+        try:
+            return cls(cfg.num_latents, cfg.codebook_size, cfg.num_classes, **network)
+        except TypeError as e:  # an unknown or missing size
+            raise ConfigError(f"bad prior_train.network {network}: {e}") from None
 
     def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
         """The weights as one safetensors file (atomically); `metadata` records what it was trained on."""
@@ -103,8 +108,8 @@ class ARPrior(nn.Module):
         save_tensors(self.state_dict(), path, metadata=metadata)
 
     @classmethod
-    def load(cls, path: Path, cfg) -> "ARPrior":
+    def load(cls, path: Path, cfg, network: dict) -> "ARPrior":
         from .checkpoint import load_state_into, load_tensors
-        prior = cls.for_model(cfg)
+        prior = cls.for_model(cfg, network)
         load_state_into(prior, load_tensors(path), path)
         return prior

@@ -21,6 +21,7 @@ Layout of a run folder R (checkpoint.py writes and reads the files):
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
@@ -31,8 +32,14 @@ from .fileio import file_sha256  # noqa: F401  (re-exported for the benchmarks a
 
 LOCK = ".lock"
 STAGE1_HASH_KEY = "stage1_sha256"
+PRIOR_NETWORK_KEY = "prior_network"  # the prior file's record of prior_train.network, as `network_record` writes it
 # What may change when a run is resumed; everything else (the model, the data, the seed) makes another run.
 RESUMABLE_SECTIONS = ("train", "prior_train", "sample")
+
+
+def network_record(network: dict) -> str:
+    """prior_train.network as the prior's files record it (canonical JSON)."""
+    return json.dumps(network, sort_keys=True)
 
 
 def differences(old: RunConfig, new: RunConfig) -> list[str]:
@@ -171,14 +178,17 @@ class Run:
         return DiscoDiff.load(self.model_path, self.config.model).to(device).eval()
 
     def prior_status(self) -> str:
-        """"none" (a plain model needs none), "missing", "stale" (fitted to other stage-I weights) or "ok"."""
+        """"none" (a plain model needs none), "missing", "stale" (fitted to other stage-I weights), "other" (of
+        another network than prior_train.network says, or written before the prior recorded its network) or "ok"."""
         from .checkpoint import read_metadata
         if self.config.model.num_latents == 0:
             return "none"
         if not self.prior_path.is_file():
             return "missing"
-        recorded = read_metadata(self.prior_path).get(STAGE1_HASH_KEY)
-        return "ok" if self.model_path.is_file() and recorded == self.stage1_sha256() else "stale"
+        meta = read_metadata(self.prior_path)
+        if not (self.model_path.is_file() and meta.get(STAGE1_HASH_KEY) == self.stage1_sha256()):
+            return "stale"
+        return "ok" if meta.get(PRIOR_NETWORK_KEY) == network_record(self.config.prior_train.network) else "other"
 
     def load_prior(self, device="cpu"):
         """The prior in eval mode (None for a plain model, m = 0). A missing prior, or one fitted to other stage-I
@@ -193,7 +203,12 @@ class Run:
         if status == "stale":
             raise CheckpointError(f"the prior in {self.path} was fitted to older stage-I weights (training continued "
                                   f"since); run `discodiff train-prior --run-dir {self.path}` to fit it again")
-        return prior_class(self.config.model).load(self.prior_path, self.config.model).to(device).eval()
+        if status == "other":
+            raise CheckpointError(f"the prior in {self.path} is not of the network prior_train.network names (it was "
+                                  f"changed since, or the prior predates the record); run `discodiff train-prior "
+                                  f"--run-dir {self.path}` to fit it again")
+        cfg = self.config
+        return prior_class(cfg.model).load(self.prior_path, cfg.model, cfg.prior_train.network).to(device).eval()
 
     # ---- one training process at a time ------------------------------------------------------------------------
 

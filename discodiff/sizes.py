@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import ModelConfig
+from .config import ModelConfig, PriorTrainConfig
 
 PARTS = ("denoiser backbone", "latent path", "encoder", "prior")
 
@@ -13,17 +13,19 @@ def _count(module) -> int:
     return sum(p.numel() for p in module.parameters()) if module is not None else 0
 
 
-def parameter_counts(cfg: ModelConfig) -> dict[str, int]:
+def parameter_counts(cfg: ModelConfig, prior_network: dict | None = None) -> dict[str, int]:
     """{part: parameters} for PARTS: the denoiser's plain backbone (what a run with m = 0 has), the latent path it
     gains with latents (latent embedding and transformer, cross-attention or embedding projection), the encoder and
-    the stage-II prior (0 for the parts a model without latents lacks)."""
+    the stage-II prior of sizes `prior_network` (prior_train.network; None: the default) (0 for the parts a model
+    without latents lacks)."""
     from .finetune import plain_counterpart
     from .model import DiscoDiff
     from .latents import prior_class
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = DiscoDiff(cfg)
         backbone = _count(DiscoDiff(plain_counterpart(cfg)).denoiser) if cfg.num_latents else _count(model.denoiser)
-        prior = prior_class(cfg).for_model(cfg) if cfg.num_latents else None
+        network = PriorTrainConfig().network if prior_network is None else prior_network
+        prior = prior_class(cfg).for_model(cfg, network) if cfg.num_latents else None
         return {"denoiser backbone": backbone, "latent path": _count(model.denoiser) - backbone,
                 "encoder": _count(model.encoder), "prior": _count(prior)}
 

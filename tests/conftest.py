@@ -40,10 +40,10 @@ def gaussian_mixture_denoiser(means: torch.Tensor, std: float, weights: torch.Te
 @pytest.fixture
 def tiny_toy_overrides():
     """A toy2d run small enough for a test: a narrow MLP and a few hundred examples of training."""
-    return {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32},
-                      "prior": {"depth": 1, "width": 32, "heads": 2}},
+    return {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32}},
             "train": {"kimg": 2, "batch": 64, "tick_kimg": 1, "snapshot_ticks": 1, "state_ticks": 1},
-            "prior_train": {"kimg": 1, "batch": 64, "tick_kimg": 0.5}}
+            "prior_train": {"network": {"depth": 1, "width": 32, "heads": 2}, "kimg": 1, "batch": 64,
+                            "tick_kimg": 0.5}}
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # two workers on two cores: one thread each
@@ -85,8 +85,8 @@ def save_tiny_detector(path, kernel: int = 8):
 
 
 TINY_TOY = ["--set", "model.network.hidden=32", "--set", "model.network.emb_dim=16", "--set", "model.encoder.hidden=32",
-            "--set", "model.prior.depth=1", "--set", "model.prior.width=32", "--set", "model.prior.heads=2",
-            "--set", "train.batch=64", "--set", "train.tick_kimg=1", "--quiet"]
+            "--set", "prior_train.network.depth=1", "--set", "prior_train.network.width=32",
+            "--set", "prior_train.network.heads=2", "--set", "train.batch=64", "--set", "train.tick_kimg=1", "--quiet"]
 
 
 def train_tiny_toy(run_dir, *extra, kimg=2):

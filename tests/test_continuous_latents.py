@@ -31,8 +31,7 @@ TINY_VIT = {"name": "vit", "patch_size": 4, "width": 16, "heads": 2, "depth": 1}
 def _image_config(injection="embedding", **model) -> ModelConfig:
     """A continuous-latent model on 8x8 grey images: m = 2 tokens of a D = 8 latent."""
     cfg = ModelConfig(data_shape=[1, 8, 8], num_latents=2, codebook_size=4, latent_type="continuous", latent_dim=8,
-                      network={**TINY_UNET, "latent_injection": injection}, encoder=dict(TINY_VIT),
-                      prior={"depth": 1, "width": 16, "heads": 2})
+                      network={**TINY_UNET, "latent_injection": injection}, encoder=dict(TINY_VIT))
     for key, value in model.items():
         setattr(cfg, key, value)
     return cfg
@@ -244,7 +243,7 @@ def test_generate_draws_each_seeds_latent_and_image_from_that_seed_alone():
     torch.manual_seed(0)
     cfg = _image_config()
     model = DiscoDiff(cfg).eval()
-    prior = DiffusionPrior.for_model(cfg).eval()
+    prior = DiffusionPrior.for_model(cfg, {"depth": 1, "width": 16, "heads": 2}).eval()
     sigmas = karras_sigmas(3)
     x, z = generate(model, range(5), sigmas, prior=prior)
     assert x.shape == (5, 1, 8, 8) and z.shape == (5, 8) and z.dtype == torch.float32

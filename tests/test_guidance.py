@@ -38,7 +38,7 @@ def make_model(backbone: str, num_latents=M, num_classes=CLASSES) -> DiscoDiff:
     if not num_latents:  # the plain network: no latent options
         net = {k: v for k, v in net.items() if not k.startswith("latent_")}
     cfg = ModelConfig(data_shape=shape, num_classes=num_classes, num_latents=num_latents, codebook_size=K,
-                      network=dict(net), encoder=dict(enc), prior={"depth": 1, "width": 16, "heads": 2})
+                      network=dict(net), encoder=dict(enc))
     torch.manual_seed(0)
     model = DiscoDiff(cfg).eval()
     g = torch.Generator().manual_seed(1)
@@ -227,7 +227,7 @@ def test_latent_tokens_are_computed_once_per_generate_call(backbone):
     once per `generate` call, with or without guidance (the null latent's tokens ride in the same call), while
     the network itself runs once per sampler step (Heun, 4 steps: 7 calls)."""
     model = make_model(backbone)
-    prior = ARPrior.for_model(model.config).eval()
+    prior = ARPrior.for_model(model.config, {"depth": 1, "width": 16, "heads": 2}).eval()
     net = model.denoiser.net
     embed, network = CallCounter(net.latent_embed), CallCounter(net)
     blocks = CallCounter(net.latent_blocks[0]) if hasattr(net, "latent_blocks") else None

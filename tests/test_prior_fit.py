@@ -70,3 +70,22 @@ def test_a_removed_option_is_refused_in_one_line_naming_the_commit_it_ran_at(toy
     (run / "config.json").write_text(json.dumps(cfg))
     main(["train-prior", "--run-dir", str(run), "--kimg", "1.5", "--quiet"])
     assert "resuming the prior" in (run / "log.txt").read_text()
+
+
+def test_another_prior_is_fitted_in_place_without_a_copy_of_the_stage_one_folder(toy_stage1, tmp_path, capsys):
+    from discodiff.runs import Run
+    run = _prior(toy_stage1, tmp_path, "plain")
+    first = (run / "prior.safetensors").read_bytes()
+    # another prior network on the same run: stage II's section may change, and the prior is fitted afresh
+    main(["train-prior", "--run-dir", str(run), "--kimg", "1", "--batch", "64", "--quiet",
+          "--set", "prior_train.network.depth=2"])
+    assert "of another network (prior_train.network): fitting the prior afresh" in (run / "log.txt").read_text()
+    assert (run / "prior.safetensors").read_bytes() != first
+    assert Run(run).config.prior_train.network["depth"] == 2 and Run(run).prior_status() == "ok"
+    assert len(Run(run).load_prior().blocks) == 2
+    # a config that names another network than the prior was fitted with is refused in one line
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["prior_train"]["network"]["depth"] = 3
+    (run / "config.json").write_text(json.dumps(cfg))
+    code, _, err = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--out", str(tmp_path / "s.npz")], capsys)
+    assert code == 2 and "not of the network prior_train.network names" in err and "Traceback" not in err, err

@@ -221,7 +221,7 @@ def model_config(num_latents=M, network_extra=None, **kw):
     net = {"name": "unet", **TINY, **(network_extra or {})}
     enc = {"name": "vit", "patch_size": 2, "width": 32, "depth": 1, "heads": 4}
     return ModelConfig(data_shape=[1, 8, 8], num_classes=3, num_latents=num_latents, codebook_size=K,
-                       network=net, encoder=enc, prior={"depth": 1, "width": 32, "heads": 2, "dropout": 0.0}, **kw)
+                       network=net, encoder=enc, **kw)
 
 
 def test_registry_builds_image_networks():
@@ -376,7 +376,8 @@ def test_imagenet64_preset_sizes():
     plain = preset_config("imagenet64", {"model": {"num_latents": 0}}).model
     assert plain.data_shape == [3, 64, 64] and plain.num_classes == 1000
     assert parameter_counts(plain) == {"denoiser backbone": 295_899_267, "latent path": 0, "encoder": 0, "prior": 0}
-    counts = parameter_counts(preset_config("imagenet64").model)
+    cfg = preset_config("imagenet64")
+    counts = parameter_counts(cfg.model, cfg.prior_train.network)
     assert counts["denoiser backbone"] == 295_899_267
     assert round(counts["latent path"] / 1e5) == 240     # 24.0M: latent transformer + 16 cross-attentions
     assert round(counts["encoder"] / 1e5) == 860         # ViT-B/8

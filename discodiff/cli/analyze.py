@@ -294,7 +294,8 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, sampli
     status = run.prior_status()  # the prior is optional here: without a usable one, its rows and grid are left out
     prior = run.load_prior(device) if status == "ok" else None
     if prior is None:
-        why = "no trained prior" if status == "missing" else "a prior fitted to older stage-I weights"
+        why = {"missing": "no trained prior", "stale": "a prior fitted to older stage-I weights"}.get(
+            status, "a prior of another network than prior_train.network")
         info(f"{run_dir} has {why}: no prior rows and no grid of samples by latent (run `discodiff train-prior "
              f"--run-dir {run_dir}` for them)")
     settings = load_sampling_hybrid(resolve_sampling(sampling, cfg.sample), run, device)

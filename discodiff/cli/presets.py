@@ -17,7 +17,7 @@ def preset_rows() -> list[dict]:
         card = PRESET_CARDS[name]
         cfg = preset_config(name)
         m = dataclasses.replace(cfg.model, data_shape=list(card.data_shape), num_classes=card.num_classes)
-        counts = parameter_counts(m)
+        counts = parameter_counts(m, cfg.prior_train.network)
         net = m.network
         if m.num_latents == 0:
             injection = "-"

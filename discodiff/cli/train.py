@@ -88,7 +88,7 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     if dry_run:
         from ..sizes import describe, parameter_counts
         click.echo(json.dumps(cfg.to_dict(), indent=2))
-        click.echo("parameters (counted on the meta device):\n" + "\n".join(describe(parameter_counts(cfg.model))),
+        click.echo("parameters (counted on the meta device):\n" + "\n".join(describe(parameter_counts(cfg.model, cfg.prior_train.network))),
                    err=True)
         return
     dist.init()

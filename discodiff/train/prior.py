@@ -22,7 +22,7 @@ from ..latents import DiscreteLatents
 from ..model import DiscoDiff
 from ..latents import prior_class
 from ..prior import ARPrior
-from ..runs import STAGE1_HASH_KEY, Run
+from ..runs import PRIOR_NETWORK_KEY, STAGE1_HASH_KEY, Run, network_record
 from .common import RunLog, Timer, progress_bar, resume_line, step_generator
 
 
@@ -53,13 +53,17 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
     encoded = encode_streamed(model, data, device)  # logits, or the continuous latents' posteriors
     labels = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
     torch.manual_seed(p.seed)
-    prior = prior_class(cfg.model).for_model(cfg.model).to(device)
+    prior = prior_class(cfg.model).for_model(cfg.model, p.network).to(device)
     model.latent_type.prepare_prior(prior, encoded)  # (a resumed state brings back the same values)
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
     if state is not None and state.meta.get(STAGE1_HASH_KEY) != stage1:
         log.line("the prior's training state belongs to older stage-I weights: fitting the prior afresh")
+        discard_training_states(run_dir, "prior")
+        state = None
+    if state is not None and state.meta.get(PRIOR_NETWORK_KEY) != network_record(p.network):
+        log.line("the prior's training state is of another network (prior_train.network): fitting the prior afresh")
         discard_training_states(run_dir, "prior")
         state = None
     if state is not None:
@@ -97,8 +101,10 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
             optim_tensors, optim_meta = optimizer_to_flat(opt)
             save_training_state(run_dir, "prior", cur_nimg,
                                 {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim.")},
-                                {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1})
+                                {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1,
+                                 PRIOR_NETWORK_KEY: network_record(p.network)})
     bar.close()
-    prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, "kimg": str(cur_nimg / 1000)})
+    prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, PRIOR_NETWORK_KEY: network_record(p.network),
+                                                "kimg": str(cur_nimg / 1000)})
     log.line(f"prior done at {cur_nimg / 1000:.1f} kimg in {timer.total():.1f} s; weights in {run.prior_path}")
     return prior

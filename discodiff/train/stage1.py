@@ -69,7 +69,7 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         # Training still draws from the global generator after this point (dropout masks, the encoder's k-means++
         # seeding). Building the prior here, and dropping it, leaves that generator where it was when the model
         # also held the prior, so a seed gives the same run as it did then and published results reproduce.
-        prior_class(cfg.model).for_model(cfg.model)
+        prior_class(cfg.model).for_model(cfg.model, cfg.prior_train.network)
     state = latest_training_state(run_dir, "stage1")
     if state is None and t.init_from is not None:
         # A fine-tuned run's first start (on every rank alike): the plain run's EMA weights, the new parts as

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from ..edm import Denoiser, EDMLoss
+from ..errors import ConfigError
 from ..networks.layers import PositionalEmbedding, TransformerBlock, class_embedding, zero_init
 from ..sampling import karras_sigmas, sample_heun
 
@@ -116,18 +117,21 @@ class DiffusionPrior(nn.Module):
         return self.shift + self.scale * u
 
     @classmethod
-    def for_model(cls, cfg) -> "DiffusionPrior":
+    def for_model(cls, cfg, network: dict) -> "DiffusionPrior":
         """The prior of a model of configuration `cfg` (a ModelConfig with continuous latents): the transformer
-        sizes of cfg.prior, as the autoregressive prior takes them, plus an optional "steps"."""
-        return cls(cfg.latent_size, cfg.num_latents, cfg.num_classes, **cfg.prior)
+        sizes `network` (prior_train.network), as the autoregressive prior takes them, plus an optional "steps"."""
+        try:
+            return cls(cfg.latent_size, cfg.num_latents, cfg.num_classes, **network)
+        except TypeError as e:
+            raise ConfigError(f"bad prior_train.network {network}: {e}") from None
 
     def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
         from ..checkpoint import save_tensors
         save_tensors(self.state_dict(), path, metadata=metadata)
 
     @classmethod
-    def load(cls, path: Path, cfg) -> "DiffusionPrior":
+    def load(cls, path: Path, cfg, network: dict) -> "DiffusionPrior":
         from ..checkpoint import load_state_into, load_tensors
-        prior = cls.for_model(cfg)
+        prior = cls.for_model(cfg, network)
         load_state_into(prior, load_tensors(path), path)
         return prior
