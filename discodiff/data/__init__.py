@@ -33,8 +33,8 @@ class ArrayDataset:
         stored = self.stored
         if stored.ndim < 2 or stored.shape[0] == 0:
             raise DataError(f"dataset {self.name!r} is empty or has no feature axis (shape {tuple(stored.shape)})")
-        if x is not None and not torch.isfinite(x).all():  # (uint8 pixels are always finite)
-            bad = int((~torch.isfinite(x.flatten(1))).any(1).nonzero()[0])
+        bad = None if x is None else _first_nonfinite_row(x)  # (uint8 pixels are always finite)
+        if bad is not None:
             raise DataError(f"dataset {self.name!r} contains NaN or infinite values (first at row {bad})")
         if self.labels is not None and self.num_classes <= 0:
             self.num_classes = int(self.labels.max()) + 1
@@ -65,6 +65,16 @@ class ArrayDataset:
     def reader(self, device, *, labels: bool = True, max_device_fraction: float = 0.15) -> "BatchReader":
         """Batches of this dataset on `device` (see BatchReader)."""
         return BatchReader(self, torch.device(device), labels=labels, max_device_fraction=max_device_fraction)
+
+
+def _first_nonfinite_row(x: torch.Tensor, rows_per_chunk: int = 4096) -> int | None:
+    """The first row of x holding a NaN or an infinity, or None; in chunks, so that the check's temporaries stay
+    small (isfinite makes a float copy and a mask of what it checks)."""
+    for i in range(0, x.shape[0], rows_per_chunk):
+        finite = torch.isfinite(x[i:i + rows_per_chunk].flatten(1)).all(1)
+        if not finite.all():
+            return i + int((~finite).nonzero()[0])
+    return None
 
 
 def to_model(pixels: torch.Tensor) -> torch.Tensor:
@@ -166,4 +176,4 @@ def load_dataset(cfg: DataConfig) -> ArrayDataset:
     return LOADERS[cfg.name](cfg)
 
 
-from . import digits, mnist, emoji, files, toy  # noqa: E402,F401  (registers the built-in loaders, in this order)
+from . import digits, mnist, emoji, files, toy, dock3d  # noqa: E402,F401  (registers the built-in loaders, in this order)
