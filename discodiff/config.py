@@ -94,6 +94,8 @@ class TrainConfig:
     snapshot_ticks: int = 5           # inference snapshot (config.json + model.safetensors)
     state_ticks: int = 5              # resumable training state
     bf16: bool = True                 # bf16 autocast on GPU (CPU always runs fp32)
+    tf32: bool = False                # TF32 matmuls and convolutions on GPU for what runs in fp32 (EDM: off)
+    compile: bool = False             # torch.compile the stage-I loss (denoiser + encoder); same results, faster on GPU
     # `--init-from RUN` (finetune.py): {"run": the plain run's resolved path, "sha256": of its model.safetensors}.
     # The weights start from there; like the seed, it cannot change on resume.
     init_from: dict | None = None

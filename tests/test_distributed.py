@@ -41,3 +41,25 @@ def test_two_process_gloo_training_keeps_replicas_identical(tmp_path):
     proc = _torchrun(["train", "--run-dir", str(run), "--kimg", "1.5", *TINY], 29518)
     assert proc.returncode == 0, _errors(proc)
     assert "resuming stage I from 1.0 kimg" in (run / "log.txt").read_text()
+
+
+@pytest.mark.parametrize("first,second", [(2, 1), (1, 2)])
+def test_a_run_resumes_under_another_world_size(tmp_path, first, second):
+    """The training state holds no per-rank piece: a run started on 2 processes resumes on 1, and the other way."""
+    run = tmp_path / "run"
+    args = ["train", "--preset", "toy2d", "--run-dir", str(run), "--batch", "64", *TINY]
+
+    def train(world, kimg, port):
+        if world == 1:
+            proc = subprocess.run([sys.executable, "-m", "discodiff", *args, "--kimg", kimg], capture_output=True,
+                                  text=True, timeout=300)
+        else:
+            proc = _torchrun([*args, "--kimg", kimg], port)
+        assert proc.returncode == 0, _errors(proc)
+
+    train(first, "0.5", 29521 + first)
+    train(second, "1", 29531 + second)
+    log = (run / "log.txt").read_text()
+    assert "resuming stage I from 0.5 kimg" in log
+    assert f"batch 64 = {64 // second} x 1 x {second}" in log
+    assert all(torch.isfinite(v).all() for v in load_tensors(run / "model.safetensors").values())

@@ -329,9 +329,10 @@ class UNet(nn.Module):
 
     def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None, latent_features=None):
         B = x.shape[0]
-        emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise.reshape(-1).expand(B)))))
-        if self.map_label is not None and class_labels is not None:
-            emb = emb + self.map_label(class_labels.to(emb.dtype))
+        with torch.autocast(x.device.type, enabled=False):  # the noise and label embedding stay float32, as EDM's
+            emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise.reshape(-1).expand(B).float()))))
+            if self.map_label is not None and class_labels is not None:
+                emb = emb + self.map_label(class_labels.float())
         contexts = [None]
         if self.num_latents:
             if latent_features is None:  # training, and plain calls: computed here, at the same point as ever

@@ -20,8 +20,8 @@ from ..model import DiscoDiff
 from ..latents import prior_class
 from ..networks import init_encoder_from_data
 from ..runs import Run
-from .common import (DivergenceGuard, RunLog, Timer, memory_mb, neutralise_nonfinite, progress_bar, resume_line,
-                     step_generator)
+from .common import (DivergenceGuard, RunLog, Timer, configure_backends, memory_mb, neutralise_nonfinite, progress_bar,
+                     resume_line, seed_dropout, step_generator)
 
 
 class _Stage1Loss(nn.Module):
@@ -38,6 +38,16 @@ class _Stage1Loss(nn.Module):
 def _process(m) -> str:
     """The log line's mention of a process other than EDM, the default."""
     return f"process {m.process} (D={m.pfgm_D}), " if m.process != "edm" else ""
+
+
+def backward_round(step_loss, y, labels, generator, *, rank_batch: int, autocast) -> torch.Tensor:
+    """One accumulation round: the per-sample losses of this rank's micro-batch, backpropagated as their share of
+    the mean over the rank's `rank_batch` samples (DDP then averages the ranks' gradients), so that any split of the
+    batch into ranks and rounds gives the gradient of the mean loss over the whole batch. Returns the losses' sum."""
+    with autocast:
+        loss = step_loss(y, labels, generator)
+    (loss.sum() / rank_batch).backward()
+    return loss.detach().sum()
 
 
 def micro_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
@@ -92,6 +102,9 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     module = _Stage1Loss(model, loss_fn)
     ddp = (nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
            if world > 1 else module)
+    configure_backends(device, t.tf32)
+    # torch.compile wraps the call only: the weights stay those of `model`, so what is saved and averaged is the same
+    step_loss = torch.compile(ddp) if t.compile else ddp
     # uint8 images stay uint8 until a batch is drawn; each batch becomes [-1, 1] floats on the device
     reader = data.reader(device, labels=bool(cfg.model.num_classes))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.bf16
@@ -118,12 +131,9 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
                 init_encoder_from_data(model.encoder, y, dataset=whole)
                 del whole
             sync = contextlib.nullcontext() if (world == 1 or r == rounds - 1) else ddp.no_sync()
+            seed_dropout(t.seed, rank, cur_nimg, r)
             with sync:
-                with autocast:
-                    loss = ddp(y, labels, g)
-                # DDP averages gradients over ranks, so each rank normalises by its own share of the batch
-                (loss.sum() / (micro * rounds)).backward()
-            loss_sum += loss.detach().sum()
+                loss_sum += backward_round(step_loss, y, labels, g, rank_batch=micro * rounds, autocast=autocast)
             loss_count += micro
         ramp = min(cur_nimg / max(t.lr_rampup_kimg * 1000, 1e-8), 1) if t.lr_rampup_kimg > 0 else 1.0
         for group, base_lr in zip(opt.param_groups, base_lrs):
