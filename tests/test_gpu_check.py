@@ -21,3 +21,4 @@ def test_gpu_check_runs_tiny(tmp_path):
     s = r["sampling"]
     assert s["fp32_images_per_s"] > 0 and s["bf16_images_per_s"] > 0 and 0 <= s["max_pixel_difference"] <= 255
     assert "skipped" in r["detector"] or r["detector"]["images"] > 0
+    assert r["failed"] == []
