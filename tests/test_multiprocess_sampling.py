@@ -109,3 +109,17 @@ def test_two_processes_measure_the_same_fid_as_one(tmp_path, capsys):
     one, two = json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text())
     assert two["processes"] == 2 and one["processes"] == 1
     assert two["fid"] == one["fid"] and two["num"] == one["num"] == 9
+
+
+def test_the_detector_gets_256_images_a_call_on_a_gpu():
+    from types import SimpleNamespace
+
+    from discodiff.metrics.fid import GPU_DETECTOR_BATCH, detector_batches, rebatch
+
+    pieces = [torch.full((n, 1, 2, 2), i, dtype=torch.uint8) for i, n in enumerate([3, 5, 1, 4])]
+    out = list(rebatch(iter(pieces), 4))
+    assert [len(b) for b in out] == [4, 4, 4, 1] and torch.equal(torch.cat(out), torch.cat(pieces))
+    gpu, cpu = SimpleNamespace(device=torch.device("cuda")), SimpleNamespace(device=torch.device("cpu"))
+    many = [torch.zeros(32, 3, 8, 8, dtype=torch.uint8)] * 20
+    assert [len(b) for b in detector_batches(many, gpu)] == [GPU_DETECTOR_BATCH, GPU_DETECTOR_BATCH, 128]
+    assert [len(b) for b in detector_batches(many, cpu)] == [32] * 20  # a CPU's figures stay as they were
