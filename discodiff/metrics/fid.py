@@ -286,7 +286,7 @@ def load_detector(path: str | os.PathLike | None = None, device="cpu", backend: 
 
 # ---- statistics -------------------------------------------------------------------------------------------
 
-PROVENANCE_KEYS = ("detector_sha256", "image_shape", "dataset", "num")
+PROVENANCE_KEYS = ("features", "detector_sha256", "image_shape", "dataset", "num")
 
 
 @dataclass
@@ -367,19 +367,50 @@ class FIDStats:
             raise FIDError(f"cannot read FID reference statistics {path}: {e}") from None
 
 
+def feature_space(detector) -> str:
+    """The detector's feature space: "inception", or its own `feature_space` (metrics/classifier.py: "classifier")."""
+    return getattr(detector, "feature_space", "inception")
+
+
 def provenance(detector, images_shape, dataset: str | None, num: int) -> dict:
-    """What a reference file records: the detector file's sha256, the images' [H, W, C], the dataset, N."""
+    """What a reference file records: the feature space, the detector's sha256, the images' [H, W, C], the dataset,
+    N, and for a detector with a `provenance()` (the classifier) what it says of itself, under the space's name."""
     n, c, h, w = (int(v) for v in images_shape)  # uint8 images as as_uint8_nchw gives them
-    return {"detector_sha256": getattr(detector, "sha256", None), "image_shape": [h, w, c], "dataset": dataset,
-            "num": int(num)}
+    space = feature_space(detector)
+    out = {"features": space, "detector_sha256": getattr(detector, "sha256", None), "image_shape": [h, w, c],
+           "dataset": dataset, "num": int(num)}
+    if callable(getattr(detector, "provenance", None)):
+        out[space] = detector.provenance()
+    return out
+
+
+def recorded_space(ref: FIDStats) -> str | None:
+    """The feature space a reference records; "inception" for our files from before the field, None for files
+    that record nothing (EDM's, which are Inception's too but say nothing)."""
+    return ref.provenance.get("features", "inception") if ref.provenance else None
+
+
+def check_feature_space(ref: FIDStats, ref_path, space: str) -> None:
+    """Refuses (FIDError, one line, whatever --allow-mismatch says) a reference made in another feature space."""
+    have = recorded_space(ref)
+    if have is None and space != "inception":
+        raise FIDError(f"reference {ref_path} records no feature space (EDM's layout: Inception features), and "
+                       f"these are {space} features; make one with `discodiff fid ref --features {space}`")
+    if have is not None and have != space:
+        raise FIDError(f"reference {ref_path} holds {have} features and these are {space} features: distances "
+                       f"between two feature spaces mean nothing; make a reference with `discodiff fid ref "
+                       f"--features {space}`")
 
 
 def provenance_mismatches(ref: FIDStats, expected: dict) -> list[str]:
     """'key: reference value vs expected value' for each recorded field of `ref.provenance` that `expected` names
-    with another value (fields that either side leaves out or None are not compared)."""
+    with another value (fields that either side leaves out or None are not compared; a file that records some
+    provenance but no feature space is Inception's)."""
     out = []
     for key in PROVENANCE_KEYS:
         have, want = ref.provenance.get(key), expected.get(key)
+        if key == "features" and ref.provenance:
+            have = recorded_space(ref)
         if have is not None and want is not None and have != want:
             if key == "detector_sha256":
                 have, want = have[:12] + "...", want[:12] + "..."
@@ -389,7 +420,10 @@ def provenance_mismatches(ref: FIDStats, expected: dict) -> list[str]:
 
 def check_provenance(ref: FIDStats, ref_path, expected: dict, *, allow: bool = False, notice=print) -> None:
     """Refuses (FIDError, one line) a reference whose provenance disagrees with `expected`, unless `allow`; a file
-    that records none (EDM's) gets a one-line notice instead."""
+    that records none (EDM's) gets a one-line notice instead. A reference of another feature space than
+    `expected["features"]` is refused whatever `allow` says (check_feature_space)."""
+    if expected.get("features") is not None:
+        check_feature_space(ref, ref_path, expected["features"])
     if not ref.provenance:
         notice(f"note: {ref_path} does not record its detector, image size or dataset (EDM's layout): it cannot be "
                f"checked against these images")
