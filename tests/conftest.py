@@ -40,10 +40,9 @@ def gaussian_mixture_denoiser(means: torch.Tensor, std: float, weights: torch.Te
 @pytest.fixture
 def tiny_toy_overrides():
     """A toy2d run small enough for a test: a narrow MLP and a few hundred examples of training."""
-    return {"model": {"network": {"hidden": 32, "emb_dim": 16}, "encoder": {"hidden": 32}},
+    return {"model": TINY_TOY_OVERRIDES["model"],
             "train": {"kimg": 2, "batch": 64, "tick_kimg": 1, "snapshot_ticks": 1, "state_ticks": 1},
-            "prior_train": {"network": {"depth": 1, "width": 32, "heads": 2}, "kimg": 1, "batch": 64,
-                            "tick_kimg": 0.5}}
+            "prior_train": {"network": TINY_PRIOR, "kimg": 1, "batch": 64, "tick_kimg": 0.5}}
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # two workers on two cores: one thread each
@@ -84,9 +83,36 @@ def save_tiny_detector(path, kernel: int = 8):
     return path
 
 
-TINY_TOY = ["--set", "model.network.hidden=32", "--set", "model.network.emb_dim=16", "--set", "model.encoder.hidden=32",
-            "--set", "prior_train.network.depth=1", "--set", "prior_train.network.width=32",
-            "--set", "prior_train.network.heads=2", "--set", "train.batch=64", "--set", "train.tick_kimg=1", "--quiet"]
+# ---- the one tiny configuration of the tests: command-line arguments for the toy and the digits presets ----------
+
+
+def set_args(overrides: dict, prefix: str = "") -> list[str]:
+    """{"model": {"network": {"hidden": 16}}} -> ["--set", "model.network.hidden=16"]: the --set form of nested
+    overrides (lists and strings as JSON)."""
+    import json
+    args = []
+    for key, value in overrides.items():
+        if isinstance(value, dict) and value:
+            args += set_args(value, f"{prefix}{key}.")
+        else:
+            args += ["--set", f"{prefix}{key}={json.dumps(value) if not isinstance(value, (int, float)) else value}"]
+    return args
+
+
+TINY_PRIOR = {"depth": 1, "width": 32, "heads": 2}
+# toy2d: a 16-unit MLP denoiser and encoder, a one-layer prior
+TINY_TOY_OVERRIDES = {"model": {"network": {"hidden": 16, "emb_dim": 8}, "encoder": {"hidden": 16}},
+                      "prior_train": {"network": TINY_PRIOR}}
+# digits: an 8-channel U-Net without dropout, a one-layer ViT encoder, 300 images, batch 32
+TINY_UNET = {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2, "latent_depth": 1,
+             "dropout": 0.0}
+TINY_DIGITS_OVERRIDES = {"model": {"network": TINY_UNET, "encoder": {"width": 16, "heads": 2, "depth": 1}},
+                         "prior_train": {"network": TINY_PRIOR},
+                         "train": {"batch": 32, "tick_kimg": 0.128, "lr_rampup_kimg": 0}, "sample": {"steps": 3}}
+TINY_TOY_ARGS = set_args(TINY_TOY_OVERRIDES) + ["--quiet"]
+TINY_DIGITS_ARGS = set_args(TINY_DIGITS_OVERRIDES) + ["--quiet"]
+FEW_DIGITS = set_args({"data": {"name": "digits", "options": {"max_images": 300}}})  # 300 of the 1,797 images
+TINY_TOY = TINY_TOY_ARGS[:-1] + ["--set", "train.batch=64", "--set", "train.tick_kimg=1", "--quiet"]
 
 
 def train_tiny_toy(run_dir, *extra, kimg=2):

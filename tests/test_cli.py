@@ -4,13 +4,12 @@ import subprocess
 import sys
 
 import pytest
-from conftest import run_cli
+from conftest import TINY_TOY_ARGS, run_cli
 import torch
 
 from discodiff.data import ArrayDataset, DataError
 
-TINY = ["--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8", "--set", "model.encoder.hidden=16",
-        "--set", "train.batch=32", "--set", "train.tick_kimg=0.5", "--quiet"]
+TINY = TINY_TOY_ARGS[:-1] + ["--set", "train.batch=32", "--set", "train.tick_kimg=0.5", "--quiet"]
 
 
 def _assert_clean_error(code, err, *needles):

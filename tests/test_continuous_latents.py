@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import FEW_DIGITS, TINY_DIGITS_ARGS, run_cli
 import torch
 
 from discodiff.cli import main
@@ -256,13 +256,8 @@ def test_generate_draws_each_seeds_latent_and_image_from_that_seed_alone():
 
 # ---- the command line, end to end ----------------------------------------------------------------------------
 
-TINY_DIGITS = ["--set", 'model.network={"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, '
-                        '"latent_heads": 2, "latent_depth": 1, "dropout": 0.0}',
-               "--set", 'model.encoder={"width": 16, "heads": 2, "depth": 1}',
-               "--set", 'model.prior={"depth": 1, "width": 16, "heads": 2, "steps": 4}',
-               "--set", 'data={"name": "digits", "options": {"max_images": 300}}',
-               "--set", "train.batch=32", "--set", "train.tick_kimg=0.128", "--set", "train.lr_rampup_kimg=0",
-               "--set", "sample.steps=3", "--quiet"]
+TINY_DIGITS = (TINY_DIGITS_ARGS[:-1] + FEW_DIGITS
+               + ["--set", 'prior_train.network={"depth": 1, "width": 16, "heads": 2, "steps": 4}', "--quiet"])
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_TOY_ARGS
 
 from discodiff.checkpoint import load_tensors
 
 pytestmark = pytest.mark.slow
 
-TINY = ["--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8", "--set", "model.encoder.hidden=16",
-        "--set", "train.tick_kimg=0.5", "--quiet"]
+TINY = TINY_TOY_ARGS[:-1] + ["--set", "train.tick_kimg=0.5", "--quiet"]
 
 
 def _torchrun(args, port):

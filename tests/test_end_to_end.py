@@ -4,20 +4,14 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import FEW_DIGITS, TINY_DIGITS_ARGS, run_cli
 import torch
 
 from discodiff.cli import main
 
 # A digits U-Net small enough to train a few steps in about a second (the sizes test_analysis uses), with no
 # learning-rate ramp-up so that the few steps move the weights, and 3 sampler steps.
-TINY_DIGITS = ["--set", 'model.network={"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, '
-                        '"latent_heads": 2, "latent_depth": 1, "dropout": 0.0}',
-               "--set", 'model.encoder={"width": 16, "heads": 2, "depth": 1}',
-               "--set", 'model.prior={"depth": 1, "width": 32, "heads": 2}',
-               "--set", "train.batch=32", "--set", "train.tick_kimg=0.128", "--set", "train.lr_rampup_kimg=0",
-               "--set", "sample.steps=3", "--quiet"]
-FEW_DIGITS = ["--set", 'data={"name": "digits", "options": {"max_images": 300}}']
+TINY_DIGITS = TINY_DIGITS_ARGS
 
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]

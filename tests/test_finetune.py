@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import FEW_DIGITS, TINY_DIGITS_ARGS, TINY_UNET, run_cli
 
 from discodiff import finetune
 from discodiff.checkpoint import MODEL, load_tensors, save_tensors
@@ -18,13 +18,7 @@ from discodiff.model import DiscoDiff
 from discodiff.runs import Run, file_sha256
 
 # The tiny digits U-Net of test_end_to_end.py, trained for a few steps in about a second.
-TINY_DIGITS = ["--set", 'model.network={"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, '
-                        '"latent_heads": 2, "latent_depth": 1, "dropout": 0.0}',
-               "--set", 'model.encoder={"width": 16, "heads": 2, "depth": 1}',
-               "--set", "train.batch=32", "--set", "train.tick_kimg=0.128", "--set", "train.lr_rampup_kimg=0",
-               "--set", 'data={"name": "digits", "options": {"max_images": 300}}', "--quiet"]
-TINY_UNET = {"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, "latent_heads": 2, "latent_depth": 1,
-             "dropout": 0.0}
+TINY_DIGITS = TINY_DIGITS_ARGS[:-1] + FEW_DIGITS + ["--quiet"]
 
 
 pytestmark = [pytest.mark.usefixtures("one_thread")]

@@ -134,7 +134,7 @@ def test_corrupt_newest_state_falls_back_to_the_older_one_bit_identically(toy_ru
 
 def test_weights_of_another_network_are_refused(toy_run, tmp_path, capsys):
     other = tmp_path / "other"
-    train_tiny_toy(other, "--set", "model.network.hidden=16", kimg=1)
+    train_tiny_toy(other, "--set", "model.network.hidden=24", kimg=1)
     run = _copy(toy_run, tmp_path)
     shutil.copy(other / "model.safetensors", run / "model.safetensors")
     code, _, err = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--out", str(tmp_path / "x.npz")], capsys)

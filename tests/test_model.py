@@ -3,6 +3,7 @@ import pickle
 
 import pytest
 import torch
+from conftest import TINY_TOY
 
 from discodiff.checkpoint import CheckpointError, load_tensors
 from discodiff.cli import main
@@ -24,10 +25,8 @@ def _generate(model, prior, seeds, steps, **kw):
 
 
 def _train(run_dir, overrides_args=(), kimg=2):
-    main(["train", "--preset", "toy2d", "--run-dir", str(run_dir), "--kimg", str(kimg), "--quiet",
-          "--set", "model.network.hidden=32", "--set", "model.network.emb_dim=16", "--set", "model.encoder.hidden=32",
-          "--set", "model.prior.depth=1", "--set", "model.prior.width=32", "--set", "model.prior.heads=2",
-          "--set", "train.batch=64", "--set", "train.tick_kimg=1", *overrides_args])
+    main(["train", "--preset", "toy2d", "--run-dir", str(run_dir), "--kimg", str(kimg),
+          *TINY_TOY, *overrides_args])
 
 
 @pytest.fixture(scope="module")

@@ -4,17 +4,14 @@ float32 under autocast, the backend policy, torch.compile giving the same result
 become informative."""
 import pytest
 import torch
+from conftest import FEW_DIGITS, TINY_DIGITS_ARGS
 
 from discodiff.checkpoint import load_tensors
 from discodiff.cli import main
 from discodiff.train.common import configure_backends, seed_dropout
 
 # A tiny digits run WITH dropout: what the dropout seeding is about.
-TINY_DIGITS = ["--set", 'model.network={"model_channels": 8, "channels_per_head": 8, "latent_dim": 16, '
-                        '"latent_heads": 2, "latent_depth": 1, "dropout": 0.3}',
-               "--set", 'model.encoder={"width": 16, "heads": 2, "depth": 1}',
-               "--set", "train.tick_kimg=0.128", "--set", "train.lr_rampup_kimg=0",
-               "--set", 'data={"name": "digits", "options": {"max_images": 300}}', "--quiet"]
+TINY_DIGITS = TINY_DIGITS_ARGS[:-1] + FEW_DIGITS + ["--set", "model.network.dropout=0.3", "--quiet"]
 
 
 def _train(run, kimg, *extra):
