@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import TINY_TOY_ARGS, run_cli
 
 from discodiff.config import preset_config
 
@@ -74,8 +74,8 @@ def test_continuous_latents_on_the_toy_preset_drop_the_discrete_encoder_options(
     assert cfg["model"]["latent_type"] == "continuous" and cfg["model"]["encoder"]["prototypes"] is False
     assert cfg["model"]["encoder"]["name"] == "mlp" and cfg["model"]["encoder"]["hidden"] == 128  # the rest kept
     assert "prototypes=true" in err and "discrete latents only" in err and "model.encoder.prototypes=false" in err
-    tiny = ["--kimg", "0.25", "--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8",
-            "--set", "model.encoder.hidden=16", "--set", "train.batch=64", "--set", "train.tick_kimg=0.25", "--quiet"]
+    tiny = ["--kimg", "0.25", *TINY_TOY_ARGS[:-1], "--set", "train.batch=64", "--set", "train.tick_kimg=0.25",
+            "--quiet"]
     code, out, err = run_cli([*args, *tiny], capsys)
     assert code == 0, err
     assert (tmp_path / "run" / "model.safetensors").is_file()

@@ -8,14 +8,15 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TOY_ARGS
 
 from discodiff.cli import main
 from discodiff.pipeline import generate_batches, generate_sharded, own_share
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
-TOY = ["--preset", "toy2d", "--latents", "0", "--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8",
-       "--set", "train.batch=64", "--set", "train.tick_kimg=0.5", "--quiet"]
+TOY = ["--preset", "toy2d", "--latents", "0", *TINY_TOY_ARGS[:-1], "--set", "train.batch=64",
+       "--set", "train.tick_kimg=0.5", "--quiet"]
 DIGITS = ["--preset", "digits", "--latents", "0", "--set", 'data={"name": "digits", "options": {"max_images": 64}}',
           "--set", 'model.network={"model_channels": 8, "channels_per_head": 8, "dropout": 0.0}',
           "--set", "train.batch=32", "--set", "train.tick_kimg=0.064", "--quiet"]

@@ -1,14 +1,15 @@
 """train-prior on the run's device, and the encoder's streamed pass over the data."""
 import pytest
 import torch
+from conftest import TINY_TOY_ARGS
 
 from discodiff.cli import main
 from discodiff.data import ArrayDataset
 from discodiff.runs import Run
 from discodiff.train.prior import encode_streamed
 
-TOY = ["--preset", "toy2d", "--set", "model.network.hidden=16", "--set", "model.network.emb_dim=8",
-       "--set", "model.encoder.hidden=16", "--set", "train.batch=64", "--set", "train.tick_kimg=0.128", "--quiet"]
+TOY = ["--preset", "toy2d", *TINY_TOY_ARGS[:-1], "--set", "train.batch=64", "--set", "train.tick_kimg=0.128",
+       "--quiet"]
 
 
 class Loaded(Exception):
