@@ -20,7 +20,7 @@ width, sampler steps and training seeds, with the same data, training images and
    width, two plots (the ratio against NFE for each width; the ratio against width at the most steps) in
    docs/sweep-<preset>-*.png, and benchmarks/results/sweep-<preset>.json.
 
-A variant changes DisCo-Diff alone: `--variant info --disco-set model.info_weight=0.1` trains DisCo-Diff into
+A variant changes DisCo-Diff alone: `--variant info --disco-set model.regularisers.information=0.1` trains DisCo-Diff into
 w<width>-s<seed>/discodiff-info, reuses the EDM runs beside it, and reports to sweep-<preset>-info.json and
 docs/sweep-<preset>-info-*.png. A variant may drop the latents: `--variant labels --disco-set model.num_latents=0
 --disco-set model.num_classes=10` puts EDM given the data's class labels (drawn balanced at sampling) in DisCo-Diff's

@@ -16,7 +16,7 @@ measures the clusters the same way. Writes benchmarks/results/encoder-objectives
 Ran at commit 8b0f46c (as benchmarks/encoder_objectives.py), where the options its VARIANTS set exist: the focus and
 invariance variants need model.latent_sigma_focus and model.invariance_weight / _shift / _flip, since removed from
 the package, and the info variants model.usage_weight with model.confidence_weight, since folded into
-model.info_weight. To run it again as it ran, check out that commit. Its loss z / null was then measured at
+model.regularisers.information. To run it again as it ran, check out that commit. Its loss z / null was then measured at
 sigma 2.34, 4.74, 9.61 and 19.48, as latent_information still is.
 """
 from __future__ import annotations

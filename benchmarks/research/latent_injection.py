@@ -22,7 +22,7 @@ variant. Writes benchmarks/results/latent-injection-<preset>.json.
 
 Ran at commit 8b0f46c (as benchmarks/latent_injection.py), where the options its VARIANTS set exist: the -kmeans
 variants need the ViT encoder's head_init="kmeans", since removed from the package, and the -usage / -info variants
-model.usage_weight and model.confidence_weight, since folded into one model.info_weight. To run it again as it ran,
+model.usage_weight and model.confidence_weight, since folded into one model.regularisers.information. To run it again as it ran,
 check out that commit.
 """
 from __future__ import annotations
