@@ -21,11 +21,13 @@ MAX_GRID_IMAGES = 256  # the PNG grid shows at most this many samples, whatever 
 @click.option("--grid-by-latent", is_flag=True, help="Rows of --cols samples that share one z (drawn with the row's first seed).")
 @click.option("--cols", type=click.IntRange(min=1), default=8, help="Samples per row of the PNG grid.")
 @click.option("--batch", type=click.IntRange(min=1), default=256, help="Samples per batch (results do not depend on it).")
+@click.option("--complexes", default=None, help="Set-conditioned runs (dock3d) only: the complexes to dock, a split "
+              "(train, seen, unseen) or indices like 0-9,12 (default: unseen, the held-out receptors); --num poses each.")
 @bf16_option
 @device_option
 @torchrun_aware
 def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, trajectory, grid_by_latent, cols, batch,
-           bf16, device):
+           complexes, bf16, device):
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
     Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` /
@@ -57,6 +59,20 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
     sampler, steps, guidance, interval = resolved.sampler, resolved.steps, resolved.guidance, resolved.guidance_interval
     prior_temperature, restart_preset = resolved.prior_temperature, resolved.restart_preset
     hybrid_run, switch_sigma = resolved.hybrid_run, resolved.switch_sigma
+    from ..variants.docking import is_set_run
+    if is_set_run(cfg):  # a conditioning set per example (dock3d): poses per complex, variants/docking.py
+        from ..variants.docking import sample_command
+        from .options import resolve_device
+        if hybrid_run is not None or interval is not None or class_label is not None or grid_by_latent or bf16:
+            raise ConfigError("a set-conditioned run samples without --hybrid-run, --guidance-interval, --class, "
+                              "--grid-by-latent and --bf16")
+        click.echo(sample_command(run, num=num, out=out, seed=seed, complexes=complexes, steps=steps,
+                                  sampler=resolved.sampler_fn(), guidance=guidance,
+                                  prior_temperature=prior_temperature, trajectory=trajectory, batch=batch,
+                                  device=resolve_device(device)))
+        return
+    if complexes is not None:
+        raise ConfigError("--complexes applies to set-conditioned runs (dock3d) only")
     if class_label is not None and not 0 <= class_label < cfg.model.num_classes:
         raise ConfigError(f"--class {class_label} is out of range: this model has {cfg.model.num_classes} classes")
     if grid_by_latent and cfg.model.num_latents == 0:

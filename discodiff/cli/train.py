@@ -97,7 +97,11 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
             if dist.is_main():
                 Run.create(run_dir, cfg)
             dist.barrier()
-            train_stage1(run_dir, cfg, dataset, quiet=quiet)
+            if dataset.kind == "sets":  # conditioning sets of varying size (dock3d): their own path
+                from ..variants.docking import train_set_stage1
+                train_set_stage1(run_dir, cfg, dataset, quiet=quiet)
+            else:
+                train_stage1(run_dir, cfg, dataset, quiet=quiet)
         dist.barrier()  # every rank done with the collective calls before any leaves the group
     finally:
         dist.shutdown()

@@ -48,6 +48,10 @@ def train_prior(run_dir, kimg, batch, lr, sets, quiet, device):
     model = Run(run_dir, cfg).load_model(resolve_device(device))  # the encoding and the prior's training run there
     with run_lock(run_dir):  # before anything is written
         Run.create(run_dir, cfg)  # the prior's settings as used, atomically
+        if dataset.kind == "sets":  # conditioning sets of varying size (dock3d): their own path, no prior report
+            from ..variants.docking import train_set_prior
+            train_set_prior(run_dir, cfg, dataset, model, quiet=quiet)
+            return
         prior = fit_prior(run_dir, cfg, dataset, model, quiet=quiet)
         _, summary = write_prior_report(run_dir, cfg, dataset, model, prior)
         RunLog(run_dir, quiet).line(f"prior report (prior_report.json): {summary}")
