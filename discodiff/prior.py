@@ -23,7 +23,39 @@ class _Block(TransformerBlock):
         super().__init__(width, heads, dropout=dropout, causal=True, attn_dropout=dropout, hidden_dropout=False)
 
 
-class ARPrior(nn.Module):
+class Prior(nn.Module):
+    """What every stage-II prior shares: it is built from the model's configuration and the sizes in
+    prior_train.network (`for_model`), and saved to and loaded from one safetensors file. Each kind of prior adds
+    `training_loss(z, class_labels, generator=...)` (what stage II minimises) and `sample(noise, class_labels,
+    temperature)` (z from the noise that `pipeline.prior_noise` draws per seed)."""
+
+    @classmethod
+    def model_args(cls, cfg) -> tuple:
+        """The constructor's leading arguments that come from the model's configuration."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_model(cls, cfg, network: dict):
+        """The prior of a model of configuration `cfg` (a ModelConfig with m >= 1), of the sizes `network`."""
+        try:
+            return cls(*cls.model_args(cfg), **network)
+        except TypeError as e:  # an unknown or missing size
+            raise ConfigError(f"bad prior_train.network {network}: {e}") from None
+
+    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
+        """The weights as one safetensors file (atomically); `metadata` records what it was trained on."""
+        from .checkpoint import save_tensors
+        save_tensors(self.state_dict(), path, metadata=metadata)
+
+    @classmethod
+    def load(cls, path: Path, cfg, network: dict):
+        from .checkpoint import load_state_into, load_tensors
+        prior = cls.for_model(cfg, network)
+        load_state_into(prior, load_tensors(path), path)
+        return prior
+
+
+class ARPrior(Prior):
     """A GPT over the latent sequence. Position 0 holds a start token: a class embedding for class-conditional
     priors (index num_classes is the 'no class' token), a learned start token otherwise. Works for m = 1."""
 
@@ -94,22 +126,6 @@ class ARPrior(nn.Module):
         return self(z, class_labels)[1]
 
     @classmethod
-    def for_model(cls, cfg, network: dict) -> "ARPrior":
-        """The prior of a model of configuration `cfg` (a ModelConfig with m >= 1), of the sizes `network`
-        (prior_train.network: depth, width, heads, dropout)."""
-        try:
-            return cls(cfg.num_latents, cfg.codebook_size, cfg.num_classes, **network)
-        except TypeError as e:  # an unknown or missing size
-            raise ConfigError(f"bad prior_train.network {network}: {e}") from None
-
-    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        """The weights as one safetensors file (atomically); `metadata` records what it was trained on."""
-        from .checkpoint import save_tensors
-        save_tensors(self.state_dict(), path, metadata=metadata)
-
-    @classmethod
-    def load(cls, path: Path, cfg, network: dict) -> "ARPrior":
-        from .checkpoint import load_state_into, load_tensors
-        prior = cls.for_model(cfg, network)
-        load_state_into(prior, load_tensors(path), path)
-        return prior
+    def model_args(cls, cfg) -> tuple:
+        """m latents of k codes, and the classes (prior_train.network: depth, width, heads, dropout)."""
+        return cfg.num_latents, cfg.codebook_size, cfg.num_classes

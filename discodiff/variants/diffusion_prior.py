@@ -14,14 +14,13 @@ weight left the latents at: near N(0, I) for a collapsed encoder, spread far wid
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 from torch import nn
 
 from ..edm import Denoiser, EDMLoss
-from ..errors import ConfigError
 from ..networks.layers import PositionalEmbedding, TransformerBlock, class_embedding, zero_init
+from ..prior import Prior
 from ..sampling import karras_sigmas, sample_heun
 
 # EDM's training noise levels, ln sigma ~ N(-1.2, 1.2^2), are set for sigma_data = 0.5; the standardised latents have
@@ -58,7 +57,7 @@ class TokenTransformer(nn.Module):
         return self.out(self.norm(h)).reshape(B, -1)
 
 
-class DiffusionPrior(nn.Module):
+class DiffusionPrior(Prior):
     """p(z [, c]) over continuous latents z [B, D] made of `num_tokens` tokens; `steps` Heun steps to sample."""
 
     def __init__(self, latent_dim: int, num_tokens: int, num_classes: int = 0, depth: int = 4, width: int = 128,
@@ -117,21 +116,7 @@ class DiffusionPrior(nn.Module):
         return self.shift + self.scale * u
 
     @classmethod
-    def for_model(cls, cfg, network: dict) -> "DiffusionPrior":
-        """The prior of a model of configuration `cfg` (a ModelConfig with continuous latents): the transformer
-        sizes `network` (prior_train.network), as the autoregressive prior takes them, plus an optional "steps"."""
-        try:
-            return cls(cfg.latent_size, cfg.num_latents, cfg.num_classes, **network)
-        except TypeError as e:
-            raise ConfigError(f"bad prior_train.network {network}: {e}") from None
-
-    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        from ..checkpoint import save_tensors
-        save_tensors(self.state_dict(), path, metadata=metadata)
-
-    @classmethod
-    def load(cls, path: Path, cfg, network: dict) -> "DiffusionPrior":
-        from ..checkpoint import load_state_into, load_tensors
-        prior = cls.for_model(cfg, network)
-        load_state_into(prior, load_tensors(path), path)
-        return prior
+    def model_args(cls, cfg) -> tuple:
+        """A continuous latent of D = latent_size entries in m tokens, and the classes (prior_train.network: the
+        transformer's sizes, as the autoregressive prior takes them, plus an optional "steps")."""
+        return cfg.latent_size, cfg.num_latents, cfg.num_classes
