@@ -100,6 +100,10 @@ class TrainConfig:
     # The weights start from there; like the seed, it cannot change on resume.
     init_from: dict | None = None
     new_parts_lr: float | None = None  # with init_from: the learning rate of the encoder and the latent path (null: lr)
+    # `--encoder-from RUN` / `--weak-of RUN` (autoguidance.py): {"run": the strong run's resolved path, "sha256": of
+    # its model.safetensors}. This run (autoguidance's weak model) takes RUN's encoder, frozen, so that its latents
+    # mean the same; like the seed, it cannot change on resume.
+    encoder_from: dict | None = None
 
 
 @dataclass

@@ -118,7 +118,8 @@ class DiscoDiff(nn.Module):
         return inputs
 
     def make_denoiser(self, z=None, class_labels=None, *, guidance: float = 0.0, class_guidance: float = 0.0,
-                      guidance_interval: tuple[float, float] | None = None, batched: bool = True):
+                      guidance_interval: tuple[float, float] | None = None, batched: bool = True,
+                      conditional_too: bool = False):
         """A `denoise(x, sigma)` closure for the samplers, with guidance on the latents and/or the class:
         D~ = (1 + w) D(x, sigma, z, c) - w D(x, sigma, null, c), and likewise for c with null = no class. With
         both, the latent-guided D~ is then guided on the class: D~~ = (1 + w_c) D~ - w_c D(x, sigma, z, no class).
@@ -135,6 +136,9 @@ class DiscoDiff(nn.Module):
         D elsewhere, with one pass instead of two (Kynkaanniemi et al. 2024, "Applying guidance in a limited
         interval"): at high noise guidance pushes every trajectory towards the latents' dominant images and skews
         the mix of the samples; at low noise it has little left to do. None: guidance at every step.
+
+        `conditional_too`: the closure returns (guided D~, conditional D(x, sigma, z, c)), the second from the same
+        network call (autoguidance adds w (D - D_weak) to D~: autoguidance.py).
         """
         w_latent, w_class = self.guidance_weights(guidance, class_guidance, class_labels)
         conditions = [(z, class_labels)]
@@ -155,10 +159,12 @@ class DiscoDiff(nn.Module):
             B = x.shape[0]
             ins = inputs(B, x.device)
             if n == 1:
-                return self.denoiser(x, sigma, **ins)
+                d = self.denoiser(x, sigma, **ins)
+                return (d, d) if conditional_too else d
             inside = _in_interval(sigma, guidance_interval, x)
             if inside is not None and not inside.any():  # no guidance at this noise level: the conditional pass
-                return self.denoiser(x, sigma, **{key: None if v is None else v[:B] for key, v in ins.items()})
+                d = self.denoiser(x, sigma, **{key: None if v is None else v[:B] for key, v in ins.items()})
+                return (d, d) if conditional_too else d
             if batched:
                 outs = self.denoiser(torch.cat([x] * n), _stack_sigma(sigma, x, n), **ins).chunk(n)
             else:
@@ -169,7 +175,8 @@ class DiscoDiff(nn.Module):
                 d = d + w_latent * (d - outs[1])
             if w_class:
                 d = d + w_class * (d - outs[-1])
-            return d if inside is None else torch.where(inside, d, outs[0])
+            d = d if inside is None else torch.where(inside, d, outs[0])
+            return (d, outs[0]) if conditional_too else d
 
         return denoise
 

@@ -4,7 +4,8 @@
 the style of EDM's and k-diffusion's samplers: `generate(model, seeds, karras_sigmas(18), prior=prior)` draws
 with Heun, `sampler=partial(sample_edm_stochastic, S_churn=40)` with churn. `generate_batches` runs it over many
 seeds in batches. `sampler_from_name` turns the names of the CLI and the config into a sampler function.
-`hybrid=(second_model, switch_sigma)` hands the low-noise part of the ODE to a second model (paper App. D).
+`hybrid=(second_model, switch_sigma)` hands the low-noise part of the ODE to a second model (paper App. D);
+`autoguide=(weak_model, w)` guides the model with a weak version of itself (autoguidance.py).
 
 Each seed drives its own generator, in this order: the prior's randomness (`prior_noise`: m uniforms for the
 autoregressive prior, D Gaussians for the diffusion prior of continuous latents), the initial noise (for PFGM++,
@@ -19,6 +20,8 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
+from .autoguidance import as_autoguide
+from .autoguidance import make_denoiser as autoguided_make_denoiser
 from .errors import ConfigError
 from .model import DiscoDiff
 from .prior import ARPrior
@@ -62,18 +65,28 @@ def check_hybrid_pair(model: DiscoDiff, second: DiscoDiff) -> None:
 
 class PassCounter:
     """Counts the samples that go through models' denoiser networks (forward hooks) while it is open: over the
-    number of samples drawn, the real network evaluations per sample, guidance, restarts and hybrids included.
-    `calls` counts the network calls themselves (a guided call on a stacked batch is one)."""
+    number of samples drawn, the real network evaluations per sample, guidance, restarts, hybrids and autoguidance
+    included: `total` counts every model's passes (an autoguided sample's evaluations are the model's plus the weak
+    model's). `calls` counts the network calls themselves (a guided call on a stacked batch is one);
+    `samples_of[i]` and `calls_of[i]` count those of the i-th model alone. A model given twice is counted once."""
 
     def __init__(self, *models: DiscoDiff):
-        self.models, self.total, self.calls, self.hooks = models, 0, 0, []
+        unique = []
+        for m in models:
+            if all(m is not u for u in unique):
+                unique.append(m)
+        self.models, self.total, self.calls, self.hooks = tuple(unique), 0, 0, []
+        self.samples_of, self.calls_of = [0] * len(unique), [0] * len(unique)
 
-    def _count(self, module, args, output):
+    def _count(self, i, module, args, output):
         self.total += output.shape[0]
         self.calls += 1
+        self.samples_of[i] += output.shape[0]
+        self.calls_of[i] += 1
 
     def __enter__(self) -> "PassCounter":
-        self.hooks = [m.denoiser.register_forward_hook(self._count) for m in self.models]
+        self.hooks = [m.denoiser.register_forward_hook(functools.partial(self._count, i))
+                      for i, m in enumerate(self.models)]
         return self
 
     def __exit__(self, *exc):
@@ -137,8 +150,8 @@ def shared_latents(model: DiscoDiff, prior: ARPrior | None, seeds: Sequence[int]
 def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sampler: Callable = sample_heun,
              prior: ARPrior | None = None, z: torch.Tensor | None = None, class_labels=None,
              guidance: float = 0.0, class_guidance: float = 0.0, guidance_interval: tuple[float, float] | None = None,
-             prior_temperature: float = 1.0, hybrid: tuple[DiscoDiff, float] | None = None, callback=None,
-             device=None, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+             prior_temperature: float = 1.0, hybrid: tuple[DiscoDiff, float] | None = None, autoguide=None,
+             callback=None, device=None, bf16: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """One sample per seed: (x in model space [N, *shape], z [N, m], or [N, D] for continuous latents).
 
     `sigmas`: the decreasing noise levels ending in 0 (e.g. `karras_sigmas(steps)`); `sampler(denoise, noise,
@@ -152,6 +165,12 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     of its own: none for a plain model (m = 0, the usual case), the null latent for a DisCo-Diff model (so no
     latent guidance either); the class and its guidance are the same. The seeds' noise is the first model's, so
     a hybrid sample starts where `model`'s own sample for that seed starts.
+
+    `autoguide=(weak, w)`, `(weak, w, (lo, hi))` or an `autoguidance.Autoguide`: autoguidance (Karras et al. 2024)
+    by the weak model, D~ = G + w (D - D_weak), added to the latent/class-guided G on the conditional D, inside its
+    own noise interval (lo, hi] when given; the weak model gets z (if it shares the model's encoder), the null
+    latent or, plain, nothing (autoguidance.py). One extra network call of the weak model per denoiser call; w = 0
+    is exactly the sampler without it. Not with `hybrid`. The weak model draws no noise: seeds fix the samples.
 
     `bf16`: the denoiser networks run under bfloat16 autocast (the latents, the noise and the sampler's own
     arithmetic stay float32, so z is the same as without it and the images differ by the network's rounding).
@@ -167,9 +186,16 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     noise = perturbation(gen.randn(model.config.data_shape), sigmas[0].float(), kernel_D(model.config),
                          gen.standard_gamma)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    guide = as_autoguide(autoguide)
+    if guide is not None and hybrid is not None:
+        raise ConfigError("autoguidance and a hybrid do not go together: the hybrid's second model would go unguided")
     with autocast:
-        denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance,
-                                      class_guidance=class_guidance, guidance_interval=guidance_interval)
+        if guide is not None:
+            denoise = autoguided_make_denoiser(model, guide, z if m else None, class_labels, guidance=guidance,
+                                               class_guidance=class_guidance, guidance_interval=guidance_interval)
+        else:
+            denoise = model.make_denoiser(z if m else None, class_labels, guidance=guidance,
+                                          class_guidance=class_guidance, guidance_interval=guidance_interval)
         if hybrid is not None:
             second, switch_sigma = hybrid
             check_hybrid_pair(model, second)

@@ -47,26 +47,42 @@ def differences(old: RunConfig, new: RunConfig) -> list[str]:
     weights started from)."""
     a, b = old.to_dict(), new.to_dict()
     changed = [f"{sec}.{k}" for sec in ("model", "data") for k in b[sec] if b[sec][k] != a[sec].get(k)]
-    changed += [f"train.{k}" for k in ("seed", "init_from") if getattr(old.train, k) != getattr(new.train, k)]
+    changed += [f"train.{k}" for k in ("seed", "init_from", "encoder_from")
+                if getattr(old.train, k) != getattr(new.train, k)]
     return changed
 
 
 def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | None = None,
-                data: DataConfig | None = None, cond: bool | None = None, init_from: Path | None = None):
+                data: DataConfig | None = None, cond: bool | None = None, init_from: Path | None = None,
+                encoder_from: Path | None = None):
     """(RunConfig, ArrayDataset) for training in `run_dir`: a new run from `preset` + `overrides` (+ `data` instead
     of the preset's data; `cond` to switch class conditioning; `init_from`, a finished plain run, to fine-tune it
     into DisCo-Diff), or the run already there with `overrides` applied (`init_from` must then name the run it
-    started from). Validates everything, including that the model builds, before anything is written."""
+    started from). `encoder_from`, a DisCo-Diff run: this run is autoguidance's weak model of it, on its frozen
+    encoder, its latents and, unless `data` says otherwise, its data (autoguidance.py). Validates everything,
+    including that the model builds, before anything is written."""
     from . import finetune
     from .data import load_dataset
     from .model import DiscoDiff
 
     run_dir = Path(run_dir)
     overrides = dict(overrides or {})
+    new_run = not (run_dir / CONFIG).exists()
+    if encoder_from is not None and new_run:  # the weak run takes the strong run's latents, encoder and data
+        from . import autoguidance
+        if init_from is not None:
+            raise ConfigError("--encoder-from and --init-from do not go together: a fine-tuned run trains its new "
+                              "encoder")
+        record = autoguidance.encoder_record(encoder_from)
+        strong = Run(encoder_from).config
+        autoguidance.check_given_overrides(strong, overrides)
+        overrides = merge(overrides, {**autoguidance.encoder_overrides(strong), "train": {"encoder_from": record}})
+        if data is None:
+            data = DataConfig(**{**strong.data.__dict__, "options": dict(strong.data.options)})
+        cond = bool(strong.model.num_classes) if cond is None else cond
     if data is not None:  # --set data.options.* still apply to a user's data
         options = {**data.options, **overrides.get("data", {}).get("options", {})}
         overrides["data"] = {"name": data.name, "path": data.path, "options": options}
-    new_run = not (run_dir / CONFIG).exists()
     if new_run:
         if preset is None:
             raise ConfigError(f"{run_dir} is not a run directory yet: name a --preset ({', '.join(sorted(PRESETS))})")
@@ -92,6 +108,9 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
         validate(cfg)
         if init_from is not None:
             finetune.check_same_base(cfg, init_from, run_dir)
+        if encoder_from is not None and (cfg.train.encoder_from is None or
+                                         Path(encoder_from).resolve() != Path(cfg.train.encoder_from["run"])):
+            raise ConfigError(f"{run_dir} does not take its encoder from {encoder_from}; use a new --run-dir")
     dataset = load_dataset(cfg.data)
     if new_run:  # the data decide the model's input shape and, when conditioning, its number of classes
         cfg.model.data_shape = dataset.shape
@@ -103,6 +122,9 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
         DiscoDiff(cfg.model)  # a configuration whose network cannot be built fails here, before any file exists
         if cfg.train.init_from is not None:
             finetune.check_base(cfg)
+        if cfg.train.encoder_from is not None:
+            from . import autoguidance
+            autoguidance.check_encoder_source(cfg)
     else:
         check_data_matches(cfg, dataset, run_dir)
         if cond is not None and cond != bool(cfg.model.num_classes):

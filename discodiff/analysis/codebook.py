@@ -191,7 +191,7 @@ def images_by_code(images: torch.Tensor, z: torch.Tensor, position: int, cols: i
 def samples_by_latent(model, prior, rows: int = 8, cols: int = 8, *, seed: int = 0, steps: int = 18,
                       sampler: str = "heun", guidance: float = 0.0, batch: int = 256,
                       sampler_options: dict | None = None, guidance_interval: tuple[float, float] | None = None,
-                      prior_temperature: float = 1.0, hybrid=None) -> tuple[torch.Tensor, torch.Tensor]:
+                      prior_temperature: float = 1.0, hybrid=None, autoguide=None) -> tuple[torch.Tensor, torch.Tensor]:
     """uint8 samples [rows * cols, ...]: row r shares one z (`prior`'s draw for its first seed), the columns differ
     in their noise only, as `discodiff sample --grid-by-latent` does. Returns (images, z of each row [rows, m]).
     `sampler_options` go to the sampler (S_churn, restart's intervals); the rest to `generate`."""
@@ -207,5 +207,5 @@ def samples_by_latent(model, prior, rows: int = 8, cols: int = 8, *, seed: int =
            for _, x, _ in generate_batches(model, seeds, sigmas, batch=batch, z=z, class_labels=labels,
                                            sampler=sampler_from_name(sampler, **(sampler_options or {})),
                                            guidance=guidance, guidance_interval=guidance_interval,
-                                           prior_temperature=prior_temperature, hybrid=hybrid)]
+                                           prior_temperature=prior_temperature, hybrid=hybrid, autoguide=autoguide)]
     return torch.cat(out), z[::cols].cpu()

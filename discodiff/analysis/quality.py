@@ -74,12 +74,13 @@ def diversity(stats: FIDStats, ref: FIDStats) -> float:
 def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None = None, class_labels=None,
                    steps: int = 18, sampler: str = "heun", guidance: float = 0.0, batch: int = 128,
                    prior_temperature: float = 1.0, sampler_options: dict | None = None, hybrid=None,
-                   guidance_interval: tuple[float, float] | None = None, bf16: bool = False):
+                   guidance_interval: tuple[float, float] | None = None, bf16: bool = False, autoguide=None):
     """uint8 sample batches [n, C, H, W] on the CPU, one per `batch` seeds (under torchrun the processes share the
     seeds and rank 0 alone yields the batches, the same ones: `pipeline.generate_sharded`; `bf16`: the network
     under bfloat16 autocast). `z` [N, m] fixes the latents (else
     `prior` draws them); `class_labels` [N] fixes the classes (else seed % num_classes for a class-conditional
-    model); `sampler_options` go to the sampler (restart's intervals), `hybrid` to `generate`. A sample depends on
+    model); `sampler_options` go to the sampler (restart's intervals), `hybrid` and `autoguide` (autoguidance.py)
+    to `generate`. A sample depends on
     its seed only, not on `batch` (see pipeline.generate)."""
     seeds = list(seeds)
     device = next(model.parameters()).device
@@ -87,7 +88,7 @@ def sample_batches(model, prior, seeds: Sequence[int], *, z: torch.Tensor | None
     for _, x, _ in generate_sharded(model, seeds, karras_sigmas(steps, device=device), batch=batch, z=z,
                                     class_labels=labels, sampler=sampler_from_name(sampler, **(sampler_options or {})),
                                     prior=prior, guidance=guidance, guidance_interval=guidance_interval,
-                                    prior_temperature=prior_temperature, hybrid=hybrid,
+                                    prior_temperature=prior_temperature, hybrid=hybrid, autoguide=autoguide,
                                     **({"bf16": True} if bf16 else {})):
         yield to_uint8(x).cpu()
 
@@ -102,15 +103,20 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                guidance: float = 0.0, batch: int = 128, progress: bool = False, desc: str = "sampling + features",
                cache: FIDCache | None = None, model_key=None, bootstrap: int = 0,
                sampler_options: dict | None = None, hybrid=None,
-               guidance_interval: tuple[float, float] | None = None, prior_temperature: float = 1.0) -> dict:
+               guidance_interval: tuple[float, float] | None = None, prior_temperature: float = 1.0,
+               autoguide=None) -> dict:
     """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
     latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
     record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
     prior); `sampler_options` go to the sampler (e.g. S_churn, restart's intervals), `hybrid` (second model,
     switch sigma) to `generate` (name the pair in `model_key`: the key records only the switch sigma);
     `guidance_interval` (lo, hi) limits the guidance to lo < sigma <= hi; `prior_temperature` scales the prior's
-    draws."""
+    draws; `autoguide` (autoguidance.Autoguide, or (weak model, w[, interval])) guides with a weak model, whose
+    passes "network_passes" counts too."""
+    from ..autoguidance import as_autoguide
+
     require_image_model(model, "FID")
+    autoguide = as_autoguide(autoguide)
     if z is None:
         require_prior(model, prior, "sampling")
     if len(seeds) < 2:
@@ -126,6 +132,8 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
         key += (("guidance interval", *map(float, guidance_interval)),)
     if prior_temperature != 1.0:
         key += (("prior temperature", float(prior_temperature)),)
+    if autoguide is not None:
+        key += (("autoguidance", id(autoguide.model), float(autoguide.weight), autoguide.interval, autoguide.latents),)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
@@ -133,14 +141,16 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                                                   sampler=sampler, guidance=guidance, batch=batch,
                                                   sampler_options=sampler_options, hybrid=hybrid,
                                                   guidance_interval=guidance_interval,
-                                                  prior_temperature=prior_temperature)
+                                                  prior_temperature=prior_temperature, autoguide=autoguide)
                for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
     evaluations = nfe(sampler, steps, **(sampler_options or {}))
     result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
               "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
               "sampler_options": dict(sampler_options or {}), "guidance": float(guidance), "nfe": evaluations,
-              "network_passes": evaluations * model.guidance_passes(guidance),  # at most, with an interval
+              # at most, with an interval; autoguidance adds one pass of the weak model per evaluation
+              "network_passes": evaluations * (model.guidance_passes(guidance) + (autoguide is not None)),
+              "autoguidance": 0.0 if autoguide is None else float(autoguide.weight),
               "guidance_interval": None if guidance_interval is None else list(map(float, guidance_interval)),
               "prior_temperature": float(prior_temperature),
               "seconds": round(time.perf_counter() - t0, 2)}

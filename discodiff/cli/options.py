@@ -120,19 +120,37 @@ def hybrid_options(f):
     return f
 
 
+def autoguidance_options(f):
+    """--autoguide-run, --autoguidance, --autoguidance-interval and --autoguide-latents (autoguidance.py)."""
+    f = click.option("--autoguide-latents", type=click.Choice(["z", "null"]), default=None,
+                     help="What the weak model is given: z, the run's latents (only for a weak run trained on the "
+                          "run's frozen encoder, `train --weak-of`), or null, its null latent (default: z when its "
+                          "encoder is the run's, else null; a plain weak run gets none).")(f)
+    f = click.option("--autoguidance-interval", default=None, metavar="LO,HI",
+                     help="Autoguide only at noise levels LO < sigma <= HI (default: every step).")(f)
+    f = click.option("--autoguidance", type=float, default=None, metavar="W",
+                     help="With --autoguide-run: the autoguidance weight w, D~ = D + w (D - D_weak), added to any "
+                          "latent or class guidance (0: none).")(f)
+    f = click.option("--autoguide-run", type=RUN_DIR, default=None,
+                     help="Autoguidance (Karras et al. 2024): a weak run of the same data (smaller, trained for less; "
+                          "`discodiff train --weak-of RUN`) that guides this run's model; one more network evaluation "
+                          "per step, counted.")(f)
+    return f
+
+
 def guidance_interval_option(f):
     return click.option("--guidance-interval", default=None, metavar="LO,HI",
                         help="Guide only at noise levels LO < sigma <= HI, conditional sampling elsewhere (one "
                              "network pass there), e.g. 0.28,5.42 (default: guidance at every step).")(f)
 
 
-def parse_guidance_interval(text: str | None) -> tuple[float, float] | None:
-    """(lo, hi) of --guidance-interval "LO,HI", 0 <= lo < hi; None when not given."""
+def parse_guidance_interval(text: str | None, flag: str = "--guidance-interval") -> tuple[float, float] | None:
+    """(lo, hi) of --guidance-interval "LO,HI" (or another `flag`), 0 <= lo < hi; None when not given."""
     if text is None:
         return None
-    values = parse_list(text, float, "--guidance-interval")
+    values = parse_list(text, float, flag)
     if len(values) != 2 or not 0 <= values[0] < values[1]:
-        raise ConfigError(f"--guidance-interval takes LO,HI with 0 <= LO < HI, got {text!r}")
+        raise ConfigError(f"{flag} takes LO,HI with 0 <= LO < HI, got {text!r}")
     return values[0], values[1]
 
 
@@ -217,6 +235,10 @@ class SamplingArgs:
     restart_intervals: str | None = None
     hybrid_run: Path | None = None
     switch_sigma: float | None = None
+    autoguide_run: Path | None = None
+    autoguidance: float | None = None
+    autoguidance_interval: str | None = None
+    autoguide_latents: str | None = None
 
 
 SAMPLING_PARAMS = tuple(f.name for f in fields(SamplingArgs))
@@ -226,7 +248,7 @@ SAMPLING_PARAMS = tuple(f.name for f in fields(SamplingArgs))
 class Sampling:
     """Resolved sampling settings (`resolve_sampling`): everything the sampler call gets. `options` are the sampler
     function's keywords (S_churn for edm, restart's intervals); `hybrid` is (second model, switch sigma) once
-    `load_hybrid` has loaded it."""
+    `load_hybrid` has loaded it, `autoguide` the autoguidance.Autoguide once `load_autoguide` has (w = 0: None)."""
     sampler: str
     steps: int
     options: dict
@@ -237,6 +259,11 @@ class Sampling:
     hybrid_run: Path | None = None
     switch_sigma: float | None = None
     hybrid: tuple | None = None
+    autoguide_run: Path | None = None
+    autoguidance: float = 0.0
+    autoguidance_interval: tuple[float, float] | None = None
+    autoguide_latents: str | None = None
+    autoguide: object | None = None
 
     @property
     def churn(self) -> float | None:
@@ -251,13 +278,13 @@ class Sampling:
     def generate_options(self) -> dict:
         """Keywords of `pipeline.generate` / `generate_batches` (with the sigmas of `self.steps`)."""
         return {"sampler": self.sampler_fn(), "guidance": self.guidance, "guidance_interval": self.guidance_interval,
-                "prior_temperature": self.prior_temperature, "hybrid": self.hybrid}
+                "prior_temperature": self.prior_temperature, "hybrid": self.hybrid, "autoguide": self.autoguide}
 
     def extra_options(self) -> dict:
         """The keywords of `analysis.quality.sample_batches` and `sample_fid` beyond steps, sampler and guidance:
         what the analyses take as their `sampling` argument."""
         return {"sampler_options": dict(self.options), "guidance_interval": self.guidance_interval,
-                "prior_temperature": self.prior_temperature, "hybrid": self.hybrid}
+                "prior_temperature": self.prior_temperature, "hybrid": self.hybrid, "autoguide": self.autoguide}
 
     def batch_options(self) -> dict:
         """Keywords of `analysis.quality.sample_batches` and `sample_fid`, which take the sampler by name."""
@@ -275,7 +302,16 @@ class Sampling:
             name = f"restart {self.restart_preset or 'intervals'}"
         else:
             name = self.sampler
-        return f"{name}, {self.steps} steps"
+        guided = "" if self.autoguide is None else f", {self.describe_autoguidance()}"
+        return f"{name}, {self.steps} steps{guided}"
+
+    def describe_autoguidance(self) -> str:
+        """"autoguidance 1.5 by R0 (null latent) at 0.1 < sigma <= 5" for the status lines; "" without it."""
+        if self.autoguide is None:
+            return ""
+        given = {"z": "the run's latents", "null": "null latent", None: "no latents"}[self.autoguide.latents]
+        return (f"autoguidance {self.autoguidance:g} by {self.autoguide_run} ({given})"
+                f"{describe_guidance_interval(self.autoguidance_interval)}")
 
     def record(self) -> dict:
         """What a results file records of the sampling settings."""
@@ -284,7 +320,16 @@ class Sampling:
                 "guidance_interval": None if self.guidance_interval is None else list(self.guidance_interval),
                 "prior_temperature": self.prior_temperature,
                 "hybrid_run": None if self.hybrid is None else str(self.hybrid_run),
-                "switch_sigma": None if self.hybrid is None else self.switch_sigma}
+                "switch_sigma": None if self.hybrid is None else self.switch_sigma,
+                **self.record_autoguidance()}
+
+    def record_autoguidance(self) -> dict:
+        """What a results file records of autoguidance (the weak run, w, its interval, what the weak model is given:
+        "z", "null" or "none")."""
+        on = self.autoguide is not None
+        return {"autoguide_run": str(self.autoguide_run) if on else None, "autoguidance": self.autoguidance if on else 0.0,
+                "autoguidance_interval": list(self.autoguidance_interval) if on and self.autoguidance_interval else None,
+                "autoguide_latents": (self.autoguide.latents or "none") if on else None}
 
 
 def resolve_sampling(args: SamplingArgs, defaults) -> Sampling:
@@ -299,25 +344,62 @@ def resolve_sampling(args: SamplingArgs, defaults) -> Sampling:
         options = {**options, "S_churn": float(args.churn)}
     if (args.hybrid_run is None) != (args.switch_sigma is None):
         raise ConfigError("--hybrid-run and --switch-sigma go together: give both or neither")
+    if (args.autoguide_run is None) != (args.autoguidance is None):
+        raise ConfigError("--autoguide-run and --autoguidance go together: give both or neither")
+    if args.autoguide_run is None and (args.autoguidance_interval or args.autoguide_latents):
+        raise ConfigError("--autoguidance-interval and --autoguide-latents apply to --autoguide-run")
+    if args.autoguide_run is not None and args.hybrid_run is not None:
+        raise ConfigError("--autoguide-run and --hybrid-run do not go together (the hybrid's second model would go "
+                          "unguided)")
     return Sampling(sampler=sampler, steps=steps, options=options,
                     guidance=defaults.guidance if args.guidance is None else args.guidance,
                     guidance_interval=parse_guidance_interval(args.guidance_interval),
                     prior_temperature=(defaults.prior_temperature if args.prior_temperature is None
                                        else args.prior_temperature),
-                    restart_preset=args.restart_preset, hybrid_run=args.hybrid_run, switch_sigma=args.switch_sigma)
+                    restart_preset=args.restart_preset, hybrid_run=args.hybrid_run, switch_sigma=args.switch_sigma,
+                    autoguide_run=args.autoguide_run, autoguidance=args.autoguidance or 0.0,
+                    autoguidance_interval=parse_guidance_interval(args.autoguidance_interval,
+                                                                  "--autoguidance-interval"),
+                    autoguide_latents=args.autoguide_latents)
 
 
 def load_sampling_hybrid(sampling: Sampling, run, device) -> Sampling:
-    """Loads the second model of --hybrid-run into `sampling.hybrid` (see `load_hybrid`); returns `sampling`."""
+    """Loads the second model of --hybrid-run into `sampling.hybrid` (see `load_hybrid`) and the weak model of
+    --autoguide-run into `sampling.autoguide` (see `load_autoguide`); returns `sampling`."""
     sampling.hybrid = load_hybrid(run, sampling.hybrid_run, sampling.switch_sigma, device)
+    sampling.autoguide = load_autoguide(run, sampling, device)
     return sampling
+
+
+def load_autoguide(run, sampling: Sampling, device):
+    """The autoguidance.Autoguide of --autoguide-run / --autoguidance / --autoguidance-interval /
+    --autoguide-latents, or None (none asked, or w = 0). Refused in one line, before the weak model is loaded, when
+    the weak run does not fit `run` (autoguidance.check_runs: another data set, shape, class count, sigma_data,
+    process, or latents of another structure for --autoguide-latents z); the weak model is given z only when its
+    encoder is the run's (else refused if asked for, or the null latent by default)."""
+    from ..autoguidance import Autoguide, check_runs, latent_form
+    from ..runs import Run
+
+    if sampling.autoguide_run is None:
+        return None
+    weak_run = Run(sampling.autoguide_run)
+    check_runs(run.config, weak_run.config, sampling.autoguide_run, sampling.autoguide_latents)
+    if not sampling.autoguidance:
+        return None
+    weak = weak_run.load_model(device)
+    if not weak.num_latents or sampling.autoguide_latents == "null":
+        form = "null" if weak.num_latents else "none"
+    else:  # z if the weak model's encoder is the run's (compared on the CPU)
+        form = latent_form(run.load_model("cpu"), weak, sampling.autoguide_latents)
+    return Autoguide(weak, sampling.autoguidance, sampling.autoguidance_interval, None if form == "none" else form)
 
 
 def sampling_options(f=None, *, guidance: bool = True):
     """The sampling options of every command that samples (`sample`, `fid gen`, the analyses that sample): --steps,
     --sampler, --churn, Restart's --restart-preset / --restart-intervals, --guidance (left out with
-    `guidance=False`, for a command that sets the weight itself), --guidance-interval, --prior-temperature and
-    --hybrid-run / --switch-sigma. The command gets them as one argument, `sampling` (a SamplingArgs), which
+    `guidance=False`, for a command that sets the weight itself), --guidance-interval, --prior-temperature,
+    --hybrid-run / --switch-sigma and autoguidance's --autoguide-run / --autoguidance / --autoguidance-interval /
+    --autoguide-latents. The command gets them as one argument, `sampling` (a SamplingArgs), which
     `resolve_sampling` turns into the sampler call's settings. Use as `@sampling_options` or
     `@sampling_options(guidance=False)`."""
     def decorate(f):
@@ -344,6 +426,7 @@ def sampling_options(f=None, *, guidance: bool = True):
                          help="Temperature of the prior's draws (> 0; default: the run's config): of its categorical "
                               "draws, or for continuous latents the scale of the diffusion prior's initial noise."),
             hybrid_options,
+            autoguidance_options,
         ]
         for opt in reversed(opts):  # listed in this order in --help
             command = opt(command)

@@ -31,7 +31,8 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
     """Draw samples: latents from the prior, then the diffusion ODE/SDE conditioned on them.
 
     Writes OUT (.npz: `x`, `z` (int64 [N, m], or float32 [N, D] for continuous latents), `seeds`, and `labels` /
-    `traj` when asked, `hybrid_run` / `switch_sigma` for a hybrid) in bounded memory, whatever --num, and for image
+    `traj` when asked, `hybrid_run` / `switch_sigma` for a hybrid, `autoguide_run` / `autoguidance` with
+    autoguidance) in bounded memory, whatever --num, and for image
     models a PNG grid of the first samples beside it.
 
     Several GPUs: torchrun --standalone --nproc_per_node=8 -m discodiff -- sample --run-dir R --num 50000 --out
@@ -99,21 +100,28 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
         arrays["traj"] = ([steps + 1, num, *shape], np.float32)
     if hybrid is not None:
         arrays["hybrid_run"], arrays["switch_sigma"] = ([], f"<U{max(len(str(hybrid_run)), 1)}"), ([], np.float64)
+    if resolved.autoguide is not None:
+        arrays["autoguide_run"] = ([], f"<U{max(len(str(resolved.autoguide_run)), 1)}")
+        arrays["autoguidance"] = ([], np.float64)
     writer = NpzStreamWriter(out, arrays) if dist.is_main() else NullWriter(arrays)  # rank 0 writes
-    with writer, PassCounter(model, *(hybrid[:1] if hybrid else ())) as passes:
+    weak = resolved.autoguide.model if resolved.autoguide is not None else None
+    with writer, PassCounter(model, *(hybrid[:1] if hybrid else ()), *((weak,) if weak is not None else ())) as passes:
         a = writer.arrays
         a["seeds"][:] = seeds
         if class_label is not None:
             a["labels"][:] = class_label
         if hybrid is not None:
             a["hybrid_run"][...], a["switch_sigma"][...] = str(hybrid_run), switch_sigma
+        if resolved.autoguide is not None:
+            a["autoguide_run"][...], a["autoguidance"][...] = str(resolved.autoguide_run), resolved.autoguidance
         i = 0
         callback, points = trajectory_recorder() if trajectory else (None, None)
         for chunk, x, z in generate_sharded(model, seeds, sigmas, batch=batch, sampler=sampler_fn, prior=prior,
                                             z=row_z, class_labels=class_label, guidance=guidance,
                                             class_guidance=class_guidance, guidance_interval=interval,
-                                            prior_temperature=prior_temperature,
-                                            hybrid=hybrid, callback=callback, progress=True, bf16=bf16):
+                                            prior_temperature=prior_temperature, hybrid=hybrid,
+                                            autoguide=resolved.autoguide, callback=callback, progress=True,
+                                            bf16=bf16):
             a["x"][i:i + len(chunk)] = to_output(x, kind)
             a["z"][i:i + len(chunk)] = z.cpu().numpy()
             if trajectory:
@@ -132,8 +140,11 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
     calls = None
     if interval is not None and batched > 1:  # only some calls are guided: count them per trajectory
         weights += describe_guidance_interval(interval)
-        calls = passes.calls // own_batches
-    cost = describe_passes(steps, passes.total // own_samples, batched, calls)
+        calls = passes.calls_of[0] // own_batches  # (the model's own calls, the weak model's apart)
+    weak_calls = passes.calls_of[-1] // own_batches if weak is not None else 0
+    if weak is not None:
+        weights += ", " + resolved.describe_autoguidance()
+    cost = describe_passes(steps, passes.total // own_samples, batched, calls, weak_calls)
     click.echo(f"wrote {num} samples ({sampler}, {settings}{cost}, {weights}) to {out}")
     if hybrid is not None:
         click.echo(f"hybrid: {run_dir}'s model for sigma >= {switch_sigma:g}, {hybrid_run}'s below it")
@@ -145,14 +156,19 @@ def sample(run_dir, num, out, seed, sampling, class_label, class_guidance, traje
 
 
 
-def describe_passes(steps: int, evaluations: int, batched: int = 1, calls: int | None = None) -> str:
+def describe_passes(steps: int, evaluations: int, batched: int = 1, calls: int | None = None, weak: int = 0) -> str:
     """The cost line `sample` prints: "18 steps = 35 network evaluations per sample", and with guidance, whose
     passes run as one network call on a batch `batched` times larger (DiscoDiff.make_denoiser), "18 steps = 70
     network evaluations per sample (35 network calls on a doubled batch: guidance)". With a guidance interval only
-    some of the `calls` are guided: "(35 network calls, those in the guidance interval on a doubled batch)"."""
+    some of the `calls` are guided: "(35 network calls, those in the guidance interval on a doubled batch)".
+    Autoguidance's `weak` calls of the weak model per sample (one sample each) are part of `evaluations` and named
+    apart: "18 steps = 70 network evaluations per sample (35 of the model; 35 of the weak model: autoguidance)"."""
     line = f"{steps} steps = {evaluations} network evaluations per sample"
+    own, parts = evaluations - weak, []
     if batched > 1:
         size = {2: "doubled", 3: "tripled"}.get(batched, f"{batched}x")
-        line += (f" ({evaluations // batched} network calls on a {size} batch: guidance)" if calls is None else
-                 f" ({calls} network calls, those in the guidance interval on a {size} batch)")
-    return line
+        parts.append(f"{own // batched} network calls on a {size} batch: guidance" if calls is None else
+                     f"{calls} network calls, those in the guidance interval on a {size} batch")
+    if weak:
+        parts = (parts or [f"{own} of the model"]) + [f"{weak} of the weak model: autoguidance"]
+    return line + (f" ({'; '.join(parts)})" if parts else "")

@@ -50,6 +50,18 @@ def _needs_user_data(run_dir, preset, overrides) -> bool:
                    "its EMA start from RUN's EMA weights, the encoder and latent path fresh, with no effect at first. "
                    "--kimg counts this run's own images; --set train.new_parts_lr=LR gives the new parts their own "
                    "learning rate.")
+@click.option("--encoder-from", "encoder_from", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="Train autoguidance's weak model of the DisCo-Diff run RUN: this run takes RUN's encoder weights "
+                   "(checked by sha256), frozen, and its latents and data, so that the two models read z alike "
+                   "(sample --autoguide-run THIS_RUN). --weak-of does this and sizes the run down in one go.")
+@click.option("--weak-of", "weak_of", type=click.Path(path_type=Path), default=None, metavar="RUN",
+              help="A cheap weak run for autoguidance, built from RUN's config: the denoiser's width times "
+                   "--width-scale, RUN's kimg times --kimg-scale, the same data, latents and (frozen) encoder as "
+                   "--encoder-from RUN; with --latents 0 a plain EDM weak model. Other options apply on top.")
+@click.option("--width-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="With --weak-of: the weak denoiser's width (model_channels) over RUN's (default 0.5).")
+@click.option("--kimg-scale", type=click.FloatRange(min=0, max=1, min_open=True), default=None,
+              help="With --weak-of: the weak run's training images over RUN's (default 0.25).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override any config entry, e.g. --set model.tau=0.5.")
 @click.option("--dry-run", is_flag=True,
               help="Print the resolved config (stdout) and each part's parameter count (stderr; counted on the meta "
@@ -57,7 +69,8 @@ def _needs_user_data(run_dir, preset, overrides) -> bool:
                    "here: its declared image shape and classes are used.")
 @click.option("--quiet", is_flag=True, help="No status lines (log.txt and stats.jsonl are still written).")
 def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, kl_weight, kimg, seed, batch, batch_gpu,
-          lr, data_path, cache_dir, cond, init_from, sets, dry_run, quiet):
+          lr, data_path, cache_dir, cond, init_from, encoder_from, weak_of, width_scale, kimg_scale, sets, dry_run,
+          quiet):
     """Stage I: train the denoiser and the encoder jointly (resumes an existing run directory)."""
     from .. import dist
     from ..runs import Run, resolve_run, run_lock
@@ -68,10 +81,13 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     train_o = {k: v for k, v in {"kimg": kimg, "seed": seed, "batch": batch, "batch_gpu": batch_gpu, "lr": lr}.items()
                if v is not None}
     overrides = merge({"model": model_o, "train": train_o}, parse_key_values(sets))
+    if weak_of is not None or width_scale is not None or kimg_scale is not None:
+        preset, overrides, encoder_from, cond, weak_data = weak_run_settings(
+            run_dir, weak_of, width_scale, kimg_scale, preset, overrides, encoder_from, init_from, data_path, cond)
     if cache_dir is not None:  # (not part of the run's config: a resumed run may decode elsewhere)
         os.environ["DISCODIFF_CACHE_DIR"] = str(cache_dir)
     overrides = fit_encoder_to_latent_type(run_dir, preset, overrides)
-    data = None
+    data = weak_data if weak_of is not None else None
     if data_path is not None:
         path = Path(data_path)  # resolved, so that the run resumes from any working directory
         data = DataConfig(name="path", path=str(path.resolve()) if path.exists() else data_path, options={})
@@ -84,7 +100,7 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
             cfg.model.num_classes = 0
     else:
         cfg, dataset = resolve_run(run_dir, preset=preset, overrides=overrides, data=data, cond=cond,
-                                   init_from=init_from)
+                                   init_from=init_from, encoder_from=encoder_from)
     if dry_run:
         from ..sizes import describe, parameter_counts
         click.echo(json.dumps(cfg.to_dict(), indent=2))
@@ -106,6 +122,50 @@ def train(preset, run_dir, num_latents, codebook_size, latent_type, latent_dim, 
     finally:
         dist.shutdown()
     dist.exit_worker()
+
+
+def weak_run_settings(run_dir, weak_of, width_scale, kimg_scale, preset, overrides: dict, encoder_from, init_from,
+                      data_path, cond):
+    """(preset, overrides, encoder_from, cond, data) for `train --weak-of RUN`: a new run's whole config from RUN's
+    (autoguidance.weak_overrides: width times --width-scale, kimg times --kimg-scale, RUN's data), on RUN's frozen
+    encoder unless --latents 0 asks for a plain weak model; the command's other options on top. An existing run
+    resumes, provided it was made from RUN."""
+    from ..autoguidance import encoder_record, weak_kimg_note, weak_overrides
+    from ..runs import Run
+    from .options import info
+
+    if weak_of is None:
+        raise ConfigError("--width-scale and --kimg-scale apply to --weak-of RUN")
+    clash = [flag for flag, v in (("--preset", preset), ("--encoder-from", encoder_from), ("--init-from", init_from),
+                                  ("--data", data_path)) if v is not None]
+    if clash:
+        raise ConfigError(f"--weak-of takes the preset, data and encoder from {weak_of}; drop {', '.join(clash)}")
+    strong = Run(weak_of).config
+    plain = overrides.get("model", {}).get("num_latents") == 0
+    if (Path(run_dir) / CONFIG).exists():  # resume: the run must be a weak run of RUN
+        record = Run(run_dir).config.train.encoder_from
+        if record is not None and Path(record["run"]) != Path(weak_of).resolve():
+            raise ConfigError(f"{run_dir} takes its encoder from {record['run']}, not {weak_of}; use a new --run-dir")
+        if width_scale is not None or kimg_scale is not None:
+            raise ConfigError(f"{run_dir} already holds a run: --width-scale and --kimg-scale size a new one; resume "
+                              f"it with --kimg to train it longer")
+        return None, {k: v for k, v in overrides.items() if k != "model" or v}, None, cond, None
+    if "kimg" in overrides.get("train", {}) and kimg_scale is not None:
+        raise ConfigError("--kimg and --kimg-scale both set the weak run's budget; give one")
+    if not plain:
+        encoder_record(weak_of)  # (a plain RUN has no encoder to share: refused here, in one line)
+    base = weak_overrides(strong, width_scale=0.5 if width_scale is None else width_scale,
+                          kimg_scale=0.25 if kimg_scale is None else kimg_scale, plain=plain)
+    if not plain:  # the latents and the encoder come from RUN (resolve_run with encoder_from), not as overrides
+        base["model"] = {k: v for k, v in base["model"].items() if k != "regularisers"}
+    merged = merge(base, overrides)
+    network = merged["model"]["network"]
+    width = ", ".join(f"{k} {network[k]}" for k in ("model_channels", "hidden") if k in network)
+    info(f"weak run of {weak_of}: {width}, {weak_kimg_note(strong, merged['train']['kimg'])}, "
+         + ("a plain EDM model (m = 0)" if plain else "on its frozen encoder"))
+    data = DataConfig(strong.data.name, strong.data.path, dict(strong.data.options))
+    return (strong.preset, merged, None if plain else weak_of,
+            bool(strong.model.num_classes) if cond is None else cond, data)
 
 
 def fit_encoder_to_latent_type(run_dir, preset: str | None, overrides: dict) -> dict:

@@ -84,7 +84,10 @@ def init_encoder_from_data(encoder: nn.Module | None, y, dataset=None) -> None:
     k-means++ prototypes of the MLP encoder, the ViT's k-means heads: an `init_from_data` method), or on `dataset`,
     the whole training set (the k-means encoder's centroids: an `init_from_dataset` method). A no-op for encoders
     without either, or without an encoder. Under DDP every rank then takes rank 0's parameters and buffers, so all
-    start from the same initialisation."""
+    start from the same initialisation. An encoder marked `frozen` (another run's, copied: autoguidance.py) is left
+    as it is."""
+    if getattr(encoder, "frozen", False):
+        return
     whole = getattr(encoder, "init_from_dataset", None)
     if whole is not None and dataset is not None:
         done = whole(dataset)

@@ -15,6 +15,7 @@ from ..config import RunConfig
 from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
+from ..autoguidance import freeze_encoder
 from ..finetune import group_lrs, load_base_weights, parameter_groups
 from ..model import DiscoDiff
 from ..latents import prior_class
@@ -87,6 +88,8 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         load_base_weights(model, t.init_from)
         log.line(f"stage I starts from the plain run {t.init_from['run']} (EMA weights, sha256 "
                  f"{t.init_from['sha256'][:12]}); the encoder and the latent path start fresh")
+    if t.encoder_from is not None:  # autoguidance's weak model: the strong run's encoder, frozen (before the EMA)
+        freeze_encoder(model, t.encoder_from, load=state is None)
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
     base_lrs = group_lrs(cfg)  # [lr] (a fine-tuned run: [lr, new_parts_lr]), one per parameter group
     opt = torch.optim.Adam(parameter_groups(model, cfg), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
