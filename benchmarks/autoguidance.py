@@ -42,7 +42,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
 from benchmarks.common import (DOCS, QUICK_MODEL, RESULTS, _logged_seconds, add_run_options, differ,  # noqa: E402
-                               finished, fid_text, kid_text, log, ratio_text, reference_and_floor, write_report)
+                               fid_cache, fid_text, finished, kid_text, log, ratio_text, reference_and_floor,
+                               write_report)
 
 QUICK_SETS = ["--set", "model.network.model_channels=8", "--set", "model.network.channels_per_head=8",
               "--set", "model.network.latent_dim=16", "--set", "model.network.latent_heads=2",
@@ -130,7 +131,7 @@ def rows_of(args) -> list[dict]:
     return rows
 
 
-def measure(row: dict, runs: dict, models: dict, sampler: str, budget: int, seeds, ref, det, args) -> dict:
+def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds, ref, det, args, cache) -> dict:
     from discodiff.analysis.quality import sample_fid
     from discodiff.autoguidance import Autoguide
     from discodiff.pipeline import PassCounter
@@ -143,11 +144,22 @@ def measure(row: dict, runs: dict, models: dict, sampler: str, budget: int, seed
     with PassCounter(model, *([weak] if weak is not None else [])) as counter:
         r = sample_fid(model, prior, seeds, ref, det, steps=steps, sampler=sampler, guidance=row.get("guidance", 0.0),
                        guidance_interval=row.get("interval"), autoguide=guide, batch=args.batch,
-                       bootstrap=args.bootstrap)
-    evaluations = counter.total / len(seeds)
+                       bootstrap=args.bootstrap, cache=cache, model_key=(seed, row["strong"], row.get("weak")))
+    if counter.total:  # (a row found in the cache samples nothing: its evaluations come from the cache)
+        r["evaluations"] = counter.total / len(seeds)
+        r["weak_evaluations"] = counter.samples_of[-1] / len(seeds) if weak is not None else 0.0
+        cache[cache_key(row, seed, sampler, budget)] = r
+    elif cache_key(row, seed, sampler, budget) in cache:
+        r = cache[cache_key(row, seed, sampler, budget)]
+    evaluations = r.get("evaluations")
     return {**{k: v for k, v in row.items()}, "sampler": sampler, "budget": budget, "steps": steps,
-            "evaluations": evaluations, "weak_evaluations": counter.samples_of[-1] / len(seeds) if weak else 0,
+            "evaluations": evaluations, "weak_evaluations": r.get("weak_evaluations"),
             **{k: r[k] for k in ("fid", "fid_std", "kid", "kid_std", "diversity") if k in r}}
+
+
+def cache_key(row: dict, seed: int, sampler: str, budget: int) -> tuple:
+    """The disk cache's key of a row's measured evaluations (beside sample_fid's own entries)."""
+    return ("evaluations", seed, sampler, budget, tuple(sorted((k, repr(v)) for k, v in row.items())))
 
 
 def targets(rows: list[dict]) -> list[dict]:
@@ -242,6 +254,8 @@ def main(argv=None) -> int:
         images = to_uint8(load_dataset(first.data).x)
         ref, floor, _ = reference_and_floor(images, det, out, args.num, 0, args.bootstrap)
         rows, seconds = [], {}
+        # a disk cache of every FID (kept while the runs' weights are the same), so an interrupted measurement resumes
+        cache = fid_cache(out, [d.name for r in runs.values() for d in r.values()], args.num, "fid-cache.json")
         for seed, r in runs.items():
             models = {}
             for name, d in r.items():
@@ -253,7 +267,8 @@ def main(argv=None) -> int:
             for sampler in args.samplers:
                 for budget in args.budgets:
                     for row in rows_of(args):
-                        res = {"seed": seed, **measure(row, r, models, sampler, budget, seeds, ref, det, args)}
+                        res = {"seed": seed, **measure(row, seed, models, sampler, budget, seeds, ref, det, args,
+                                                       cache)}
                         rows.append(res)
                         w = f" w {row['w']:g}" if "w" in row else ""
                         lg = f" LG {row['guidance']:g}@{row.get('interval')}" if "guidance" in row else ""
@@ -269,7 +284,7 @@ def main(argv=None) -> int:
         log(f"seed {g['seed']} {g['sampler']} budget {g['budget']}: EDM {g['edm']:.3f}, EDM + AG {edm_ag}, "
             f"best DisCo ({g['best_disco']}) / best EDM ({g['best_edm']}) = {g['ratio_text']} "
             f"(<= 0.90: {g['ratio_met']}, apart: {g['apart']})")
-    plot_path = (out if args.quick else DOCS) / f"autoguidance-{args.preset}-fid-vs-nfe.png"
+    plot_path = (out if args.quick else DOCS) / f"{path.stem}-fid-vs-nfe.png"
     try:
         plot(rows, plot_path)
     except ImportError:

@@ -112,7 +112,8 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     switch sigma) to `generate` (name the pair in `model_key`: the key records only the switch sigma);
     `guidance_interval` (lo, hi) limits the guidance to lo < sigma <= hi; `prior_temperature` scales the prior's
     draws; `autoguide` (autoguidance.Autoguide, or (weak model, w[, interval])) guides with a weak model, whose
-    passes "network_passes" counts too."""
+    passes "network_passes" counts too (name the weak model in `model_key`: the key then records only its
+    settings)."""
     from ..autoguidance import as_autoguide
 
     require_image_model(model, "FID")
@@ -133,7 +134,8 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     if prior_temperature != 1.0:
         key += (("prior temperature", float(prior_temperature)),)
     if autoguide is not None:
-        key += (("autoguidance", id(autoguide.model), float(autoguide.weight), autoguide.interval, autoguide.latents),)
+        weak = id(autoguide.model) if model_key is None else None  # (else `model_key` names the weak model too)
+        key += (("autoguidance", weak, float(autoguide.weight), autoguide.interval, autoguide.latents),)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
