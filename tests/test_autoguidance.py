@@ -224,6 +224,13 @@ def test_weak_of_builds_a_smaller_shorter_run_on_the_frozen_encoder(runs):
     assert plain.train.kimg == strong.train.kimg * 0.5
 
 
+def test_the_weak_run_of_a_plain_run_is_plain(runs, tmp_path):
+    main(["train", "--weak-of", str(runs / "R0plain"), "--run-dir", str(tmp_path / "w"), "--dry-run", "--quiet"])
+    main(["train", "--weak-of", str(runs / "R0plain"), "--run-dir", str(tmp_path / "w"), "--quiet"])
+    cfg = Run(tmp_path / "w").config
+    assert cfg.model.num_latents == 0 and cfg.train.encoder_from is None and cfg.model.network["model_channels"] == 4
+
+
 def test_a_resumed_weak_run_keeps_the_encoder(runs, tmp_path):
     import shutil
     shutil.copytree(runs / "R0", tmp_path / "R0")

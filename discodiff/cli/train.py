@@ -128,7 +128,8 @@ def weak_run_settings(run_dir, weak_of, width_scale, kimg_scale, preset, overrid
                       data_path, cond):
     """(preset, overrides, encoder_from, cond, data) for `train --weak-of RUN`: a new run's whole config from RUN's
     (autoguidance.weak_overrides: width times --width-scale, kimg times --kimg-scale, RUN's data), on RUN's frozen
-    encoder unless --latents 0 asks for a plain weak model; the command's other options on top. An existing run
+    encoder unless --latents 0 asks for a plain weak model (a plain RUN's is plain); the command's other options on
+    top. An existing run
     resumes, provided it was made from RUN."""
     from ..autoguidance import encoder_record, weak_kimg_note, weak_overrides
     from ..runs import Run
@@ -141,7 +142,9 @@ def weak_run_settings(run_dir, weak_of, width_scale, kimg_scale, preset, overrid
     if clash:
         raise ConfigError(f"--weak-of takes the preset, data and encoder from {weak_of}; drop {', '.join(clash)}")
     strong = Run(weak_of).config
-    plain = overrides.get("model", {}).get("num_latents") == 0
+    if not strong.model.num_latents and overrides.get("model", {}).get("num_latents"):
+        raise ConfigError(f"--weak-of: {weak_of} is a plain run (m = 0); its weak run is plain too (drop --latents)")
+    plain = overrides.get("model", {}).get("num_latents") == 0 or not strong.model.num_latents  # (EDM's weak: EDM)
     if (Path(run_dir) / CONFIG).exists():  # resume: the run must be a weak run of RUN
         record = Run(run_dir).config.train.encoder_from
         if record is not None and Path(record["run"]) != Path(weak_of).resolve():
