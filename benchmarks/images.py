@@ -13,6 +13,11 @@
 4. prints a table, the seconds of each stage and PASS / FAIL for the issue's targets, and writes
    benchmarks/results/images-<preset>.json.
 
+--features classifier measures step 3 in the hidden features of the data set's own classifier instead of Inception
+(discodiff.metrics.classifier, docs/fid.md; report images-<preset>-classifier.json), --features both in each (the
+samples are drawn once per feature space; the classifier's results go to "results_classifier"). The two spaces keep
+their reference features and FID caches in separate files of DIR.
+
 Targets (issue #4): DisCo-Diff's FID at most 0.8x the baseline's with the ODE sampler (Heun, the preset's step
 count, no guidance) at equal training budget, and a clear advantage at low NFE (here: at most 0.8x the baseline's
 FID at every step count below the preset's). FID at a few thousand samples is biased upward (KID is not);
@@ -33,9 +38,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (RESULTS, add_run_options, differ_word, fid_cache, fid_text, floor_num,  # noqa: E402
-                               kid_text, log, log_timed, ratio_text, reference_and_floor, run_overrides,
-                               train_both, write_report)
+from benchmarks.common import (FEATURES, RESULTS, add_run_options, differ_word, feature_detector,  # noqa: E402
+                               feature_space_name, fid_cache, fid_text, floor_num, kid_text, log, log_timed,
+                               ratio_text, reference_and_floor, run_overrides, space_suffix, train_both,
+                               write_report)
 
 TARGET_RATIO = 0.8
 
@@ -47,25 +53,26 @@ def measure(out: Path, models: dict, data, det, args, seconds: dict) -> dict:
     from discodiff.data import to_uint8
 
     images = to_uint8(data.x)
-    log(f"[images] FID reference: the {len(images)} training images (features cached in {out}); floor: "
-        f"{floor_num(args.num, len(images))} of them against it")
-    ref, floor, reused = log_timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num,
-                                   args.seed, args.bootstrap)
-    cache = fid_cache(out, models, args.num)
+    suffix = space_suffix(det)  # "" for Inception: the cache files and timings of before keep their names
+    log(f"[images] FID reference ({feature_space_name(det)} features): the {len(images)} training images (features "
+        f"cached in {out}); floor: {floor_num(args.num, len(images))} of them against it")
+    ref, floor, reused = log_timed(seconds, f"fid_reference{suffix}", reference_and_floor, images, det, out,
+                                   args.num, args.seed, args.bootstrap)
+    cache = fid_cache(out, models, args.num, f"fid-cache{suffix}.json")
     seeds = list(range(args.seed, args.seed + args.num))
     common = dict(batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
     res = {"reference_reused": reused, "reference_num": len(images), "data_floor": floor,
            "data_floor_fid": floor["fid"]}
 
     log(f"[images] FID against steps {args.steps} (Heun), {args.num} samples per FID")
-    res["nfe"] = log_timed(seconds, "fid_nfe", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+    res["nfe"] = log_timed(seconds, f"fid_nfe{suffix}", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
                            **common)
     disco, prior = models["discodiff"]
     log(f"[images] oracle against prior latents ({args.default_steps} steps)")
-    res["oracle"] = log_timed(seconds, "fid_oracle", oracle_vs_prior, disco, prior, data.x, data.labels, ref, det,
+    res["oracle"] = log_timed(seconds, f"fid_oracle{suffix}", oracle_vs_prior, disco, prior, data.x, data.labels, ref, det,
                               num=args.num, seed=args.seed, steps=args.default_steps, model_key="discodiff", **common)
     log(f"[images] guidance sweep w = {args.weights} ({args.default_steps} steps)")
-    res["guidance"] = log_timed(seconds, "fid_guidance", guidance_sweep, disco, prior, args.weights, seeds, ref, det,
+    res["guidance"] = log_timed(seconds, f"fid_guidance{suffix}", guidance_sweep, disco, prior, args.weights, seeds, ref, det,
                                 steps=args.default_steps, model_key="discodiff", **common)
     return res
 
@@ -126,7 +133,10 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both runs, as `discodiff train --set` (e.g. "
                          "model.network.model_channels=8 for a quick trial)")
-    add_run_options(ap, batch=128, results="benchmarks/results/images-<preset>.json")
+    ap.add_argument("--features", choices=(*FEATURES, "both"), default="inception",
+                    help="feature space of the FIDs: Inception, the data set's own classifier (docs/fid.md), or both")
+    add_run_options(ap, batch=128, results="benchmarks/results/images-<preset>.json (with --features classifier: "
+                                           "images-<preset>-classifier.json)")
     args = ap.parse_args(argv)
     if args.num < 2:
         ap.error("--num must be at least 2")
@@ -134,12 +144,12 @@ def main(argv=None) -> int:
     from discodiff.cli.options import parse_key_values, parse_list
     from discodiff.errors import ConfigError
     from discodiff.fileio import check_writable
-    from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
-    path = args.results or RESULTS / f"images-{args.preset}.json"
+    spaces = list(FEATURES) if args.features == "both" else [args.features]
+    path = args.results or RESULTS / f"images-{args.preset}{'-classifier' if spaces == ['classifier'] else ''}.json"
     start = time.perf_counter()
     seconds: dict = {}
     try:
@@ -161,12 +171,16 @@ def main(argv=None) -> int:
             raise ConfigError(f"preset {args.preset!r} has no latents (m = 0): nothing to compare")
         args.default_steps = cfgs["discodiff"].sample.steps
         args.steps = sorted(set(args.steps or [4, 8, args.default_steps]) | {args.default_steps})
-        det = InceptionDetector.from_file(args.detector)
+        # the detectors before any training: data without labels are refused here for the classifier's features
+        dets = {space: feature_detector(space, cfgs["discodiff"].data, detector=args.detector) for space in spaces}
+        det = dets[spaces[0]]
         log(f"images benchmark: preset {args.preset}, {cfgs['discodiff'].train.kimg:g} kimg per model, {args.num} "
              f"samples per FID ({args.bootstrap} bootstrap resamples), steps {args.steps}, w {args.weights}, "
-             f"{args.threads} threads, detector backend {det.backend}; runs in {out}")
+             f"{args.threads} threads, features {' and '.join(spaces)} (detector backend {det.backend}); runs in "
+             f"{out}")
         models, reused = train_both(out, cfgs, data, seconds)
-        res = measure(out, models, data, det, args, seconds)
+        results = {space: measure(out, models, data, d, args, seconds) for space, d in dets.items()}
+        res = results[spaces[0]]
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -174,6 +188,18 @@ def main(argv=None) -> int:
     seconds["total"] = round(wall, 1)
     checks = targets(res, args.default_steps)
     table = format_table(res, args)
+    if spaces[0] != "inception":
+        checks = [(f"[{spaces[0]} features: FD for FID] {n}", ok, f) for n, ok, f in checks]
+        table = f"in the {spaces[0]}'s features (its Fréchet distance in place of the FID):\n" + table
+    extra = {}
+    if len(spaces) > 1:
+        other = results[spaces[1]]
+        extra_checks = [(f"[{spaces[1]} features: FD for FID] {n}", ok, f)
+                        for n, ok, f in targets(other, args.default_steps)]
+        extra = {"results_classifier": other, "table_classifier": format_table(other, args)}
+        table += f"\n\nin the {spaces[1]}'s features (its Fréchet distance in place of the FID):\n" + \
+            extra["table_classifier"]
+        checks = checks + extra_checks
     log("\n" + table + "\n\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items())
          + (" (reused: " + ", ".join(k for k, v in reused.items() if v) + ")" if any(reused.values()) else ""))
     log("targets:")
@@ -183,7 +209,7 @@ def main(argv=None) -> int:
     report = {
         "preset": args.preset, "wall_s": round(wall, 1),
         "seconds": seconds, "reused": reused, "overrides": args.sets, "num": args.num, "seed": args.seed,
-        "bootstrap": args.bootstrap, "detector_backend": det.backend,
+        "bootstrap": args.bootstrap, "detector_backend": det.backend, "features": spaces,
         "steps": args.steps,
         "default_steps": args.default_steps, "weights": args.weights,
         "budget": {"kimg_per_model": cfg.train.kimg, "prior_kimg": cfg.prior_train.kimg, "batch": cfg.train.batch},
@@ -195,7 +221,7 @@ def main(argv=None) -> int:
         "note": f"FID over {args.num} samples against the {len(data)} training images: biased upward relative to "
                 f"FID-50k; compare only at equal N. KID is unbiased. Ratio errors propagate the two bootstrap stds",
         "targets": [{"target": n, "pass": ok, "measured": f} for n, ok, f in checks],
-        "table": table, "results": res, "out": str(out),
+        "table": table, "results": res, **extra, "out": str(out),
     }
     write_report(report, path)
     log(f"wrote {path}; runs and caches in {out}")

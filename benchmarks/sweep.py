@@ -14,8 +14,12 @@ width, sampler steps and training seeds, with the same data, training images and
 3. Evaluation, one process per run (--jobs at a time): for every step count, --num samples with seeds 0..num-1,
    FID ± its bootstrap std and KID ± std against the training images (or a fixed subset of --ref-num of them), and
    the class frequencies of the samples as a small classifier (trained here on the data's labels) sees them, against
-   that classifier's view of the data. Each run keeps its results per step count, so a later --steps with more
-   counts evaluates only the new ones.
+   that classifier's view of the data. For a data set with labels, also the domain measure of `discodiff fid
+   --features classifier` (docs/fid.md): the Fréchet distance ± its bootstrap std, KID, class TV and mean confidence
+   in the hidden features of the data set's own cached classifier, against the same reference images ("domain" in
+   each step's results, "domain FD" in the table). Each run keeps its results per step count, so a later --steps
+   with more counts evaluates only the new ones (and a run evaluated before the domain measure existed is sampled
+   again for it alone).
 4. Report: a table, the FID ratio DisCo-Diff / baseline with its propagated error, the seed spread at the preset's
    width, two plots (the ratio against NFE for each width; the ratio against width at the most steps) in
    docs/sweep-<preset>-*.png, and benchmarks/results/sweep-<preset>.json.
@@ -290,8 +294,13 @@ def total_variation(p: np.ndarray, q: np.ndarray) -> float:
 # ---- evaluation of one run (a child process) ---------------------------------------------------------------------
 
 def evaluate_run(run_dir: Path, ref_path: Path, classifier_path: Path, steps: list[int], num: int, bootstrap: int,
-                 device: torch.device, batch: int) -> dict:
-    """{steps: {fid, fid_std, kid, kid_std, class_tv, ...}} for one run, samples with seeds 0..num-1."""
+                 device: torch.device, batch: int, *, domain_ref_path: Path | None = None,
+                 inception_steps: list[int] | None = None) -> dict:
+    """{steps: {fid, fid_std, kid, kid_std, class_tv, ..., "domain": {...}}} for one run, samples with seeds
+    0..num-1. "domain" (with `domain_ref_path`, a reference made in the classifier's features): the Fréchet distance
+    ("fid") ± its bootstrap std, KID and the class balance in the data set's own classifier (metrics/classifier.py).
+    `inception_steps`: the step counts whose Inception FID and class TV are wanted (default: all); the others get
+    "domain" alone, to complete an earlier evaluation."""
     from safetensors.torch import load_file
 
     from discodiff.analysis.quality import diversity, sample_batches
@@ -303,6 +312,13 @@ def evaluate_run(run_dir: Path, ref_path: Path, classifier_path: Path, steps: li
     model, prior = run.load_model(device), run.load_prior(device)
     ref = FIDStats.load(ref_path)
     det = InceptionDetector.from_file(device=device)
+    inception_steps = steps if inception_steps is None else inception_steps
+    clf = domain_ref = None
+    if domain_ref_path is not None:
+        from discodiff.metrics.classifier import classifier_of_reference
+
+        domain_ref = FIDStats.load(domain_ref_path)
+        clf = classifier_of_reference(domain_ref.provenance, device=device, notice=log)
     meta = json.loads(classifier_path.with_suffix(".json").read_text())
     net = SmallClassifier(meta["channels"], meta["classes"]).to(device)
     net.load_state_dict(load_file(classifier_path))
@@ -313,13 +329,24 @@ def evaluate_run(run_dir: Path, ref_path: Path, classifier_path: Path, steps: li
         t0 = time.perf_counter()
         images = torch.cat(list(sample_batches(model, prior, range(num), steps=n, batch=batch)))
         t1 = time.perf_counter()
-        stats = stats_of_images(images, det, batch=256 if device.type == "cuda" else 32)
-        freq = frequencies(predict(net, to_unit(images), device), meta["classes"])
-        out[str(n)] = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "steps": n,
-                       "nfe": nfe("heun", n), "class_tv": total_variation(freq, data_freq),
-                       "class_frequencies": freq.tolist(), "sampling_s": round(t1 - t0, 1),
-                       "seconds": round(time.perf_counter() - t0, 1)}
-        log(f"{run_dir}: {n} steps FID {out[str(n)]['fid']:.3f} class TV {out[str(n)]['class_tv']:.3f}")
+        out[str(n)] = {}
+        if n in inception_steps:
+            stats = stats_of_images(images, det, batch=256 if device.type == "cuda" else 32)
+            freq = frequencies(predict(net, to_unit(images), device), meta["classes"])
+            out[str(n)] = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref),
+                           "steps": n, "nfe": nfe("heun", n), "class_tv": total_variation(freq, data_freq),
+                           "class_frequencies": freq.tolist(), "sampling_s": round(t1 - t0, 1)}
+            log(f"{run_dir}: {n} steps FID {out[str(n)]['fid']:.3f} class TV {out[str(n)]['class_tv']:.3f}")
+        if clf is not None:
+            dstats = stats_of_images(images, clf, batch=1000)
+            dom = {**scores(dstats, domain_ref, bootstrap=bootstrap), **clf.class_balance(dstats.features,
+                                                                                         domain_ref.features)}
+            dom.pop("data_class_frequencies")
+            out[str(n)]["domain"] = dom
+            log(f"{run_dir}: {n} steps domain FD {dom['fid']:.3f} class TV {dom['class_tv']:.3f} confidence "
+                f"{dom['confidence']:.3f}")
+        # (a step count measured for the domain alone keeps the seconds of its first evaluation)
+        out[str(n)]["seconds" if n in inception_steps else "domain_seconds"] = round(time.perf_counter() - t0, 1)
     return out
 
 
@@ -336,9 +363,12 @@ def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -
             b, d = e["baseline"][str(n)], e["discodiff"][str(n)]
             rr, err = fid_ratio(d, b)
             info = e["discodiff"].get("latents") or {}
-            rows.append({"width": width, "seed": seed, "steps": n, "nfe": b["nfe"], "baseline": b, "discodiff": d,
-                         "ratio": rr, "ratio_err": err, "latent_loss_ratio": info.get("loss_ratio"),
-                         "differ": differ(d, b)})
+            row = {"width": width, "seed": seed, "steps": n, "nfe": b["nfe"], "baseline": b, "discodiff": d,
+                   "ratio": rr, "ratio_err": err, "latent_loss_ratio": info.get("loss_ratio"), "differ": differ(d, b)}
+            if "domain" in b and "domain" in d:  # the classifier's features (docs/fid.md)
+                row["domain_ratio"], row["domain_ratio_err"] = fid_ratio(d["domain"], b["domain"])
+                row["domain_differ"] = differ(d["domain"], b["domain"])
+            rows.append(row)
     spread = {}
     for n in steps:
         rs = [r["ratio"] for r in rows if r["width"] == own_width and r["steps"] == n]
@@ -349,7 +379,9 @@ def summarise(runs: list[dict], evals: dict, steps: list[int], own_width: int) -
 
 def format_table(summary: dict) -> str:
     lines = [f"{'width':>5} {'seed':>4} {'steps':>5} {'NFE':>4} {'EDM FID':>14} {'DisCo FID':>14} {'ratio':>13} "
-             f"{'differ':>6} {'EDM KIDx1e3':>11} {'DisCo KIDx1e3':>13} {'class TV E/D':>13} {'loss z/null':>11}"]
+             f"{'differ':>6} {'EDM KIDx1e3':>11} {'DisCo KIDx1e3':>13} {'class TV E/D':>13} {'loss z/null':>11}"
+             + (f" {'EDM domain FD':>15} {'DisCo domain FD':>15} {'domain ratio':>14} {'dom. TV E/D':>12}"
+                if any("domain_ratio" in r for r in summary["rows"]) else "")]
     for r in summary["rows"]:
         b, d = r["baseline"], r["discodiff"]
         kid = (lambda x: f"{1000 * x['kid']:.2f}" if x.get("kid") is not None else "-")
@@ -357,7 +389,8 @@ def format_table(summary: dict) -> str:
         lines.append(f"{r['width']:>5} {r['seed']:>4} {r['steps']:>5} {r['nfe']:>4} {fid_text(b, 2):>14} "
                      f"{fid_text(d, 2):>14} {r['ratio']:>6.3f}{err:<8} {differ_word(d, b):>6} {kid(b):>11} "
                      f"{kid(d):>13} {b['class_tv']:>6.3f}/{d['class_tv']:.3f} "
-                     f"{'-' if r.get('latent_loss_ratio') is None else format(r['latent_loss_ratio'], '.3f'):>11}")
+                     f"{'-' if r.get('latent_loss_ratio') is None else format(r['latent_loss_ratio'], '.3f'):>11}"
+                     + _domain_columns(r))
     lines += ["", "loss z/null: DisCo-Diff's loss given its encoder's latents over its loss given the null latent, "
               f"mean over sigma in {[round(s, 2) for s in high_sigmas()]} (below 1: the latents inform the denoiser)"]
     if summary["seed_spread"]:
@@ -365,6 +398,16 @@ def format_table(summary: dict) -> str:
             f"{n} steps {s['mean']:.3f} ± {s['std_over_seeds']:.3f} (n={s['n']})"
             for n, s in summary["seed_spread"].items())]
     return "\n".join(lines)
+
+
+def _domain_columns(r: dict) -> str:
+    """The table's domain columns of one row: both FDs ± std, their ratio ± error and both class TVs."""
+    if "domain_ratio" not in r:
+        return ""
+    b, d = r["baseline"]["domain"], r["discodiff"]["domain"]
+    err = "" if r["domain_ratio_err"] is None else f" ± {r['domain_ratio_err']:.3f}"
+    return (f" {fid_text(b, 2):>15} {fid_text(d, 2):>15} {r['domain_ratio']:>6.3f}{err:<8} "
+            f"{b['class_tv']:>5.3f}/{d['class_tv']:.3f}")
 
 
 def mean_ratio(rows: list[dict], width: int, n: int) -> tuple[float, float, int]:
@@ -480,6 +523,7 @@ def main(argv=None) -> int:
     ap.add_argument("--docs", type=Path, default=DOCS, help="where the plots go")
     ap.add_argument("--eval-run", type=Path, default=None, help=argparse.SUPPRESS)  # a child: one run's evaluation
     ap.add_argument("--ref", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--domain-ref", type=Path, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.disco_sets and not args.variant:
         ap.error("--disco-set needs --variant NAME, so that its runs do not overwrite the plain DisCo-Diff runs")
@@ -493,11 +537,15 @@ def main(argv=None) -> int:
     if args.eval_run is not None:  # evaluates the step counts the run's file lacks, and adds them to it
         path = args.eval_run / f"sweep-eval-{args.num}.json"
         done = json.loads(path.read_text()) if path.is_file() else {}
-        res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors",
-                           [n for n in steps if str(n) not in done], args.num, args.bootstrap, device, args.batch)
+        lacking = [n for n in steps if str(n) not in done or (args.domain_ref and "domain" not in done[str(n)])]
+        res = evaluate_run(args.eval_run, args.ref, args.out / "classifier.safetensors", lacking, args.num,
+                           args.bootstrap, device, args.batch, domain_ref_path=args.domain_ref,
+                           inception_steps=[n for n in lacking if str(n) not in done])
         if "latents" not in done:
             res["latents"] = run_latent_information(args.eval_run, device)
-        path.write_text(json.dumps({**done, **res}) + "\n")
+        for key, value in res.items():  # a step count measured for the domain alone keeps its Inception figures
+            done[key] = {**done[key], **value} if key in done and key != "latents" else value
+        path.write_text(json.dumps(done) + "\n")
         return 0
 
     from discodiff.cli.options import parse_key_values
@@ -553,19 +601,39 @@ def main(argv=None) -> int:
                                                              "data_frequencies": data_freq.tolist()}) + "\n")
     classifier = json.loads(cls_path.with_suffix(".json").read_text())
     log(f"[sweep]   classifier held-out accuracy {classifier['held_out_accuracy']:.3f}")
+    domain_path, domain = None, None
+    if data.labels is not None:  # the domain measure: the data set's own cached classifier (docs/fid.md)
+        from discodiff.metrics.classifier import classifier_features
+        from discodiff.metrics.fid import FIDStats, provenance
+
+        clf = classifier_features(cfg.data, device=device, notice=log)
+        domain = {k: clf.config[k] for k in ("data", "held_out", "held_out_accuracy", "recipe", "weights_sha256")}
+        domain_path = ref_path.with_name(f"{ref_path.stem}-classifier.npz")
+        if not (domain_path.is_file()
+                and FIDStats.load(domain_path).provenance.get("detector_sha256") == clf.sha256):
+            log(f"[sweep] reference features of the same {len(ref_images)} images in the classifier's features")
+            st = stats_of_images(ref_images, clf, batch=1000)
+            st.provenance = provenance(clf, ref_images.shape, cfg.data.name, len(ref_images))
+            st.save(domain_path)
 
     def eval_path(r):
         return r["dir"] / f"sweep-eval-{args.num}.json"
 
     for r in todo:  # trained afresh: its earlier evaluation no longer holds
         eval_path(r).unlink(missing_ok=True)
-    fresh = [r for r in runs if not eval_path(r).is_file()
-             or not {*map(str, steps), "latents"} <= json.loads(eval_path(r).read_text()).keys()]
+    def evaluated(r) -> bool:
+        done = json.loads(eval_path(r).read_text()) if eval_path(r).is_file() else {}
+        return ({*map(str, steps), "latents"} <= done.keys()
+                and (domain_path is None or all("domain" in done[str(n)] for n in steps)))
+
+    fresh = [r for r in runs if not evaluated(r)]
     log(f"[sweep] evaluating {len(fresh)} runs")
     t0 = time.perf_counter()
     child = [sys.executable, str(Path(__file__).resolve()), "--num", str(args.num), "--steps", args.steps,
              "--bootstrap", str(args.bootstrap), "--device", args.device, "--batch", str(args.batch),
              "--out", str(out), "--ref", str(ref_path), "--threads", str(threads)]
+    if domain_path is not None:
+        child += ["--domain-ref", str(domain_path)]
     eval_s = in_parallel(args.jobs, [(str(r["dir"]), [child + ["--eval-run", str(r["dir"])]],
                                       r["dir"].parent / f"{r['dir'].name}-eval.log") for r in fresh], env)
     seconds["evaluation"] = round(time.perf_counter() - t0, 1)
@@ -594,6 +662,7 @@ def main(argv=None) -> int:
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
         "parameters": params, "training_cost": cost, "classifier": {k: v for k, v in classifier.items()},
+        "domain_classifier": domain,
         "seconds": seconds, "training_seconds_per_run": train_s, "evaluation_seconds_per_run": eval_s,
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
         "summary": summary, "table": table, "plots": [str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
@@ -603,7 +672,9 @@ def main(argv=None) -> int:
                 "biased upward relative to FID-50k; compare at equal N). Ratio errors propagate the two bootstrap "
                 "stds; the seed spread is over training seeds. "
                 "class TV: total variation between the class frequencies a small classifier reads off the samples "
-                "and those it reads off the training images.",
+                "and those it reads off the training images. domain: the Fréchet distance (key fid), KID and class "
+                "balance in the hidden features of the data set's own classifier (discodiff fid --features "
+                "classifier, docs/fid.md) against the same reference images; domain_ratio DisCo-Diff / EDM.",
     }
     path = args.results or RESULTS / f"sweep-{name}.json"
     write_report(report, path)
