@@ -10,6 +10,7 @@ benchmarks/results/ (kept in the repository, with the command line and the git c
     continuous_latents.py  continuous against discrete latents (paper Table 3)
     sweep.py               where the latents pay off: network width x sampler steps x training seeds
     fid_speed.py           the FID detector's speed and agreement on each backend (docs/fid.md)
+    feature_spaces.py      what Inception and the data set's own classifier see of known image changes (docs/fid.md)
     common.py              what several scripts share (reports, FID ratios, latent information, run folders)
     research/              one-off studies and tools built on these (see research/__init__.py)
 
