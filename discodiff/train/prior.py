@@ -8,22 +8,19 @@ own prior (continuous latents: variants/diffusion_prior.py). How well the prior 
 """
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import torch
 
-from .. import dist
-from ..checkpoint import (discard_training_states, latest_training_state, load_state_into, optimizer_from_flat,
-                          optimizer_to_flat, prefixed, save_training_state, with_prefix)
+from ..checkpoint import discard_training_states, latest_training_state
 from ..config import RunConfig
 from ..data import ArrayDataset
-from ..latents import DiscreteLatents
+from ..latents import DiscreteLatents, prior_class
 from ..model import DiscoDiff
-from ..latents import prior_class
-from ..prior import ARPrior
+from ..prior import Prior
 from ..runs import PRIOR_NETWORK_KEY, STAGE1_HASH_KEY, Run, network_record
-from .common import RunLog, Timer, progress_bar, resume_line, step_generator
+from .common import RunLog, resume_line, step_generator
+from .loop import Ticks, locked, restore, save_state
 
 
 @torch.no_grad()
@@ -35,16 +32,16 @@ def encode_streamed(model: DiscoDiff, data: ArrayDataset, device, batch: int = 5
 
 
 def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoDiff, *,
-                quiet: bool = False) -> ARPrior:
+                quiet: bool = False) -> Prior:
     """Trains (or resumes) the prior of `model`, which must be the run's stage-I EMA model (model.safetensors);
     returns the prior, in eval mode. The prior file records which stage-I weights it was fitted to, and a training
     state fitted to other weights is discarded rather than resumed."""
     run = Run(run_dir, cfg)
-    with run.lock() if dist.is_main() else contextlib.nullcontext():
+    with locked(run):
         return _train_prior(run, data, model, quiet=quiet)
 
 
-def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool) -> ARPrior:
+def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool) -> Prior:
     run_dir, cfg = run.path, run.config
     device = next(model.parameters()).device
     p, log = cfg.prior_train, RunLog(run_dir, quiet)
@@ -56,7 +53,6 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
     prior = prior_class(cfg.model).for_model(cfg.model, p.network).to(device)
     model.latent_type.prepare_prior(prior, encoded)  # (a resumed state brings back the same values)
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
-    cur_nimg = 0
     state = latest_training_state(run_dir, "prior")
     if state is not None and state.meta.get(STAGE1_HASH_KEY) != stage1:
         log.line("the prior's training state belongs to older stage-I weights: fitting the prior afresh")
@@ -66,45 +62,36 @@ def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool)
         log.line("the prior's training state is of another network (prior_train.network): fitting the prior afresh")
         discard_training_states(run_dir, "prior")
         state = None
+    parts, start = {"prior": prior}, 0
     if state is not None:
-        load_state_into(prior, prefixed(state.tensors, "prior."), state.path)
-        optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
-        cur_nimg = state.nimg
+        start = restore(state, parts, opt)
         log.line(resume_line("the prior", state))
-    total, tick_nimg = int(p.kimg * 1000), max(int(p.tick_kimg * 1000), 1)
+    record = {STAGE1_HASH_KEY: stage1, PRIOR_NETWORK_KEY: network_record(p.network)}  # what the prior was fitted to
     log.line(f"stage II: {'diffusion' if continuous else 'autoregressive'} prior with "
              f"{sum(q.numel() for q in prior.parameters()):,} parameters over {cfg.model.latent_summary()}, "
              f"{len(data)} encoded examples, {p.kimg:g} kimg")
-    timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "prior")
-    tick_idx, loss_sum, steps = cur_nimg // tick_nimg, 0.0, 0
+    ticks = Ticks("prior", start, int(p.kimg * 1000), p.batch, p.tick_kimg)
+    loss_sum, steps = 0.0, 0
     prior.train()
-    while cur_nimg < total:
-        g = step_generator(device, p.seed, 0, cur_nimg)
+    while ticks.running():
+        g = step_generator(device, p.seed, 0, ticks.nimg)
         idx = torch.randint(len(encoded), (p.batch,), generator=g, device=device)
         z = model.latent_sample(encoded[idx], p.tau, generator=g)
         loss = prior.training_loss(z, labels[idx] if labels is not None else None, generator=g)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        cur_nimg += p.batch
         loss_sum, steps = loss_sum + float(loss.detach()), steps + 1
-        bar.update(p.batch)
-        done = cur_nimg >= total
-        if done or cur_nimg // tick_nimg > tick_idx:
-            tick_idx = cur_nimg // tick_nimg
-            bar.clear()
-            what = "loss" if continuous else "nll"
-            log.line(f"prior kimg {cur_nimg / 1000:8.1f}  {what} {loss_sum / steps:.4f}"
-                     f"{'' if continuous else ' nats/token'}  ({timer.lap():.1f} s)")
-            log.stats({"stage": 2, "kimg": cur_nimg / 1000, what: loss_sum / steps, "seconds": timer.total()})
-            loss_sum, steps = 0.0, 0
-            optim_tensors, optim_meta = optimizer_to_flat(opt)
-            save_training_state(run_dir, "prior", cur_nimg,
-                                {**with_prefix(prior.state_dict(), "prior."), **with_prefix(optim_tensors, "optim.")},
-                                {"optimizer": optim_meta, STAGE1_HASH_KEY: stage1,
-                                 PRIOR_NETWORK_KEY: network_record(p.network)})
-    bar.close()
-    prior.eval().save(run.prior_path, metadata={STAGE1_HASH_KEY: stage1, PRIOR_NETWORK_KEY: network_record(p.network),
-                                                "kimg": str(cur_nimg / 1000)})
-    log.line(f"prior done at {cur_nimg / 1000:.1f} kimg in {timer.total():.1f} s; weights in {run.prior_path}")
+        if not ticks.step():
+            continue
+        what = "loss" if continuous else "nll"
+        seconds, _ = ticks.lap()
+        log.line(f"prior kimg {ticks.nimg / 1000:8.1f}  {what} {loss_sum / steps:.4f}"
+                 f"{'' if continuous else ' nats/token'}  ({seconds:.1f} s)")
+        log.stats({"stage": 2, "kimg": ticks.nimg / 1000, what: loss_sum / steps, "seconds": ticks.timer.total()})
+        loss_sum, steps = 0.0, 0
+        save_state(run_dir, "prior", ticks.nimg, parts, opt, record)
+    ticks.close()
+    prior.eval().save(run.prior_path, metadata={**record, "kimg": str(ticks.nimg / 1000)})
+    log.line(f"prior done at {ticks.nimg / 1000:.1f} kimg in {ticks.timer.total():.1f} s; weights in {run.prior_path}")
     return prior

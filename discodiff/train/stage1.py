@@ -8,21 +8,21 @@ import torch
 from torch import nn
 
 from .. import dist
-from ..checkpoint import (MODEL, latest_training_state, load_state_into, optimizer_from_flat, optimizer_to_flat,
-                          prefixed, save_training_state, with_prefix)
-from ..errors import ConfigError
+from ..autoguidance import freeze_encoder
+from ..checkpoint import MODEL, latest_training_state
 from ..config import RunConfig
 from ..data import ArrayDataset
 from ..edm import EDMLoss
 from ..ema import EMA
-from ..autoguidance import freeze_encoder
+from ..errors import ConfigError
 from ..finetune import group_lrs, load_base_weights, parameter_groups
-from ..model import DiscoDiff
 from ..latents import prior_class
+from ..model import DiscoDiff
 from ..networks import init_encoder_from_data
 from ..runs import Run
-from .common import (DivergenceGuard, RunLog, Timer, configure_backends, memory_mb, neutralise_nonfinite, progress_bar,
-                     resume_line, seed_dropout, step_generator)
+from .common import (DivergenceGuard, RunLog, configure_backends, memory_mb, neutralise_nonfinite, resume_line,
+                     seed_dropout, step_generator)
+from .loop import Ticks, locked, restore, save_state
 
 
 class _Stage1Loss(nn.Module):
@@ -65,8 +65,7 @@ def train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: bo
     """Trains (or resumes) stage I in `run_dir` until cfg.train.kimg; returns the EMA model. The folder is locked
     against a second training process meanwhile (rank 0 holds the lock)."""
     dist.init()
-    run = Run(run_dir, cfg)
-    with run.lock() if dist.is_main() else contextlib.nullcontext():
+    with locked(Run(run_dir, cfg)):
         return _train_stage1(run_dir, cfg, data, quiet=quiet)
 
 
@@ -94,12 +93,10 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     base_lrs = group_lrs(cfg)  # [lr] (a fine-tuned run: [lr, new_parts_lr]), one per parameter group
     opt = torch.optim.Adam(parameter_groups(model, cfg), lr=t.lr, betas=(0.9, 0.999), eps=1e-8,
                            fused=True)  # one kernel for all tensors, on CPU as on GPU
-    cur_nimg = 0
+    parts = {"model": model, "ema": ema.module}  # what a training state holds, beside the optimizer
+    start = 0
     if state is not None:
-        load_state_into(model, prefixed(state.tensors, "model."), state.path)
-        load_state_into(ema.module, prefixed(state.tensors, "ema."), state.path)
-        optimizer_from_flat(opt, prefixed(state.tensors, "optim."), state.meta["optimizer"])
-        cur_nimg = state.nimg
+        start = restore(state, parts, opt)
         log.line(resume_line("stage I", state))
     loss_fn = EDMLoss.for_model(cfg.model)  # EDM's Gaussian or PFGM++'s kernel (model.process)
     module = _Stage1Loss(model, loss_fn)
@@ -112,17 +109,16 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
     reader = data.reader(device, labels=bool(cfg.model.num_classes))
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and t.bf16
                 else contextlib.nullcontext())
-    total = int(t.kimg * 1000)
-    tick_nimg, tick_idx = max(int(t.tick_kimg * 1000), 1), cur_nimg // max(int(t.tick_kimg * 1000), 1)
     log.line(f"stage I: {sum(p.numel() for p in model.parameters()):,} parameters, {cfg.model.latent_summary()}, "
              f"{_process(cfg.model)}{len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
              f"{t.kimg:g} kimg, device {device}")
-    timer, bar = Timer(), progress_bar(total, min(cur_nimg, total), "stage I")
+    ticks = Ticks("stage I", start, int(t.kimg * 1000), t.batch, t.tick_kimg)
     loss_sum = torch.zeros((), device=device)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
-    loss_count, tick_start_nimg = 0, cur_nimg
+    loss_count = 0
     guard = DivergenceGuard("stage I", state.nimg if state is not None else None)
-    while cur_nimg < total:
+    while ticks.running():
+        cur_nimg = ticks.nimg
         opt.zero_grad(set_to_none=True)
         for r in range(rounds):
             g = step_generator(device, t.seed, rank, cur_nimg, r)
@@ -144,44 +140,39 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         lr = t.lr * ramp
         nonfinite += neutralise_nonfinite(model.parameters())
         opt.step()
-        cur_nimg += t.batch
-        ema.update(model, t.batch, cur_nimg)
-        bar.update(t.batch)
-        done = cur_nimg >= total
-        if done or cur_nimg // tick_nimg > tick_idx:
-            tick_idx = cur_nimg // tick_nimg
-            mean_loss = float(dist.all_reduce_mean(loss_sum / max(loss_count, 1)))
-            dt = timer.lap()
-            ips = (cur_nimg - tick_start_nimg) / max(dt, 1e-9)
-            row = {"stage": 1, "kimg": cur_nimg / 1000, "loss": mean_loss, "images_per_s": ips, "lr": lr,
-                   "nonfinite_grads": int(nonfinite), "memory_mb": memory_mb(device), "seconds": timer.total()}
-            log.stats(row)
-            bar.clear()
-            bad = row["nonfinite_grads"]
-            log.line(f"kimg {cur_nimg / 1000:8.1f}  loss {mean_loss:.4f}  {ips:8.0f} img/s  "
-                     f"mem {row['memory_mb']:.0f} MB" + (f"  non-finite gradient entries zeroed: {bad}" if bad else ""))
-            loss_sum.zero_()
-            nonfinite.zero_()
-            loss_count, tick_start_nimg = 0, cur_nimg
-            # Stops on weights that are no longer finite, or a loss that stays so; a bad tick saves nothing, so the
-            # last good snapshot and training states are never overwritten.
-            if not guard.healthy(cur_nimg, mean_loss, model, ema.module):
-                continue
-            if dist.is_main() and (done or tick_idx % t.snapshot_ticks == 0):
-                ema.module.save(Path(run_dir) / MODEL, metadata={"kimg": str(cur_nimg / 1000)})
-            if world > 1 and (done or tick_idx % t.state_ticks == 0):
-                dist.check_replicas_identical(model)
-            if dist.is_main() and (done or tick_idx % t.state_ticks == 0):
-                optim_tensors, optim_meta = optimizer_to_flat(opt)
-                tensors = {**with_prefix(model.state_dict(), "model."), **with_prefix(ema.module.state_dict(), "ema."),
-                           **with_prefix(optim_tensors, "optim.")}
-                save_training_state(run_dir, "stage1", cur_nimg, tensors, {"optimizer": optim_meta})
-                guard.saved(cur_nimg)
-            dist.barrier()
-    bar.close()
+        ema.update(model, t.batch, cur_nimg + t.batch)
+        if not ticks.step():
+            continue
+        cur_nimg, done, tick = ticks.nimg, ticks.done, ticks.index
+        mean_loss = float(dist.all_reduce_mean(loss_sum / max(loss_count, 1)))
+        _, ips = ticks.lap()
+        row = {"stage": 1, "kimg": cur_nimg / 1000, "loss": mean_loss, "images_per_s": ips, "lr": lr,
+               "nonfinite_grads": int(nonfinite), "memory_mb": memory_mb(device), "seconds": ticks.timer.total()}
+        log.stats(row)
+        bad = row["nonfinite_grads"]
+        log.line(f"kimg {cur_nimg / 1000:8.1f}  loss {mean_loss:.4f}  {ips:8.0f} img/s  "
+                 f"mem {row['memory_mb']:.0f} MB" + (f"  non-finite gradient entries zeroed: {bad}" if bad else ""))
+        loss_sum.zero_()
+        nonfinite.zero_()
+        loss_count = 0
+        # Stops on weights that are no longer finite, or a loss that stays so; a bad tick saves nothing, so the
+        # last good snapshot and training states are never overwritten.
+        if not guard.healthy(cur_nimg, mean_loss, model, ema.module):
+            continue
+        if dist.is_main() and (done or tick % t.snapshot_ticks == 0):
+            ema.module.save(Path(run_dir) / MODEL, metadata={"kimg": str(cur_nimg / 1000)})
+        if world > 1 and (done or tick % t.state_ticks == 0):
+            dist.check_replicas_identical(model)
+        if dist.is_main() and (done or tick % t.state_ticks == 0):
+            save_state(run_dir, "stage1", cur_nimg, parts, opt)
+            guard.saved(cur_nimg)
+        dist.barrier()
+    ticks.close()
+    cur_nimg = ticks.nimg
     if dist.is_main() and not (Path(run_dir) / MODEL).exists():
         ema.module.save(Path(run_dir) / MODEL)
     if world > 1:
         log.line(f"replicas identical on all {world} processes")
-    log.line(f"stage I done at {cur_nimg / 1000:.1f} kimg in {timer.total():.1f} s; weights in {Path(run_dir) / MODEL}")
+    log.line(f"stage I done at {cur_nimg / 1000:.1f} kimg in {ticks.timer.total():.1f} s; weights in "
+             f"{Path(run_dir) / MODEL}")
     return ema.module
