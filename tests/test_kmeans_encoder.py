@@ -119,13 +119,11 @@ def test_config_names_the_kmeans_encoder():
 
 
 def test_stage1_and_prior_with_the_kmeans_encoder(tmp_path):
-    from test_end_to_end import FEW_DIGITS, TINY_DIGITS
+    from conftest import FEW_DIGITS, TINY_DIGITS_OVERRIDES, set_args
 
     run = tmp_path / "km"
-    # TINY_DIGITS without its ViT encoder options
-    i = TINY_DIGITS.index(next(a for a in TINY_DIGITS if a.startswith("model.encoder=")))
-    tiny = TINY_DIGITS[:i - 1] + TINY_DIGITS[i + 1:]
-    main(["train", "--preset", "digits", "--run-dir", str(run), "--kimg", "0.064", *tiny, *FEW_DIGITS,
+    tiny = set_args({**TINY_DIGITS_OVERRIDES, "model": {"network": TINY_DIGITS_OVERRIDES["model"]["network"]}})
+    main(["train", "--preset", "digits", "--run-dir", str(run), "--kimg", "0.064", "--quiet", *tiny, *FEW_DIGITS,
           "--set", "model.encoder.name=kmeans", "--set", "model.num_latents=2", "--set", "model.codebook_size=8"])
     weights = load_file(run / "model.safetensors")
     assert bool(weights["encoder.fitted"]) and weights["encoder.centroids"].shape == (2, 8, 64)

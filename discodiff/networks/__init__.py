@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from ..config import ModelConfig
 from ..edm import Denoiser
 from ..latents import latent_type
+from .layers import Encoder
 
 BACKBONES: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
 ENCODERS: dict[str, Callable[[ModelConfig, dict], nn.Module]] = {}
@@ -79,21 +80,15 @@ def continuous_encoder_fixes(encoder: dict) -> dict:
     return {k: v for k, v in fits.items() if k in encoder and encoder[k] != v}
 
 
-def init_encoder_from_data(encoder: nn.Module | None, y, dataset=None) -> None:
-    """The encoder's data-dependent initialisation at a fresh run's start: on y, the first training batch (the
-    k-means++ prototypes of the MLP encoder, the ViT's k-means heads: an `init_from_data` method), or on `dataset`,
-    the whole training set (the k-means encoder's centroids: an `init_from_dataset` method). A no-op for encoders
-    without either, or without an encoder. Under DDP every rank then takes rank 0's parameters and buffers, so all
-    start from the same initialisation. An encoder marked `frozen` (another run's, copied: autoguidance.py) is left
-    as it is."""
-    if getattr(encoder, "frozen", False):
+def init_encoder_from_data(encoder: Encoder | None, y, dataset=None) -> None:
+    """The encoder's data-dependent initialisation at a fresh run's start (layers.Encoder): on y, the first training
+    batch (the MLP encoder's k-means++ prototypes), or, for an encoder that `needs_dataset`, on `dataset`, the whole
+    training set (the k-means encoder's centroids). Nothing for an encoder that needs neither, a `frozen` one
+    (another run's, copied: autoguidance.py), or none. Under DDP every rank then takes rank 0's parameters and
+    buffers, so all start from the same initialisation."""
+    if encoder is None or encoder.frozen:
         return
-    whole = getattr(encoder, "init_from_dataset", None)
-    if whole is not None and dataset is not None:
-        done = whole(dataset)
-    else:
-        init = getattr(encoder, "init_from_data", None)
-        done = init is not None and init(y)
+    done = encoder.init_from_dataset(dataset) if encoder.needs_dataset else encoder.init_from_data(y)
     if not done:
         return
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .layers import Encoder
+
 
 def nearest(u: torch.Tensor, centres: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """The index of the nearest of centres [k, D] for each row of u [N, D] (squared Euclidean distance), [N]."""
@@ -55,13 +57,14 @@ def lloyd(u: torch.Tensor, k: int, iterations: int, generator: torch.Generator, 
     return centres
 
 
-class KMeansEncoder(nn.Module):
+class KMeansEncoder(Encoder):
     """E(y) = the (residual) k-means codes of y [B, ...] as hard logits [B, m, k]: 0 for the nearest centroid,
     HARD_LOGIT for the others, so the mode, every Gumbel-Softmax sample and the posterior used by stage II are the
     code itself. No parameters: the centroids [m, k, D] are buffers, fitted by `init_from_dataset` on the whole
     training set at a fresh run's start and saved with the weights."""
 
     HARD_LOGIT = -1e3  # far beyond any Gumbel noise, finite so that softmax and bf16 stay well defined
+    needs_dataset = True
 
     def __init__(self, data_dim: int, num_latents: int, codebook_size: int, *, iterations: int = 25):
         super().__init__()

@@ -100,3 +100,20 @@ def kmeans_pp(u: torch.Tensor, k: int, candidates: int | None = None) -> torch.T
         chosen.append(u[idx[best]])
         d2 = new_d2[best]
     return torch.stack(chosen)
+
+
+class Encoder(nn.Module):
+    """The base of the encoders E(y) -> [B, m, outputs]. An encoder may need the data to start from: on a fresh run's
+    first training batch (`init_from_data`), or, when `needs_dataset` is True, on the whole training set
+    (`init_from_dataset`). Both return whether they changed anything; here they do nothing. `frozen` marks an encoder
+    copied from another run and never trained (autoguidance's weak model): it is not initialised from the data
+    either."""
+
+    needs_dataset = False
+    frozen = False
+
+    def init_from_data(self, y: torch.Tensor) -> bool:
+        return False
+
+    def init_from_dataset(self, x: torch.Tensor) -> bool:
+        return False

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..edm import Denoiser, edm_scalings
 from ..latents import LatentEmbedding
-from .layers import PositionalEmbedding, class_embedding, kmeans_pp
+from .layers import Encoder, PositionalEmbedding, class_embedding, kmeans_pp
 
 
 class MLPBackbone(nn.Module):
@@ -133,7 +133,7 @@ class CentredDenoiser(Denoiser):
         return mu + c_skip * x0 + c_out * f.to(torch.float32)
 
 
-class MLPEncoder(nn.Module):
+class MLPEncoder(Encoder):
     """E(y): clean vector data [B, D] -> logits [B, m, k]. Sees no noise level and no class label.
 
     `prototypes=True` adds a nearest-prototype term to the MLP's logits, logits_c = MLP(u)_c - |u - p_c|^2 / (2 w^2)

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .layers import TransformerBlock
+from .layers import Encoder, TransformerBlock
 
 
-class ViTEncoder(nn.Module):
+class ViTEncoder(Encoder):
     """E(y): clean images [B, C, H, W] -> logits [B, m, k]. Sees no noise level and no class label.
 
     The image is cut into patch_size x patch_size patches (zero-padded at the bottom/right when H or W is not a

@@ -126,7 +126,7 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
             y = reader.images(idx, g)  # (draws from g only with the data option xflip)
             labels = reader.labels(idx)
             if cur_nimg == 0 and r == 0:  # a fresh run's first batch: the encoder's data-dependent init
-                whole = reader.whole() if hasattr(model.encoder, "init_from_dataset") else None
+                whole = reader.whole() if model.encoder is not None and model.encoder.needs_dataset else None
                 init_encoder_from_data(model.encoder, y, dataset=whole)
                 del whole
             sync = contextlib.nullcontext() if (world == 1 or r == rounds - 1) else ddp.no_sync()
