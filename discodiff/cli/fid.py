@@ -191,10 +191,15 @@ def _load_detector(detector, device, backend):
     return InceptionDetector.from_file(detector, device=resolve_device(device), backend=backend)
 
 
-def _check_features(features: str, detector) -> None:
+def _check_features(features: str, detector, backend: str) -> None:
+    """Refuses, before any work, a detector that cannot be used: --detector with the classifier's features, or the
+    onnxruntime backend without its package."""
+    from ..metrics.fid import onnxruntime_available
     if features == "classifier" and detector is not None:
         raise ConfigError("--detector names an Inception file, and --features classifier uses the data set's own "
                           "classifier instead; leave one of them out")
+    if features == "inception" and backend == "onnxruntime" and not onnxruntime_available():
+        raise ConfigError("the onnxruntime backend needs `pip install onnxruntime onnx` (or discodiff[fast-fid])")
 
 
 def _features_detector(features: str, data_cfg: DataConfig | None, detector, device, backend, ref=None):
@@ -221,7 +226,7 @@ def _features_detector(features: str, data_cfg: DataConfig | None, detector, dev
 def ref(data, out, num, data_options, batch, features, detector, detector_backend, device):
     """Reference statistics (feature mean, covariance and the features) of a dataset."""
     _check_num(num)
-    _check_features(features, detector)
+    _check_features(features, detector, detector_backend)
     check_writable(out)
     cfg = data_config(data, parse_key_values(data_options, "--data-option", nested=False))
     det = _features_detector(features, cfg, detector, device, detector_backend)
@@ -246,7 +251,7 @@ def calc(images, ref_path, out, num, bootstrap, allow_mismatch, batch, features,
     from ..metrics.fid import FIDStats, check_feature_space, check_provenance, provenance, stats_of_images
 
     _check_num(num)
-    _check_features(features, detector)
+    _check_features(features, detector, detector_backend)
     if out is not None:
         check_writable(out)
     ref_stats = FIDStats.load(ref_path)
@@ -332,7 +337,7 @@ def gen(run_dir, num, ref_path, ref_num, sampling, seed, out, bootstrap, allow_m
 
     _check_num(num)
     _check_num(ref_num, "--ref-num")
-    _check_features(features, detector)
+    _check_features(features, detector, detector_backend)
     if out is not None:
         check_writable(out)
     seeds = seed_range(seed, num)
