@@ -1,4 +1,4 @@
-"""Benchmark: continuous latents against discrete ones, the paper's Table 3 ablation (issue #13).
+"""Benchmark: continuous latents against discrete ones, the paper's Table 3 ablation.
 
     .venv/bin/python benchmarks/continuous_latents.py --preset digits [--betas 0.01,0.1,0.3,1] [--device cuda]
                                                       [--num 2000] [--out DIR]

@@ -1,4 +1,4 @@
-"""Benchmark: what Inception and the data set's own classifier see (issue #32, item 1). Known changes of real images,
+"""Benchmark: what Inception and the data set's own classifier see. Known changes of real images,
 measured in both feature spaces against one reference, so that docs/fid.md can say when to trust which measure.
 
     .venv/bin/python benchmarks/feature_spaces.py [--data fashion16|digits] [--num 1000] [--ref-num 2000]

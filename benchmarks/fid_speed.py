@@ -1,4 +1,4 @@
-"""Benchmark: the FID detector's speed and agreement on each backend, side by side in one run (issue #9, item 1).
+"""Benchmark: the FID detector's speed and agreement on each backend, side by side in one run.
 
     .venv/bin/python benchmarks/fid_speed.py [--num 1000] [--batch 32] [--threads 2] [--backends torchscript,eager,onnxruntime]
 

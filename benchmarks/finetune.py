@@ -1,4 +1,4 @@
-"""Benchmark: is fine-tuning a trained plain EDM model the cheaper way to DisCo-Diff's latents? (issue #12, item 3)
+"""Benchmark: is fine-tuning a trained plain EDM model the cheaper way to DisCo-Diff's latents?
 
     .venv/bin/python benchmarks/finetune.py --preset digits [--base-kimg N] [--extra-kimg E] [--num 2000]
                                             [--device cuda] [--out DIR] [--quick]

@@ -1,4 +1,4 @@
-"""Benchmark: the plain EDM baseline (m = 0) against DisCo-Diff on an image preset, by FID (issue #4, item 3).
+"""Benchmark: the plain EDM baseline (m = 0) against DisCo-Diff on an image preset, by FID.
 
     .venv/bin/python benchmarks/images.py --preset digits [--kimg N] [--num 2000] [--bootstrap 50] [--out DIR]
 
@@ -18,7 +18,7 @@
 samples are drawn once per feature space; the classifier's results go to "results_classifier"). The two spaces keep
 their reference features and FID caches in separate files of DIR.
 
-Targets (issue #4): DisCo-Diff's FID at most 0.8x the baseline's with the ODE sampler (Heun, the preset's step
+Targets: DisCo-Diff's FID at most 0.8x the baseline's with the ODE sampler (Heun, the preset's step
 count, no guidance) at equal training budget, and a clear advantage at low NFE (here: at most 0.8x the baseline's
 FID at every step count below the preset's). FID at a few thousand samples is biased upward (KID is not);
 the report gives the FID of that many real training images against the same reference as a floor for scale (at most

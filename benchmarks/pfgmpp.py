@@ -1,4 +1,4 @@
-"""Benchmark: PFGM++ against DisCo-PFGM++, next to EDM and DisCo-EDM, at equal network and budget (issue #14).
+"""Benchmark: PFGM++ against DisCo-PFGM++, next to EDM and DisCo-EDM, at equal network and budget.
 
     .venv/bin/python benchmarks/pfgmpp.py [--device cuda] [--D 128] [--num 2000] [--toy-only | --digits-only]
     .venv/bin/python benchmarks/pfgmpp.py --quick       # a smoke check of the whole path, in minutes

@@ -1,4 +1,4 @@
-"""Benchmark: FID against NFE for the baseline and DisCo-Diff with each sampler (issue #11, item 5).
+"""Benchmark: FID against NFE for the baseline and DisCo-Diff with each sampler.
 
     .venv/bin/python benchmarks/samplers.py --preset digits [--num 2000] [--bootstrap 50] [--out DIR]
 
@@ -13,7 +13,7 @@ docs/<preset>_fid_vs_nfe_samplers.png.
 
 The settings are EDM's and the papers': Heun (EDM Alg. 1); DPM-Solver++(2M); EDM's stochastic sampler with its
 ImageNet-64 churn (S_churn 40, S_min 0.05, S_max 50, S_noise 1.003); Restart with one interval over the small-sigma
-range where both models' errors remain (paper-spec §5 gives the 623-NFE ImageNet preset, too costly here).
+range where both models' errors remain (the paper gives the 623-NFE ImageNet preset, too costly here).
 """
 from __future__ import annotations
 

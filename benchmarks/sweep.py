@@ -1,4 +1,4 @@
-"""Benchmark: where the latents pay off (issue #10, item 3). Plain EDM (m = 0) against DisCo-Diff across network
+"""Benchmark: where the latents pay off. Plain EDM (m = 0) against DisCo-Diff across network
 width, sampler steps and training seeds, with the same data, training images and noise seeds everywhere.
 
     .venv/bin/python benchmarks/sweep.py --preset digits|fashion16 [--widths 16,24,40] [--seeds 0,1]

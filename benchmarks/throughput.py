@@ -9,8 +9,8 @@ the prior's part of `generate`.
     .venv/bin/python benchmarks/throughput.py --preset digits                # CPU figures
     .venv/bin/python benchmarks/throughput.py --preset emoji --device cuda   # GPU figures
 
-Targets (issue #3): DisCo-Diff training cost at most 15% above the baseline's; the prior at most 1% of the
-total sampling time (the paper: 0.56% on ImageNet-128). Issue #11: DisCo-Diff's sampling throughput within 3% of the
+Targets: DisCo-Diff training cost at most 15% above the baseline's; the prior at most 1% of the
+total sampling time (the paper: 0.56% on ImageNet-128). DisCo-Diff's sampling throughput within 3% of the
 baseline's (its latent tokens are computed once per trajectory). The sampling setups take turns too, and DisCo-Diff
 with latent guidance w = 1 is timed beside them (its two passes run as one batched network call).
 """

@@ -1,4 +1,4 @@
-"""Benchmark: the paper's 2D experiment, plain EDM against DisCo-Diff (issue #2, items 7, 8, 10, 11).
+"""Benchmark: the paper's 2D experiment, plain EDM against DisCo-Diff.
 
     .venv/bin/python benchmarks/toy2d.py [--work-dir DIR] [--seed S] [--kimg N] [--threads 1]
 

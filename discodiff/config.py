@@ -259,7 +259,7 @@ def merge(base: dict, override: dict) -> dict:
 
 # Presets are overrides on the defaults above. Each names its dataset, network sizes and training budget.
 PRESETS: dict[str, dict] = {
-    # The paper's 2D experiment (paper-spec section 8): 8 Gaussians, m = 1, k = 8, 4-layer MLP denoiser,
+    # The paper's 2D experiment: 8 Gaussians, m = 1, k = 8, 4-layer MLP denoiser,
     # 3-layer MLP encoder, Adam at lr 1e-3, Heun with 50 steps. Two choices make the 8 codes name the 8 modes
     # on every seed tried (docs/toy2d.md): soft Gumbel-Softmax samples in stage I (straight-through gradients
     # pull even a correct partition apart), and encoder prototypes seeded by k-means++ on the first batch (from
@@ -292,7 +292,7 @@ PRESETS: dict[str, dict] = {
         "train": {"kimg": 96, "batch": 64, "lr": 1e-3, "lr_rampup_kimg": 2, "ema_halflife_kimg": 5, "ema_rampup": 0.1,
                   "tick_kimg": 8, "snapshot_ticks": 4, "state_ticks": 4},
         # The prior needs far more than stage I's images: at 30 kimg its marginals were 0.07-0.14 (TV) off the
-        # encoder's; 1,000 kimg at a large batch and a low lr bring them to 0.01-0.05 in about 40 s (issue #10).
+        # encoder's; 1,000 kimg at a large batch and a low lr bring them to 0.01-0.05 in about 40 s.
         "prior_train": {"network": {"depth": 2, "width": 64, "heads": 4, "dropout": 0.0},
                         "kimg": 1000, "batch": 1024, "lr": 1e-4, "tick_kimg": 100},
         "sample": {"steps": 18, "sampler": "heun"},
@@ -300,7 +300,7 @@ PRESETS: dict[str, dict] = {
     # Fashion-MNIST's 60,000 training images reduced to 16x16 by area averaging: harder than the digits (more
     # images, more varied shapes and textures) and still trained on 2 CPU cores in about half an hour, prior
     # included. Unconditional; the labels are there with --cond. The prior follows what fitted the digits' latent
-    # tuples best (issue #10), a long run at a large batch and a low learning rate, three times longer: on two
+    # tuples best, a long run at a large batch and a low learning rate, three times longer: on two
     # training seeds, 3,000 kimg (about 2 minutes) brought the worst per-latent marginal TV from 0.021-0.024 to
     # 0.011-0.021 and the unseen tuples from 3-4% to 0.6-1.1%; an EMA, a higher lr and a 4x128 transformer did not
     # (benchmarks/prior_fit.py).
@@ -366,7 +366,7 @@ def merge_overrides(base: dict, overrides: dict) -> dict:
     return out
 
 
-# fashion16 with what won there (issue #10, README "DPM-Solver++(2M) on fashion16 at width 32"): one latent whose 256
+# fashion16 with what won there: one latent whose 256
 # codes are a k-means partition of the training images, fitted once before stage I, in place of the learned ViT
 # encoder; sampled with DPM-Solver++(2M) at 17 steps and latent guidance w = 1 (34 network evaluations). On the
 # width-32 runs of seed 0 that scored FID 11.25 against plain EDM's 13.45 (Heun, 18 steps, 35 evaluations);
@@ -375,7 +375,7 @@ PRESETS["fashion16-kmeans"] = merge_overrides(PRESETS["fashion16"], {
     "model": {"num_latents": 1, "codebook_size": 256, "encoder": {"name": "kmeans"}},
     "sample": {"steps": 17, "sampler": "dpmpp-2m", "guidance": 1.0}})
 
-# The paper's ImageNet-64 configuration (paper-spec sections 3-5, the review's section 3): EDM's ADM U-Net
+# The paper's ImageNet-64 configuration (the paper's section 4.1, App. D): EDM's ADM U-Net
 # (DhariwalUNet) at 64x64, class-conditional on the 1000 classes, with the discrete latents added, and EDM's ImageNet-64
 # recipe (its README: --cond=1 --arch=adm --batch=4096 --lr=1e-4 --ema=50 --dropout=0.10 --augment=0). The paper
 # fine-tunes EDM's pretrained network: `discodiff import-edm` converts EDM's snapshot into a plain run (m = 0) of this
@@ -422,7 +422,7 @@ PRESETS["toy2d-paper"] = merge_overrides(PRESETS["toy2d"], {
                           "centre_init_std": 1.0, "latent_embedding": False},
               "encoder": {"name": "mlp", "hidden": 128, "depth": 3, "prototypes": False}}})
 
-# DisCo-DiffDock's design (paper-spec section 9) on dock3d, a seeded docking ANALOGUE (data/dock3d.py, docs/docking.md):
+# DisCo-DiffDock's design on dock3d, a seeded docking ANALOGUE (data/dock3d.py, docs/docking.md):
 # m = 2 pointer latents whose codebook is each receptor's points (codebook_size: the largest receptor, 64), straight-
 # through Gumbel-Softmax at tau = 1 and latent dropout 0.1 (the docking code's), a prior over the receptor's points that
 # starts from the denoiser's set encoder, frozen at first. The networks are a small distance-biased set transformer,

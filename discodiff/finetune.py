@@ -1,6 +1,6 @@
 """Fine-tuning a finished plain EDM run (m = 0) into DisCo-Diff: `discodiff train --init-from RUN`.
 
-The paper reached its ImageNet results this way (paper-spec section 4): the pretrained EDM network, latent
+The paper reached its ImageNet results this way: the pretrained EDM network, latent
 cross-attention added with zero-initialised output projections, and a fresh encoder, all fine-tuned together.
 Here a new run starts from RUN's EMA weights, and everything the plain network lacks (the encoder, the latent
 embedding and transformer, the cross-attention or embedding projection) starts fresh, with the latent path's

@@ -1,4 +1,4 @@
-"""The paper's 2D toy data: an equal mixture of 8 Gaussians on a circle (paper-spec section 8)."""
+"""The paper's 2D toy data: an equal mixture of 8 Gaussians on a circle."""
 from __future__ import annotations
 
 import math

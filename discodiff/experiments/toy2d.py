@@ -1,4 +1,4 @@
-"""The paper's 2D experiment (paper-spec sections 7 and 8): a plain EDM model against DisCo-Diff on 8 Gaussians.
+"""The paper's 2D experiment: a plain EDM model against DisCo-Diff on 8 Gaussians.
 
 Both models use the `toy2d` preset, the same network, the same budget and the same seeds; they differ only in
 m (0 for the baseline, 1 latent with k = 8 codes for DisCo-Diff). Everything goes through the library's own

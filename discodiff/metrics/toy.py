@@ -1,4 +1,4 @@
-"""Metrics for 2D samples of the 8-Gaussian ring (paper-spec sections 2, 7 and 8).
+"""Metrics for 2D samples of the 8-Gaussian ring.
 
 They work on numpy arrays [N, 2]. `w2_distance` needs scipy (the `metrics` extra), imported when it runs, so the
 rest of the module, and the commands that import it, load without it. The geometry of the sampling ODE's paths

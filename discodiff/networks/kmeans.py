@@ -1,7 +1,7 @@
 """A fixed encoder: the latents are the data's k-means clusters in pixel space, computed once over the whole training
 set before stage I, not learned.
 
-Why it exists (issue #10): on fashion16 every learned encoder names the class worse than plain k-means on the pixels
+Why it exists: on fashion16 every learned encoder names the class worse than plain k-means on the pixels
 does (16 clusters: probe accuracy 0.631 against 0.576 for m = 8 learned latents; 256 clusters: 0.767). This encoder
 asks what DisCo-Diff gains when the latents are such a partition, the denoiser learning on top of it as usual and the
 prior fitting its frequencies. It is an ablation of the paper's end-to-end encoder, not the paper's method.

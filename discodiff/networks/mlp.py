@@ -118,7 +118,7 @@ class CentredDenoiser(Denoiser):
     (mu, log s) = net.centre(z) and EDM_s is `edm.Denoiser` with s in place of sigma_data.
 
     With F = 0 this is the exact denoiser of the Gaussian N(mu, s^2 I), the reparameterisation of the paper's toy
-    experiment (paper-spec section 8). `sigma_data` is kept for the interface but not used here.
+    experiment. `sigma_data` is kept for the interface but not used here.
     """
 
     def forward(self, x, sigma, *, latents=None, null_latent=None, class_labels=None, latent_features=None):

@@ -10,10 +10,10 @@ Conditioning:
 - the class enters like EDM's `map_label`: a bias-free linear map of the one-hot added to the noise embedding;
 - the discrete latents z [B, m, k] become m tokens (LatentEmbedding -> learned per-position embedding -> a small
   transformer encoder; the learned null sequence where `null_latent` is True) and, by default, enter through
-  CROSS-ATTENTION after every self-attention layer (paper-spec 3.1). `latent_injection="embedding"` instead adds
-  a projection of the flattened tokens to the noise embedding (ablation).
-- `latent_groups = G > 1` is the group-hierarchical variant (paper-spec 3.2): z splits into G contiguous groups,
-  group g feeding only the cross-attention at the g-th lowest DECODER resolution that has attention (the middle
+  CROSS-ATTENTION after every self-attention layer (the paper's section 3.3). `latent_injection="embedding"`
+  instead adds a projection of the flattened tokens to the noise embedding (ablation).
+- `latent_groups = G > 1` is the group-hierarchical variant (the paper's sections 3.3 and 4.1): z splits into G
+  contiguous groups, group g feeding only the cross-attention at the g-th lowest DECODER resolution that has attention (the middle
   block counts as the lowest). Choice made here (the paper leaves it open): encoder-side attention layers get no
   cross-attention, so each resolution's latents reach the image only at one place, on the synthesis path, as
   in StyleGAN; and the latent transformer is masked block-diagonally so a group's tokens see only their group.
@@ -274,8 +274,8 @@ class UNet(nn.Module):
         if G > 1 and self.latent_injection != "cross_attention":
             raise ValueError("latent_groups > 1 (hierarchical latents) needs latent_injection='cross_attention'")
         self.latent_embed = LatentEmbedding(m, k, dim)
-        # LatentEmbedding's tables are already one per position, so this is formally redundant; it is the
-        # paper-spec's suggested input format (3.1) and costs only m * latent_dim parameters.
+        # LatentEmbedding's tables are already one per position, so this is formally redundant; the paper leaves the
+        # input format open, and a learned position embedding costs only m * latent_dim parameters.
         self.latent_pos = nn.Parameter(torch.randn(m, dim) * 0.02)
         self.latent_blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
         self.latent_norm = nn.LayerNorm(dim)
