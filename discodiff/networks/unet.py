@@ -13,8 +13,8 @@ Conditioning:
   CROSS-ATTENTION after every self-attention layer (the paper's section 3.3). `latent_injection="embedding"`
   instead adds a projection of the flattened tokens to the noise embedding (ablation).
 - `latent_groups = G > 1` is the group-hierarchical variant (the paper's sections 3.3 and 4.1): z splits into G
-  contiguous groups, group g feeding only the cross-attention at the g-th lowest DECODER resolution that has attention (the middle
-  block counts as the lowest). Choice made here (the paper leaves it open): encoder-side attention layers get no
+  contiguous groups, group g feeding only the cross-attention at the g-th lowest DECODER resolution that has
+  attention (the middle block counts as the lowest). Choice made here (the paper leaves it open): encoder-side attention layers get no
   cross-attention, so each resolution's latents reach the image only at one place, on the synthesis path, as
   in StyleGAN; and the latent transformer is masked block-diagonally so a group's tokens see only their group.
 
