@@ -3,7 +3,7 @@
 Notation follows the paper: x = y + n with n ~ N(0, sigma^2 I), and the denoiser
     D(x, sigma) = c_skip(sigma) x + c_out(sigma) F(c_in(sigma) x, c_noise(sigma))
 is trained with the weighted loss lambda(sigma) ||D(y + n, sigma) - y||^2, ln sigma ~ N(P_mean, P_std^2).
-PFGM++ (model.process = "pfgmpp") changes only the law of n, to its heavier-tailed kernel (`process.py`).
+Another forward process (model.process, `process.py`) changes only the law of n.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-from .process import kernel_D, perturbation, standard_gamma
+from .process import GAUSSIAN, Process, process_of, standard_gamma
 
 
 def edm_scalings(sigma: torch.Tensor, sigma_data: float | torch.Tensor):
@@ -76,16 +76,16 @@ class Denoiser(nn.Module):
 class EDMLoss:
     """Per-sample EDM loss with log-normal noise levels. Randomness comes only from `generator`.
 
-    `D`: the perturbation kernel's D (`process.perturbation`); infinity, the default, is EDM's Gaussian, a finite D
-    PFGM++'s kernel at the same sigma, with everything else unchanged (PFGM++'s EDM-aligned form)."""
+    `process`: the perturbation kernel (`process.Process`); EDM's Gaussian by default, another kernel at the same
+    sigma with everything else unchanged (e.g. PFGM++'s EDM-aligned form, variants/pfgmpp.py)."""
 
-    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, D: float = math.inf):
-        self.P_mean, self.P_std, self.sigma_data, self.D = P_mean, P_std, sigma_data, D
+    def __init__(self, P_mean: float = -1.2, P_std: float = 1.2, sigma_data: float = 0.5, process: Process = GAUSSIAN):
+        self.P_mean, self.P_std, self.sigma_data, self.process = P_mean, P_std, sigma_data, process
 
     @classmethod
     def for_model(cls, cfg) -> "EDMLoss":
         """The stage-I loss of a model config: its noise-level distribution, sigma_data and process."""
-        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, D=kernel_D(cfg))
+        return cls(cfg.P_mean, cfg.P_std, cfg.sigma_data, process=process_of(cfg))
 
     def sample_sigma(self, n: int, *, generator=None, device=None) -> torch.Tensor:
         rnd = torch.randn(n, generator=generator, device=device)
@@ -96,8 +96,8 @@ class EDMLoss:
         if sigma is None:
             sigma = self.sample_sigma(y.shape[0], generator=generator, device=y.device)
         g = torch.randn(y.shape, generator=generator, device=y.device)
-        noise = perturbation(g, _broadcast(sigma, y), self.D,
-                             lambda alpha: standard_gamma(alpha, y.shape[0], generator=generator, device=y.device))
+        noise = self.process.perturbation(
+            g, _broadcast(sigma, y), lambda alpha: standard_gamma(alpha, y.shape[0], generator=generator, device=y.device))
         D = denoise(y + noise, sigma, **cond)
         err = (D - y).square().flatten(1).mean(1)
         return loss_weight(sigma, self.sigma_data) * err

@@ -25,7 +25,7 @@ from .autoguidance import make_denoiser as autoguided_make_denoiser
 from .errors import ConfigError
 from .model import DiscoDiff
 from .prior import ARPrior
-from .process import kernel_D, perturbation
+from .process import process_of
 from .sampling import Denoise, StackedGenerator, get_sampler, required_options, sample_heun, takes_noise_source
 
 
@@ -182,9 +182,9 @@ def generate(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tensor, *, sa
     class_labels = _labels(class_labels, len(seeds), device)
     z = draw_latents(prior, prior_input, class_labels, prior_temperature) if z is None else z.to(device)
     sigmas = sigmas.to(device)
-    # the initial sample at sigma_max, from the model's kernel: sigma_max g for EDM (process.perturbation)
-    noise = perturbation(gen.randn(model.config.data_shape), sigmas[0].float(), kernel_D(model.config),
-                         gen.standard_gamma)
+    # the initial sample at sigma_max, from the model's kernel: sigma_max g for EDM (process.Process.perturbation)
+    noise = process_of(model.config).perturbation(gen.randn(model.config.data_shape), sigmas[0].float(),
+                                                  gen.standard_gamma)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     guide = as_autoguide(autoguide)
     if guide is not None and hybrid is not None:
@@ -261,7 +261,6 @@ def generate_sharded(model: DiscoDiff, seeds: Sequence[int], sigmas: torch.Tenso
         return
     import sys
 
-    import torch.distributed as td
     from tqdm import tqdm
 
     seeds = list(seeds)

@@ -43,7 +43,7 @@ def test_loss_vs_sigma_of_a_pfgmpp_run_is_its_training_loss():
     sigmas = [0.05, 1.0, 20.0]
     res = loss_vs_sigma({"pfgm": model}, y, sigmas=sigmas, seed=5, batch=20, null_curves=False)
     loss = EDMLoss.for_model(model.config)
-    assert loss.D == 4
+    assert loss.process.D == 4
     z = model.encode(y)
     gaussian = []
     with torch.no_grad():

@@ -11,7 +11,8 @@ from discodiff.config import ConfigError, RunConfig, preset_config
 from discodiff.edm import EDMLoss, loss_weight
 from discodiff.model import DiscoDiff
 from discodiff.pipeline import generate
-from discodiff.process import kernel_D, perturbation, standard_gamma
+from discodiff.process import kernel_D, standard_gamma
+from discodiff.variants.pfgmpp import perturbation
 from discodiff.runs import Run
 from discodiff.sampling import StackedGenerator, karras_sigmas
 
@@ -93,7 +94,7 @@ class _Recorder:
 def test_edm_training_loss_is_unchanged_bit_for_bit(cfg):
     model_cfg = preset_config("digits", {"model": cfg}).model
     loss = EDMLoss.for_model(model_cfg)
-    assert loss.D == math.inf
+    assert loss.process.D == math.inf
     y = torch.randn(9, 1, 8, 8)
     new, old = _Recorder(), _Recorder()
     g_new, g_old = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
@@ -105,7 +106,7 @@ def test_edm_training_loss_is_unchanged_bit_for_bit(cfg):
 def test_pfgmpp_training_draws_its_kernel_from_the_training_generator():
     model_cfg = preset_config("digits", {"model": {"process": "pfgmpp", "pfgm_D": 16}}).model
     loss = EDMLoss.for_model(model_cfg)
-    assert loss.D == 16.0
+    assert loss.process.D == 16.0
     y = torch.randn(9, 1, 8, 8)
     rec, g = _Recorder(), torch.Generator().manual_seed(5)
     loss(rec, y, generator=g)
