@@ -85,3 +85,23 @@ def test_no_import_cycle_in_the_package():
 
 def test_the_errors_module_imports_nothing_of_the_package():
     assert import_graph()["discodiff.errors"] == set()
+
+
+CORE = ("discodiff.errors", "discodiff.config", "discodiff.edm", "discodiff.process", "discodiff.latents",
+        "discodiff.model", "discodiff.prior", "discodiff.sampling", "discodiff.pipeline", "discodiff.train.stage1",
+        "discodiff.train.prior", "discodiff.train.loop")
+
+
+def test_the_core_imports_no_research_variant():
+    """The paper's method reads on its own: the variants (discodiff/variants) plug in by name through registries,
+    and no core module imports one, directly or through another core module."""
+    graph = import_graph()
+    for module in CORE:
+        seen, todo = set(), [module]
+        while todo:
+            m = todo.pop()
+            for dep in graph.get(m, ()):
+                assert not dep.startswith("discodiff.variants"), f"{module} reaches {dep} through {m}"
+                if dep in CORE and dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
