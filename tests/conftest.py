@@ -48,6 +48,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # two workers on two cores: one thread each
 
 
+def one_line_error(code, err, *needles):
+    """A command refused as the CLI promises: exit status 2, one line on stderr, no traceback, naming each needle."""
+    assert code == 2, err
+    assert "Traceback" not in err
+    assert len([line for line in err.strip().splitlines() if line]) == 1, err
+    for needle in needles:
+        assert needle in err, err
+
+
 def run_cli(args, capsys):
     """Runs `discodiff ARGS` in-process: (exit status, stdout, stderr)."""
     import pytest as _pytest
@@ -75,6 +84,22 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299
         return torch.relu(self.conv(x)).mean(dim=(2, 3))
+
+
+class FlatMLP(nn.Module):
+    """A backbone for flattened images: the toy's MLP on [B, C*H*W], reshaped back; registered under a test's own
+    name (networks.BACKBONES) to train an image run in seconds."""
+
+    def __init__(self, cfg, kw):
+        super().__init__()
+        import math
+
+        from discodiff.networks.mlp import MLPBackbone
+        self.inner = MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
+                                 sigma_data=cfg.sigma_data, **kw)
+
+    def forward(self, x, c_noise, **cond):
+        return self.inner(x.flatten(1), c_noise, **cond).view_as(x)
 
 
 def save_tiny_detector(path, kernel: int = 8):

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli, save_tiny_detector
+from conftest import one_line_error, run_cli, save_tiny_detector
 import torch
 
 from discodiff.analysis import AnalysisError, jsonable
@@ -92,12 +92,6 @@ def _with_prior(run_dir):
     return run.load_model(), run.load_prior()
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len([line for line in err.strip().splitlines() if line]) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 # ---- loss against sigma ---------------------------------------------------------------------------------------
@@ -186,19 +180,19 @@ def test_latent_analyses_refuse_a_plain_model(runs, detector, img_ref):
 def test_cli_latent_commands_on_a_plain_model(runs, tmp_path, capsys, command, detector_file):
     extra = ["--detector", str(detector_file)] if command in ("oracle", "guidance") else []
     code, _, err = run_cli(["analyze", command, "--run-dir", str(runs["img0"]), "--out", str(tmp_path), *extra], capsys)
-    _one_line_error(code, err, "m = 0", str(runs["img0"]))
+    one_line_error(code, err, "m = 0", str(runs["img0"]))
 
 
 def test_cli_errors(runs, tmp_path, capsys):
     code, _, err = run_cli(["analyze", "switching", "--run-dir", str(runs["noprior"]), "--out", str(tmp_path)], capsys)
-    _one_line_error(code, err, "no trained prior", "train-prior")
+    one_line_error(code, err, "no trained prior", "train-prior")
     code, _, err = run_cli(["analyze", "nfe", "--run-dir", str(runs["toy"]), "--out", str(tmp_path)], capsys)
-    _one_line_error(code, err, "image model")
+    one_line_error(code, err, "image model")
     code, _, err = run_cli(["analyze", "guidance", "--run-dir", str(runs["img"]), "--out", str(tmp_path),
                             "--weights", "0,x"], capsys)
-    _one_line_error(code, err, "--weights")
+    one_line_error(code, err, "--weights")
     code, _, err = run_cli(["analyze", "codebook", "--run-dir", str(tmp_path / "nope"), "--out", str(tmp_path)], capsys)
-    _one_line_error(code, err, "does not exist")
+    one_line_error(code, err, "does not exist")
     with pytest.raises(AnalysisError):  # a step count of 0 is refused before any sampling
         quality_vs_steps({"img": (_model(runs["img"]), None)}, [4, 0], [0, 1], None, None)
     assert parse_list("0, 0.5,2", float, "w") == [0.0, 0.5, 2.0]

@@ -2,15 +2,13 @@
 distance against an independent implementation, the cache and its provenance, the refusals (another feature space,
 data without labels) and the class balance. On the digits (1,797 8x8 images), with a shortened training."""
 import json
-import math
 
 import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import save_tiny_detector
+from conftest import FlatMLP, save_tiny_detector
 from safetensors.numpy import load_file as load_numpy
-from torch import nn
 
 from discodiff.config import DataConfig, ModelConfig, RunConfig
 from discodiff.data import load_dataset, to_uint8
@@ -217,18 +215,7 @@ def test_fid_gen_with_classifier_features(cache, tmp_path, capsys, monkeypatch, 
     from discodiff.checkpoint import CONFIG, MODEL, save_tensors
     from discodiff.model import DiscoDiff
     from discodiff.networks import BACKBONES
-    from discodiff.networks.mlp import MLPBackbone
-
-    class Flat(nn.Module):
-        def __init__(self, cfg, kw):
-            super().__init__()
-            self.inner = MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
-                                     sigma_data=cfg.sigma_data, **kw)
-
-        def forward(self, x, c_noise, **cond):
-            return self.inner(x.flatten(1), c_noise, **cond).view_as(x)
-
-    monkeypatch.setitem(BACKBONES, "cls-test-flat", Flat)
+    monkeypatch.setitem(BACKBONES, "cls-test-flat", FlatMLP)
     cfg = RunConfig(preset="cls-test", data=DataConfig(name="digits", options={"max_images": 200}),
                     model=ModelConfig(data_shape=[1, 8, 8], num_latents=0,
                                       network={"name": "cls-test-flat", "hidden": 16, "depth": 2, "emb_dim": 8}))

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TOY_ARGS, run_cli
+from conftest import TINY_TOY_ARGS, one_line_error, run_cli
 
 from discodiff.config import preset_config
 
@@ -12,12 +12,6 @@ pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err
-    assert len([line for line in err.strip().splitlines() if line]) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def _tiny_toy_model(**model):
@@ -87,7 +81,7 @@ def test_continuous_latents_on_the_toy_preset_drop_the_discrete_encoder_options(
 def test_an_explicit_discrete_encoder_option_with_continuous_latents_is_still_refused(tmp_path, capsys):
     code, _, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "run"), "--latent-type",
                             "continuous", "--set", "model.encoder.prototypes=true", "--dry-run"], capsys)
-    _one_line_error(code, err, "prototypes=true applies to discrete latents")
+    one_line_error(code, err, "prototypes=true applies to discrete latents")
 
 
 def test_continuous_encoder_fixes():
@@ -139,7 +133,7 @@ def test_demo_refuses_a_missing_extra_before_any_work(tmp_path, capsys, monkeypa
     monkeypatch.setattr(toy2d, "run_toy2d", no_work)
     _uninstall(monkeypatch, missing)
     code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), *args], capsys)
-    _one_line_error(code, err, missing, f"discodiff[{extra}]")
+    one_line_error(code, err, missing, f"discodiff[{extra}]")
     assert not (tmp_path / "d").exists()
 
 
@@ -153,7 +147,7 @@ def test_demo_without_digits_does_not_need_scikit_learn(tmp_path, capsys, monkey
     monkeypatch.setattr(toy2d, "run_toy2d", stop)
     _uninstall(monkeypatch, "sklearn")
     code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--digits-kimg", "0"], capsys)
-    _one_line_error(code, err, "reached the toy experiment")
+    one_line_error(code, err, "reached the toy experiment")
 
 
 @pytest.mark.parametrize("command", ["loss-vs-sigma", "switching", "codebook", "guidance", "nfe"])
@@ -161,7 +155,7 @@ def test_analyses_that_draw_figures_refuse_without_matplotlib_first(tmp_path, ca
     _uninstall(monkeypatch, "matplotlib", "matplotlib.pyplot")
     code, _, err = run_cli(["analyze", command, "--run-dir", str(tmp_path / "missing"), "--out",
                             str(tmp_path / "out")], capsys)
-    _one_line_error(code, err, "matplotlib", "discodiff[plots]", f"discodiff analyze {command}")
+    one_line_error(code, err, "matplotlib", "discodiff[plots]", f"discodiff analyze {command}")
     assert not (tmp_path / "out").exists()
 
 
@@ -311,5 +305,5 @@ def test_fid_gen_refuses_churn_without_the_stochastic_sampler_before_any_work(di
     before = sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir())
     code, _, err = run_cli(["fid", "gen", "--run-dir", str(run), "--num", "3", "--detector", str(det),
                             "--sampler", "heun", "--churn", "5"], capsys)
-    _one_line_error(code, err, "--churn applies to the stochastic sampler (--sampler edm), not heun")
+    one_line_error(code, err, "--churn applies to the stochastic sampler (--sampler edm), not heun")
     assert sorted((p.name, p.stat().st_mtime_ns) for p in run.iterdir()) == before and not churn_spy

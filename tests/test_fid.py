@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import TinyNet, save_tiny_detector
+from conftest import FlatMLP, TinyNet, save_tiny_detector
 from torch import nn
 
 from discodiff.config import ConfigError, DataConfig, ModelConfig, RunConfig
@@ -427,18 +427,7 @@ def test_cli_gen(tmp_path, capsys, monkeypatch, tiny_detector_file, fake_image_d
     from discodiff.checkpoint import CONFIG, MODEL, save_tensors
     from discodiff.model import DiscoDiff
     from discodiff.networks import BACKBONES
-    from discodiff.networks.mlp import MLPBackbone
-
-    class Flat(nn.Module):
-        def __init__(self, cfg, kw):
-            super().__init__()
-            self.inner = MLPBackbone(math.prod(cfg.data_shape), cfg.num_latents, cfg.codebook_size, cfg.num_classes,
-                                     sigma_data=cfg.sigma_data, **kw)
-
-        def forward(self, x, c_noise, **cond):
-            return self.inner(x.flatten(1), c_noise, **cond).view_as(x)
-
-    monkeypatch.setitem(BACKBONES, "fid-test-flat", Flat)
+    monkeypatch.setitem(BACKBONES, "fid-test-flat", FlatMLP)
     cfg = RunConfig(preset="fid-test", data=DataConfig(name="fid-test"),
                     model=ModelConfig(data_shape=[1, 8, 8], num_latents=0, num_classes=2,
                                       network={"name": "fid-test-flat", "hidden": 16, "depth": 2, "emb_dim": 8}))

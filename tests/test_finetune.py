@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import FEW_DIGITS, TINY_DIGITS_ARGS, TINY_UNET, run_cli
+from conftest import FEW_DIGITS, TINY_DIGITS_ARGS, TINY_UNET, one_line_error, run_cli
 
 from discodiff import finetune
 from discodiff.checkpoint import MODEL, load_tensors, save_tensors
@@ -37,11 +37,6 @@ def _train(run, *args):
     main(["train", "--run-dir", str(run), *TINY_DIGITS, *args])
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err and len([line for line in err.strip().splitlines() if line]) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 # ---- the network starts as the plain one ---------------------------------------------------------------------
@@ -162,7 +157,7 @@ def test_a_base_that_changed_before_the_first_step_is_refused(base_run, tmp_path
     _train(new, "--preset", "digits", "--init-from", str(base), "--kimg", "0")  # config written, nothing trained
     save_tensors(load_tensors(base / MODEL), base / MODEL, metadata={"kimg": "0.128", "note": "retrained"})
     code, _, err = run_cli(["train", "--run-dir", str(new), "--kimg", "0.128", "--quiet"], capsys)
-    _one_line_error(code, err, "changed since this run was created from it")
+    one_line_error(code, err, "changed since this run was created from it")
 
 
 def _copy(base_run, tmp_path, name="base"):
@@ -215,7 +210,7 @@ def test_bad_bases_are_refused_in_one_line(base_run, tmp_path, capsys, case):
     extra = [a.replace("{tmp}", str(tmp_path)) for a in extra]
     code, _, err = run_cli(["train", "--preset", "digits", "--run-dir", str(tmp_path / "new"), "--init-from",
                             str(base), *TINY_DIGITS, *extra], capsys)
-    _one_line_error(code, err, *needles)
+    one_line_error(code, err, *needles)
     assert not (tmp_path / "new").exists()  # refused before anything is written
 
 
@@ -224,20 +219,20 @@ def test_a_fine_tuned_base_and_mismatched_resumes_are_refused(base_run, tmp_path
     _train(new, "--preset", "digits", "--init-from", str(base_run), "--kimg", "0")
     code, _, err = run_cli(["train", "--preset", "digits", "--run-dir", str(tmp_path / "other"), "--init-from",
                             str(new), *TINY_DIGITS], capsys)
-    _one_line_error(code, err, "is a DisCo-Diff run (m = 4)", "plain EDM run")
+    one_line_error(code, err, "is a DisCo-Diff run (m = 4)", "plain EDM run")
     code, _, err = run_cli(["train", "--run-dir", str(new), "--init-from", str(tmp_path / "elsewhere"), "--quiet"],
                            capsys)
-    _one_line_error(code, err, "started from", "not")
+    one_line_error(code, err, "started from", "not")
     code, _, err = run_cli(["train", "--run-dir", str(base_run), "--init-from", str(new), "--quiet"], capsys)
-    _one_line_error(code, err, "did not start from another")
+    one_line_error(code, err, "did not start from another")
     code, _, err = run_cli(["train", "--run-dir", str(new), "--set", 'train.init_from=null', "--quiet"], capsys)
-    _one_line_error(code, err, "train.init_from")
+    one_line_error(code, err, "train.init_from")
 
 
 def test_new_parts_lr_needs_init_from(tmp_path, capsys):
     code, _, err = run_cli(["train", "--preset", "digits", "--run-dir", str(tmp_path / "r"), *TINY_DIGITS,
                             "--set", "train.new_parts_lr=0.01"], capsys)
-    _one_line_error(code, err, "needs --init-from")
+    one_line_error(code, err, "needs --init-from")
 
 
 # ---- under torchrun ------------------------------------------------------------------------------------------

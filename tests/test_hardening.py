@@ -5,20 +5,13 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TOY, run_cli, train_tiny_toy
+from conftest import TINY_TOY, one_line_error, run_cli, train_tiny_toy
 
 from discodiff.checkpoint import load_tensors
 from discodiff.cli import main
 from discodiff.runs import Run
 
 
-def _one_line_error(code, err, *needles):
-    assert code == 2, err
-    assert "Traceback" not in err
-    lines = [line for line in err.strip().splitlines() if line]
-    assert len(lines) == 1, err
-    for needle in needles:
-        assert needle in err, err
 
 
 def _snapshot(run_dir, *, config=True):
@@ -58,7 +51,7 @@ def test_config_json_survives_a_failed_rewrite(toy_run, tmp_path, monkeypatch, c
     monkeypatch.setattr(type(run), "write_text", half_write)
     code, _, err = run_cli(["train-prior", "--run-dir", str(run), "--kimg", "0.6", "--quiet"], capsys)
     monkeypatch.undo()
-    _one_line_error(code, err, "config.json", "No space left")
+    one_line_error(code, err, "config.json", "No space left")
     assert (run / "config.json").read_bytes() == before
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
 
@@ -74,7 +67,7 @@ def test_prior_of_older_stage1_weights_is_refused_then_retrained(toy_run, tmp_pa
     for cmd in (["sample", "--run-dir", str(run), "--num", "4", "--out", str(out), "--steps", "2"],
                 ["analyze", "switching", "--run-dir", str(run), "--num", "2", "--out", str(tmp_path / "a")]):
         code, _, err = run_cli(cmd, capsys)
-        _one_line_error(code, err, "discodiff train-prior")
+        one_line_error(code, err, "discodiff train-prior")
     code, out_text, _ = run_cli(["train-prior", "--run-dir", str(run), "--quiet"], capsys)
     assert code == 0
     assert "fitting the prior afresh" in (run / "log.txt").read_text()
@@ -91,7 +84,7 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_state(toy_run, tmp_path
     real = EDMLoss.__call__
     monkeypatch.setattr(EDMLoss, "__call__", lambda self, *a, **kw: real(self, *a, **kw) * float("nan"))
     code, _, err = run_cli(["train", "--run-dir", str(run), "--kimg", "6", "--quiet"], capsys)
-    _one_line_error(code, err, "diverged", "loss stayed non-finite", "kept")
+    one_line_error(code, err, "diverged", "loss stayed non-finite", "kept")
     assert _snapshot(run, config=False) == before  # neither the snapshot nor a training state was overwritten
 
 
@@ -108,7 +101,7 @@ def test_nan_weights_stop_training_at_once(toy_run, tmp_path, monkeypatch, capsy
 
     monkeypatch.setattr(torch.optim.Adam, "step", poisoned_step)
     code, _, err = run_cli(["train", "--run-dir", str(run), "--kimg", "4", "--quiet"], capsys)
-    _one_line_error(code, err, "diverged at kimg 3", "weights became NaN")
+    one_line_error(code, err, "diverged at kimg 3", "weights became NaN")
     assert _snapshot(run, config=False) == before
 
 
@@ -138,7 +131,7 @@ def test_weights_of_another_network_are_refused(toy_run, tmp_path, capsys):
     run = _copy(toy_run, tmp_path)
     shutil.copy(other / "model.safetensors", run / "model.safetensors")
     code, _, err = run_cli(["sample", "--run-dir", str(run), "--num", "2", "--out", str(tmp_path / "x.npz")], capsys)
-    _one_line_error(code, err, "model.safetensors", "shape")
+    one_line_error(code, err, "model.safetensors", "shape")
 
 
 @pytest.mark.parametrize("args,needles", [
@@ -152,14 +145,14 @@ def test_bad_values_on_resume_are_one_line(toy_run, tmp_path, capsys, args, need
     run = _copy(toy_run, tmp_path)
     before = _snapshot(run)
     code, _, err = run_cli(["train", "--run-dir", str(run), "--kimg", "3", *args], capsys)
-    _one_line_error(code, err, *needles)
+    one_line_error(code, err, *needles)
     assert _snapshot(run) == before
 
 
 def test_bad_values_on_a_new_run_leave_no_folder(tmp_path, capsys):
     for args in (["--set", "model.num_latents=abc"], ["--set", "model.network.widht=3"], ["--lr", "-1"]):
         code, _, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(tmp_path / "r"), *args], capsys)
-        _one_line_error(code, err)
+        one_line_error(code, err)
         assert not (tmp_path / "r").exists(), args
     train_tiny_toy(tmp_path / "r", kimg=0.5)  # the retry of a failed first build works
     assert (tmp_path / "r" / "model.safetensors").is_file()
@@ -200,10 +193,10 @@ def test_class_labels_that_change_on_resume_are_refused(tmp_path, capsys):
     assert Run(run).config.model.num_classes == 3
     _labelled_npz(data, 5)
     code, _, err = run_cli(["train", "--run-dir", str(run), "--kimg", "0.064", "--quiet"], capsys)
-    _one_line_error(code, err, "3 classes", "5")
+    one_line_error(code, err, "3 classes", "5")
     _labelled_npz(data, 3)
     code, _, err = run_cli(["train", "--run-dir", str(run), "--kimg", "0.064", "--uncond", "--quiet"], capsys)
-    _one_line_error(code, err, "--uncond")
+    one_line_error(code, err, "--uncond")
 
 
 # ---- outputs -------------------------------------------------------------------------------------------------------
@@ -215,10 +208,10 @@ def test_unwritable_outputs_fail_before_any_work(toy_run, tmp_path, monkeypatch,
     monkeypatch.setattr(pipeline, "generate", lambda *a, **kw: pytest.fail("sampled before checking --out"))
     code, _, err = run_cli(["sample", "--run-dir", str(toy_run), "--num", "2", "--out", str(blocker / "x.npz")],
                            capsys)
-    _one_line_error(code, err, str(blocker))
+    one_line_error(code, err, str(blocker))
     code, _, err = run_cli(["analyze", "switching", "--run-dir", str(toy_run), "--num", "2",
                             "--out", str(blocker / "out")], capsys)
-    _one_line_error(code, err, str(blocker))
+    one_line_error(code, err, str(blocker))
 
 
 def test_sample_streams_to_an_npz_equal_to_in_memory_generation(toy_run, tmp_path, capsys):
@@ -250,7 +243,7 @@ def test_disk_full_is_one_line_and_leaves_no_temporary_files(tmp_path, monkeypat
     monkeypatch.setattr(ckpt, "save_file", full)
     run = tmp_path / "run"
     code, _, err = run_cli(["train", "--preset", "toy2d", "--run-dir", str(run), "--kimg", "1", *TINY_TOY], capsys)
-    _one_line_error(code, err, "No space left on device", str(run))
+    one_line_error(code, err, "No space left on device", str(run))
     leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".stage1-")]
     assert not leftovers
 
@@ -267,9 +260,9 @@ def test_a_second_training_process_is_refused(toy_run, tmp_path, capsys):
     try:
         assert holder.stdout.readline().strip() == "locked"
         code, _, err = run_cli(["train", "--run-dir", str(run), "--kimg", "3", "--quiet"], capsys)
-        _one_line_error(code, err, "another discodiff process", f"pid {holder.pid}", "is training in")
+        one_line_error(code, err, "another discodiff process", f"pid {holder.pid}", "is training in")
         code, _, err = run_cli(["train-prior", "--run-dir", str(run), "--quiet"], capsys)
-        _one_line_error(code, err, "another discodiff process")
+        one_line_error(code, err, "another discodiff process")
     finally:
         holder.kill()
         holder.wait()
@@ -283,12 +276,12 @@ def test_commands_that_need_an_extra_refuse_before_any_work(toy_run, tmp_path, m
     import sys
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # as if not installed
     code, _, err = run_cli(["demo", "--out", str(tmp_path / "d"), "--kimg", "0.1"], capsys)
-    _one_line_error(code, err, "matplotlib", "discodiff[plots]")
+    one_line_error(code, err, "matplotlib", "discodiff[plots]")
     assert not (tmp_path / "d").exists()
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # FID needs no extra, but its onnxruntime backend does
     code, _, err = run_cli(["fid", "calc", "--images", str(tmp_path), "--ref", str(tmp_path / "r.npz"),
                             "--detector-backend", "onnxruntime"], capsys)
-    _one_line_error(code, err, "onnxruntime", "discodiff[fast-fid]")
+    one_line_error(code, err, "onnxruntime", "discodiff[fast-fid]")
 
 
 def test_safetensors_whose_header_length_starts_with_the_pickle_byte_load(tmp_path):
