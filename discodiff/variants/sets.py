@@ -142,15 +142,15 @@ class TargetBlock(nn.Module):
         self.emb = nn.Linear(width, 3 * width)
         self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
 
-    def forward(self, h, emb, x, ref, lig_mask, ctx, rec_pos, rec_mask, width):
+    def forward(self, h, emb, x, ref, lig_mask, ctx, rec_pos, rec_mask, width, pscale):
         s1, s2, s3 = self.emb(emb).unsqueeze(1).chunk(3, dim=-1)
         q = self.norms[0](h) + s1
-        a, rel = self.self_attn(q, q, distance_bias(self.self_scale, ref, ref, lig_mask, 1.0),
-                                x / RECEPTOR_SCALE, x / RECEPTOR_SCALE)
+        xs = x * pscale  # relative vectors in units of the noisy target's scale, so they stay O(1) at any sigma
+        a, rel = self.self_attn(q, q, distance_bias(self.self_scale, ref, ref, lig_mask, 1.0), xs, xs)
         h = h + a + self.self_rel(rel)
         q = self.norms[1](h) + s2
         a, rel = self.cross_attn(q, self.ctx_norm(ctx), distance_bias(self.cross_scale, x, rec_pos, rec_mask, width),
-                                 x / RECEPTOR_SCALE, rec_pos / RECEPTOR_SCALE)
+                                 xs, rec_pos * pscale)
         h = h + a + self.cross_rel(rel)
         return h + self.mlp(self.norms[2](h) + s3)
 
@@ -209,8 +209,9 @@ class SetBackbone(nn.Module):
         ref = ctx["lig_ref"]
         h = self.inp(torch.cat([x_in, ref / RECEPTOR_SCALE], -1)) + self.kind(ctx["lig_type"].long()) + emb.unsqueeze(1)
         width = (sigma.square() + 1.0).sqrt()
+        pscale = (sigma.square() + self.sigma_data ** 2).rsqrt().view(-1, 1, 1)  # c_in
         for block in self.blocks:
-            h = block(h, emb, x, ref, mask, ctx["tokens"], ctx["rec_pos"], ctx["rec_mask"], width)
+            h = block(h, emb, x, ref, mask, ctx["tokens"], ctx["rec_pos"], ctx["rec_mask"], width, pscale)
         return self.out(self.out_norm(h)) * mask.unsqueeze(-1)
 
 
