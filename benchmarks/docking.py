@@ -1,4 +1,4 @@
-"""Benchmark: pointer latents on the dock3d docking ANALOGUE (DisCo-DiffDock's design, paper-spec section 9;
+"""Benchmark: pointer latents on the dock3d docking ANALOGUE (DisCo-DiffDock's design, the paper's §4.2;
 docs/docking.md).
 
     nice -n 19 .venv/bin/python benchmarks/docking.py            # the full comparison, about 30-45 min on 2 cores

@@ -1,4 +1,4 @@
-"""Pointer latents (DisCo-DiffDock, paper-spec section 9; docs/docking.md): each of the m latents takes a value among
+"""Pointer latents (DisCo-DiffDock, the paper's §3.3 and App. E; docs/docking.md): each of the m latents takes a value among
 the elements of the example's conditioning set, so the codebook changes from one example to the next and the
 latents are permutation-equivariant (permuting the set permutes the chosen indices).
 
