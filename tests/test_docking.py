@@ -166,3 +166,53 @@ def test_tiny_train_and_sample_end_to_end(tmp_path):
     r = CliRunner().invoke(cli, ["sample", "--run-dir", str(run), "--num", "1", "--out", str(out2),
                                  "--complexes", "nope"])
     assert r.exit_code != 0 and "--complexes" in str(r.exception or r.output)
+
+
+def test_stopped_docking_runs_resume_to_the_same_weights(tmp_path, monkeypatch):
+    """Both stages of a docking run write training states at every tick; a run stopped half-way and started again
+    ends with the weights of a run that was never stopped (bit for bit: one generator, its state saved)."""
+    from click.testing import CliRunner
+    from safetensors.torch import load_file
+
+    from discodiff.cli import cli
+    opts = ["--set", "data.options.receptors=4", "--set", "data.options.unseen_receptors=2",
+            "--set", "data.options.train_per_receptor=2", "--set", "data.options.eval_per_receptor=2",
+            "--set", "model.network.width=16", "--set", "model.network.heads=2", "--set", "model.network.depth=1",
+            "--set", "model.network.set_depth=1", "--set", "model.encoder.width=16", "--set", "model.encoder.heads=2",
+            "--set", "model.encoder.depth=1", "--set", "prior_train.network.width=16",
+            "--set", "prior_train.network.heads=2", "--set", "train.tick_kimg=0.04", "--batch", "8", "--quiet"]
+
+    def invoke(*args):
+        r = CliRunner().invoke(cli, list(args), catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    invoke("train", "--preset", "dock3d", "--run-dir", str(whole), "--kimg", "0.08", *opts)
+    invoke("train", "--preset", "dock3d", "--run-dir", str(stopped), "--kimg", "0.04", *opts)
+    assert (stopped / "state").is_dir()
+    invoke("train", "--preset", "dock3d", "--run-dir", str(stopped), "--kimg", "0.08", *opts)
+    assert "resuming stage I" in (stopped / "log.txt").read_text()
+    a, b = load_file(whole / "model.safetensors"), load_file(stopped / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    # the prior: 8 steps of 8 with a tick every 2 steps; its set encoder unfreezes after the first 2 steps, so the
+    # run stopped at its first tick resumes on the step that unfreezes it
+    prior_opts = ["--kimg", "0.064", "--batch", "8", "--set", "prior_train.tick_kimg=0.016", "--quiet"]
+    invoke("train-prior", "--run-dir", str(whole), *prior_opts)
+
+    class Stopped(Exception):
+        pass
+
+    def save_then_stop(*args, **kwargs):
+        save_state(*args, **kwargs)
+        raise Stopped
+
+    save_state = docking.save_state
+    monkeypatch.setattr(docking, "save_state", save_then_stop)
+    with pytest.raises(Stopped):
+        invoke("train-prior", "--run-dir", str(stopped), *prior_opts)
+    monkeypatch.setattr(docking, "save_state", save_state)
+    invoke("train-prior", "--run-dir", str(stopped), *prior_opts)
+    assert "resuming the prior" in (stopped / "log.txt").read_text()
+    a, b = load_file(whole / "prior.safetensors"), load_file(stopped / "prior.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -13,20 +13,21 @@ draws (variants/pointer.py); its weights, config and prior live in an ordinary r
 - `dock`: poses for complexes, one per seed: z from the prior (with its log-likelihood), then the ODE.
 - `evaluate`: success rate, top-1 success by the prior's likelihood, pocket coverage TV and trajectory curvature.
 
-Resumable training states are not written for these runs: `discodiff train` on an existing docking run trains it
-again from the start (a few minutes).
+Both stages write resumable training states at every tick, as the image trainers do: `discodiff train` and
+`train-prior` on an existing docking run go on from where it stopped, and give the same weights as a run that was
+never stopped.
 """
 from __future__ import annotations
 
 import functools
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint import discard_training_states, latest_training_state
 from ..data import dock3d
 from ..edm import loss_weight
 from ..ema import EMA
@@ -36,7 +37,8 @@ from ..metrics.ode import straightness
 from ..model import DiscoDiff
 from ..runs import PRIOR_NETWORK_KEY, STAGE1_HASH_KEY, Run, network_record
 from ..sampling import StackedGenerator, karras_sigmas, sample_heun, takes_noise_source
-from ..train.common import RunLog
+from ..train.common import RunLog, resume_line
+from ..train.loop import Ticks, locked, restore, save_state
 
 ATOMS = dock3d.MAX_LIGAND
 # The ODE starts at sigma 30, not EDM's 80: ten times the data's scale (sigma_data 3) and three times the receptors'
@@ -81,43 +83,55 @@ def _data(dataset) -> dock3d.Dock3D:
 
 
 def train_set_stage1(run_dir: Path, cfg, dataset, *, quiet: bool = False, device="cpu") -> DiscoDiff:
-    """Stage I on the training complexes for cfg.train.kimg thousand complexes; writes model.safetensors (the EMA
-    weights) into the run folder and returns the EMA model. A fixed seed gives the same weights."""
-    data, t, log = _data(dataset), cfg.train, RunLog(run_dir, quiet)
+    """Stage I on the training complexes for cfg.train.kimg thousand complexes (or resumed from the run's newest
+    training state); writes model.safetensors (the EMA weights) into the run folder and returns the EMA model. A
+    fixed seed gives the same weights, resumed or not: every draw comes from one generator whose state is saved."""
     run = Run(run_dir, cfg)
+    with locked(run):
+        return _train_set_stage1(run, _data(dataset), quiet=quiet, device=device)
+
+
+def _train_set_stage1(run: Run, data: dock3d.Dock3D, *, quiet: bool, device) -> DiscoDiff:
+    cfg, t, log = run.config, run.config.train, RunLog(run.path, quiet)
     rows = torch.from_numpy(data.indices("train"))
     torch.manual_seed(t.seed)
     model = DiscoDiff(cfg.model).to(device).train()
     ema = EMA(model, t.ema_halflife_kimg, t.ema_rampup)
     opt = torch.optim.Adam(model.parameters(), lr=t.lr)
     gen = torch.Generator(device).manual_seed(t.seed)
-    total, nimg, tick, start = int(t.kimg * 1000), 0, 0, time.time()
+    parts, generators, start = {"model": model, "ema": ema.module}, {"data": gen}, 0
+    state = latest_training_state(run.path, "stage1")
+    if state is not None:
+        start = restore(state, parts, opt, generators)
+        log.line(resume_line("stage I", state))
     log.line(f"stage I (set-conditioned, {cfg.model.latent_type if cfg.model.num_latents else 'no'} latents, "
              f"m={cfg.model.num_latents}): {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
              f"{t.kimg:g} kimg at batch {t.batch}")
+    ticks = Ticks("stage I", start, int(t.kimg * 1000), t.batch, t.tick_kimg)
     losses = []
-    while nimg < total:
+    while ticks.running():
         pick = rows[torch.randint(len(rows), (t.batch,), generator=gen)]
         b = _to(dock3d.batch(data, pick.numpy()), device)
         for g in opt.param_groups:
-            g["lr"] = t.lr * min(1.0, (nimg + 1) / max(t.lr_rampup_kimg * 1000, 1))
+            g["lr"] = t.lr * min(1.0, (ticks.nimg + 1) / max(t.lr_rampup_kimg * 1000, 1))
         loss = stage1_loss(model, b, gen).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
         opt.step()
-        nimg += t.batch
-        ema.update(model, t.batch, nimg)
+        ema.update(model, t.batch, ticks.nimg + t.batch)
         losses.append(float(loss.detach()))
-        if nimg >= (tick + 1) * t.tick_kimg * 1000 or nimg >= total:
-            tick += 1
-            row = {"kimg": nimg / 1000, "loss": float(np.mean(losses)), "seconds": time.time() - start}
-            log.stats(row)
-            log.line(f"kimg {row['kimg']:.1f} loss {row['loss']:.4f} ({row['seconds']:.0f} s)")
-            losses = []
+        if not ticks.step():
+            continue
+        row = {"kimg": ticks.nimg / 1000, "loss": float(np.mean(losses)), "seconds": ticks.timer.total()}
+        log.stats(row)
+        log.line(f"kimg {row['kimg']:.1f} loss {row['loss']:.4f} ({row['seconds']:.0f} s)")
+        losses = []
+        save_state(run.path, "stage1", ticks.nimg, parts, opt, generators=generators)
+    ticks.close()
     model = ema.module.eval()
-    model.save(run.model_path, metadata={"kimg": str(nimg / 1000)})
-    log.line(f"stage I done in {time.time() - start:.0f} s; weights in {run.model_path}")
+    model.save(run.model_path, metadata={"kimg": str(ticks.nimg / 1000)})
+    log.line(f"stage I done in {ticks.timer.total():.0f} s; weights in {run.model_path}")
     return model
 
 
@@ -136,10 +150,16 @@ def encode_logits(model: DiscoDiff, data: dock3d.Dock3D, rows: np.ndarray, batch
 def train_set_prior(run_dir: Path, cfg, dataset, model: DiscoDiff, *, quiet: bool = False):
     """Stage II: the set prior fitted to z ~ GumbelSoftmax(E(y, set), prior_train.tau) of the training complexes,
     drawn afresh each step; with network.share its set encoder starts as the denoiser's and stays frozen for the
-    first freeze_fraction of the steps (then the optimiser starts afresh, as the paper's code does). Writes
-    prior.safetensors with the stage-I hash it belongs to."""
-    data, p, log = _data(dataset), cfg.prior_train, RunLog(run_dir, quiet)
+    first freeze_fraction of the steps (then the optimiser starts afresh, as the paper's code does). Resumes the
+    run's newest prior training state when it was fitted to the same stage-I weights. Writes prior.safetensors with
+    the stage-I hash it belongs to."""
     run = Run(run_dir, cfg)
+    with locked(run):
+        return _train_set_prior(run, _data(dataset), model, quiet=quiet)
+
+
+def _train_set_prior(run: Run, data: dock3d.Dock3D, model: DiscoDiff, *, quiet: bool):
+    cfg, p, log = run.config, run.config.prior_train, RunLog(run.path, quiet)
     device = next(model.parameters()).device
     rows = data.indices("train")
     logits = encode_logits(model, data, rows)
@@ -148,15 +168,31 @@ def train_set_prior(run_dir: Path, cfg, dataset, model: DiscoDiff, *, quiet: boo
     if prior.share:
         prior.init_from_denoiser(model)
     gen = torch.Generator(device).manual_seed(p.seed)
-    steps = max(1, math.ceil(p.kimg * 1000 / p.batch))
-    frozen = int(steps * prior.freeze_fraction) if prior.share else 0
-    prior.set_encoder.requires_grad_(not frozen)
-    opt = torch.optim.Adam([q for q in prior.parameters() if q.requires_grad], lr=p.lr)
-    start, losses = time.time(), []
-    for step in range(steps):
-        if frozen and step == frozen:
-            prior.set_encoder.requires_grad_(True)
-            opt = torch.optim.Adam(prior.parameters(), lr=p.lr)
+    total = int(p.kimg * 1000)
+    frozen = int(math.ceil(total / p.batch) * prior.freeze_fraction) if prior.share else 0  # in steps
+
+    def optimizer(step: int) -> torch.optim.Optimizer:
+        """Adam over what trains at `step`: all but the set encoder while it is frozen, everything after."""
+        prior.set_encoder.requires_grad_(step >= frozen)
+        return torch.optim.Adam([q for q in prior.parameters() if q.requires_grad], lr=p.lr)
+
+    record = {STAGE1_HASH_KEY: run.stage1_sha256(), PRIOR_NETWORK_KEY: network_record(p.network)}
+    state = latest_training_state(run.path, "prior")
+    if state is not None and any(state.meta.get(k) != v for k, v in record.items()):
+        log.line("the prior's training state belongs to other stage-I weights or another network: fitting afresh")
+        discard_training_states(run.path, "prior")
+        state = None
+    parts, generators = {"prior": prior}, {"data": gen}
+    # the optimizer that made the state's last step (a state saved on the step that unfreezes holds the one before)
+    opt, start = optimizer(max(state.nimg // p.batch - 1, 0) if state is not None else 0), 0
+    if state is not None:
+        start = restore(state, parts, opt, generators)
+        log.line(resume_line("the prior", state))
+    ticks = Ticks("prior", start, total, p.batch, p.tick_kimg)
+    losses = last = []
+    while ticks.running():
+        if frozen and ticks.nimg == frozen * p.batch:
+            opt = optimizer(frozen)
         pick = torch.randint(len(rows), (p.batch,), generator=gen)
         b = _to(dock3d.batch(data, rows[pick.numpy()]), device)
         z = gumbel_softmax(logits[pick.to(logits.device)].to(device), p.tau, generator=gen).argmax(-1)
@@ -165,11 +201,19 @@ def train_set_prior(run_dir: Path, cfg, dataset, model: DiscoDiff, *, quiet: boo
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        if not ticks.step():
+            continue
+        log.stats({"stage": 2, "kimg": ticks.nimg / 1000, "nll": float(np.mean(losses)),
+                   "seconds": ticks.timer.total()})
+        save_state(run.path, "prior", ticks.nimg, parts, opt, record, generators)
+        last, losses = losses[-20:], []
+    ticks.close()
     prior.eval()
-    prior.save(run.prior_path, metadata={STAGE1_HASH_KEY: run.stage1_sha256(),
-                                         PRIOR_NETWORK_KEY: network_record(p.network), "kimg": str(p.kimg)})
-    log.line(f"prior: {steps} steps in {time.time() - start:.0f} s, last loss {np.mean(losses[-20:]):.3f} nats per "
-             f"latent{f' (set encoder frozen for the first {frozen})' if frozen else ''}; weights in {run.prior_path}")
+    prior.save(run.prior_path, metadata={**record, "kimg": str(p.kimg)})
+    log.line(f"prior: {ticks.nimg // p.batch} steps in {ticks.timer.total():.0f} s, last loss "
+             f"{np.mean(last) if last else float('nan'):.3f} "
+             f"nats per latent{f' (set encoder frozen for the first {frozen})' if frozen else ''}; "
+             f"weights in {run.prior_path}")
     return prior
 
 
