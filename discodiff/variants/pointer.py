@@ -17,14 +17,13 @@ latents are permutation-equivariant (permuting the set permutes the chosen indic
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import ConfigError
 from ..latents import DiscreteLatents, gumbel_softmax, register_latent_type
+from ..prior import Prior
 from .sets import NEG, SetBlock, SetEncoder, masked_logits
 
 
@@ -52,8 +51,10 @@ class SetDiscreteLatents(DiscreteLatents):
         return SetPrior
 
 
-class SetPrior(nn.Module):
+class SetPrior(Prior):
     """p(z | set) = prod_i p(z_i | z_<i, set), for pointer or fixed-codebook latents (see the module docstring).
+    A stage-II prior (prior.Prior: saved and loaded as the others) whose condition is the example's set, a batch
+    dict, where the image priors take class labels.
     `network`: depth (the prior's own layers over the set after its set encoder), share, freeze_fraction; width and
     heads must equal the denoiser's set encoder's (model.network), whose sizes the prior's set encoder takes."""
 
@@ -152,14 +153,3 @@ class SetPrior(nn.Module):
             nxt = torch.searchsorted(cdf, uniforms[:, i:i + 1].float().contiguous() * cdf[:, -1:], right=True)
             z = torch.cat([z, nxt.clamp_max(self.codebook_size - 1)], 1)
         return z
-
-    def save(self, path: Path, metadata: dict[str, str] | None = None) -> None:
-        from ..checkpoint import save_tensors
-        save_tensors(self.state_dict(), path, metadata=metadata)
-
-    @classmethod
-    def load(cls, path: Path, cfg, network: dict) -> "SetPrior":
-        from ..checkpoint import load_state_into, load_tensors
-        prior = cls.for_model(cfg, network)
-        load_state_into(prior, load_tensors(path), path)
-        return prior

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from ..errors import ConfigError
 from ..latents import LatentEmbedding
 from ..networks import register_backbone, register_encoder
-from ..networks.layers import PositionalEmbedding, zero_init
+from ..networks.layers import Encoder, PositionalEmbedding, zero_init
 
 NEG = -1e9  # the logit of a padded element: exp() is exactly 0, and no NaN when a row is all padding
 RECEPTOR_SCALE = 6.0  # coordinates enter the networks divided by this (the receptors' radius)
@@ -215,10 +215,11 @@ class SetBackbone(nn.Module):
         return self.out(self.out_norm(h)) * mask.unsqueeze(-1)
 
 
-class SetLatentEncoder(nn.Module):
+class SetLatentEncoder(Encoder):
     """q(z | y, set): the clean target's atoms and the set's elements as one token set (atoms marked by a type of
     their own), a few layers of distance-biased attention, then per latent either one logit on every element of the
-    set (pointer latents: [B, m, N], padded elements at NEG) or k logits from the pooled tokens (fixed codebook)."""
+    set (pointer latents: [B, m, N], padded elements at NEG) or k logits from the pooled tokens (fixed codebook).
+    It starts from random weights: no data-dependent start (layers.Encoder's hooks do nothing)."""
 
     def __init__(self, num_latents: int, outputs: int, pointer: bool, *, width: int = 64, heads: int = 4,
                  depth: int = 2, set_types: int = 4, target_types: int = 3):
