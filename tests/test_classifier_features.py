@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import FlatMLP, save_tiny_detector
+from conftest import FlatMLP, run_cli_args, save_tiny_detector
 from safetensors.numpy import load_file as load_numpy
 
 from discodiff.config import DataConfig, ModelConfig, RunConfig
@@ -41,17 +41,6 @@ def digits():
     return to_uint8(ds.x), ds.labels
 
 
-def _run_cli(capsys, *args):
-    from discodiff.cli import main
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
 def _nhwc(images):
     return images.permute(0, 2, 3, 1).numpy()
 
@@ -79,7 +68,7 @@ def _independent_fd(a, b):
 def test_the_distance_agrees_with_an_independent_implementation(cache, digits, tmp_path, capsys):
     images, _ = digits
     ref = tmp_path / "ref.npz"
-    code, out, err = _run_cli(capsys, "fid", "ref", "--data", "digits", "--features", "classifier", "--num", "900",
+    code, out, err = run_cli_args(capsys, "fid", "ref", "--data", "digits", "--features", "classifier", "--num", "900",
                               "--out", str(ref))
     assert code == 0, err
     assert "training the classifier of digits" in err and "128-d features" in out
@@ -96,7 +85,7 @@ def test_the_distance_agrees_with_an_independent_implementation(cache, digits, t
         path = tmp_path / f"{name}.npz"
         np.savez(path, x=x)
         res = tmp_path / f"{name}.json"
-        code, out, err = _run_cli(capsys, "fid", "calc", "--features", "classifier", "--images", str(path),
+        code, out, err = run_cli_args(capsys, "fid", "calc", "--features", "classifier", "--images", str(path),
                                   "--ref", str(ref), "--out", str(res))
         assert code == 0, err
         assert "using the classifier of digits" in err and "FD (classifier features)" in out
@@ -154,10 +143,10 @@ def test_a_reference_of_another_feature_space_is_refused(cache, tmp_path, capsys
     det = save_tiny_detector(tmp_path / "tiny.pt")
     np.savez(tmp_path / "x.npz", x=_nhwc(images[:40]))
     inception_ref, classifier_ref, edm_ref = tmp_path / "inc.npz", tmp_path / "cls.npz", tmp_path / "edm.npz"
-    code, _, err = _run_cli(capsys, "fid", "ref", "--data", "digits", "--num", "40", "--detector", str(det),
+    code, _, err = run_cli_args(capsys, "fid", "ref", "--data", "digits", "--num", "40", "--detector", str(det),
                             "--out", str(inception_ref))
     assert code == 0, err
-    code, _, err = _run_cli(capsys, "fid", "ref", "--data", "digits", "--num", "40", "--features", "classifier",
+    code, _, err = run_cli_args(capsys, "fid", "ref", "--data", "digits", "--num", "40", "--features", "classifier",
                             "--out", str(classifier_ref))
     assert code == 0, err
     FIDStats(np.zeros(128), np.eye(128), 2).save(edm_ref)  # EDM's layout: no provenance
@@ -167,9 +156,9 @@ def test_a_reference_of_another_feature_space_is_refused(cache, tmp_path, capsys
              (["--detector", str(det), "--ref", str(classifier_ref), "--allow-mismatch"], "holds classifier features"),
              (["--features", "classifier", "--ref", str(edm_ref)], "records no feature space")]
     for args, message in cases:
-        code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(tmp_path / "x.npz"), *args)
+        code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(tmp_path / "x.npz"), *args)
         assert code == 2 and message in err and err.count("\n") == 1, (args, err)
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(tmp_path / "x.npz"), "--features", "classifier",
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(tmp_path / "x.npz"), "--features", "classifier",
                             "--detector", str(det), "--ref", str(classifier_ref))
     assert code == 2 and "--detector names an Inception file" in err and err.count("\n") == 1
 
@@ -179,7 +168,7 @@ def test_data_without_labels_are_refused_in_one_line(cache, tmp_path, capsys, mo
 
     images, _ = digits
     monkeypatch.setitem(LOADERS, "no-labels", lambda cfg: ArrayDataset(pixels=images[:20], name="no-labels"))
-    code, _, err = _run_cli(capsys, "fid", "ref", "--data", "no-labels", "--features", "classifier",
+    code, _, err = run_cli_args(capsys, "fid", "ref", "--data", "no-labels", "--features", "classifier",
                             "--out", str(tmp_path / "r.npz"))
     assert code == 2 and "has no class labels" in err and "--features inception" in err and err.count("\n") == 1
     assert not any(p.name.startswith("no-labels") for p in (cache / "classifiers").glob("*"))
@@ -227,13 +216,13 @@ def test_fid_gen_with_classifier_features(cache, tmp_path, capsys, monkeypatch, 
     res = tmp_path / "gen.json"
     args = ["fid", "gen", "--run-dir", str(run), "--num", "20", "--batch", "10", "--steps", "2", "--sampler", "euler",
             "--features", "classifier", "--out", str(res)]
-    code, out, err = _run_cli(capsys, *args)
+    code, out, err = run_cli_args(capsys, *args)
     assert code == 0, err
     assert (run / "fid-ref-classifier.npz").is_file() and not (run / "fid-ref.npz").exists()
     d = json.loads(res.read_text())
     assert d["features"] == "classifier" and d["ref_num"] == 200 and np.isfinite(d["fid"])
     assert 0 <= d["class_tv"] <= 1 and len(d["class_frequencies"]) == 10
-    code, out, err = _run_cli(capsys, *args)  # the second time, both the classifier and the reference are reused
+    code, out, err = run_cli_args(capsys, *args)  # the second time, both the classifier and the reference are reused
     assert code == 0, err
     assert "using the classifier" in err and "reusing the reference statistics" in err
     assert json.loads(res.read_text())["fid"] == pytest.approx(d["fid"], rel=1e-6)

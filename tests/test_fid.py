@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import FlatMLP, TinyNet, save_tiny_detector
+from conftest import FlatMLP, TinyNet, run_cli_args, save_tiny_detector
 from torch import nn
 
 from discodiff.config import ConfigError, DataConfig, ModelConfig, RunConfig
@@ -334,17 +334,6 @@ def test_real_inception_detector():
 
 # ---- the commands -------------------------------------------------------------------------------------------
 
-def _run_cli(capsys, *args):
-    """discodiff.cli.main in-process; returns (exit status, stdout, stderr)."""
-    from discodiff.cli import main
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
 
 def _images(seed, n, shift=0):
     rng = np.random.default_rng(seed)
@@ -366,7 +355,7 @@ def fake_image_dataset(monkeypatch):
 
 def test_cli_ref_and_calc(tmp_path, capsys, tiny_detector_file, fake_image_dataset):
     ref = tmp_path / "ref.npz"
-    code, out, err = _run_cli(capsys, "fid", "ref", "--data", "fid-test", "--out", str(ref), "--batch", "4",
+    code, out, err = run_cli_args(capsys, "fid", "ref", "--data", "fid-test", "--out", str(ref), "--batch", "4",
                               "--detector", str(tiny_detector_file))
     assert code == 0, err
     assert f"to {ref}" in out and ref.is_file()
@@ -377,7 +366,7 @@ def test_cli_ref_and_calc(tmp_path, capsys, tiny_detector_file, fake_image_datas
     same = tmp_path / "same.npz"
     np.savez(same, x=fake_image_dataset, z=np.zeros((10, 0), np.int64))
     res = tmp_path / "fid.json"
-    code, out, err = _run_cli(capsys, "fid", "calc", "--images", str(same), "--ref", str(ref), "--out", str(res),
+    code, out, err = run_cli_args(capsys, "fid", "calc", "--images", str(same), "--ref", str(ref), "--out", str(res),
                               "--detector", str(tiny_detector_file))
     assert code == 0, err
     d = json.loads(res.read_text())
@@ -387,38 +376,38 @@ def test_cli_ref_and_calc(tmp_path, capsys, tiny_detector_file, fake_image_datas
     # brighter images: clearly positive, and --num takes the first N
     other = tmp_path / "other.npz"
     np.savez(other, x=_images(1, 8, shift=60))
-    code, out, err = _run_cli(capsys, "fid", "calc", "--images", str(other), "--ref", str(ref), "--out", str(res),
+    code, out, err = run_cli_args(capsys, "fid", "calc", "--images", str(other), "--ref", str(ref), "--out", str(res),
                               "--num", "6", "--detector", str(tiny_detector_file))
     assert code == 0, err
     d = json.loads(res.read_text())
     assert d["num"] == 6 and d["fid"] > 1e-3
 
     # fewer images than --num: a one-line error, exit status 2
-    code, out, err = _run_cli(capsys, "fid", "calc", "--images", str(other), "--ref", str(ref), "--num", "9",
+    code, out, err = run_cli_args(capsys, "fid", "calc", "--images", str(other), "--ref", str(ref), "--num", "9",
                               "--detector", str(tiny_detector_file))
     assert code == 2 and "fewer than --num 9" in err and err.count("\n") == 1
-    code, out, err = _run_cli(capsys, "fid", "ref", "--data", "fid-test", "--out", str(ref), "--num", "11",
+    code, out, err = run_cli_args(capsys, "fid", "ref", "--data", "fid-test", "--out", str(ref), "--num", "11",
                               "--detector", str(tiny_detector_file))
     assert code == 2 and "fewer than --num 11" in err
 
 
 def test_cli_errors(tmp_path, capsys, tiny_detector_file):
-    code, _, err = _run_cli(capsys, "fid", "ref", "--data", "no-such-dataset", "--out", str(tmp_path / "r.npz"))
+    code, _, err = run_cli_args(capsys, "fid", "ref", "--data", "no-such-dataset", "--out", str(tmp_path / "r.npz"))
     assert code == 2 and "neither a dataset" in err
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(tmp_path / "x.npz"), "--ref",
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(tmp_path / "x.npz"), "--ref",
                             str(tmp_path / "r.npz"), "--detector", str(tiny_detector_file))
     assert code == 2 and "discodiff fid ref" in err
     FIDStats(np.zeros(6), np.eye(6), 2).save(tmp_path / "r.npz")
     np.savez(tmp_path / "f.npz", x=np.zeros((3, 8, 8, 1), np.float32))
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(tmp_path / "f.npz"), "--ref",
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(tmp_path / "f.npz"), "--ref",
                             str(tmp_path / "r.npz"), "--detector", str(tiny_detector_file))
     assert code == 2 and "uint8" in err
     np.savez(tmp_path / "u.npz", x=np.zeros((3, 8, 8, 1), np.uint8))
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(tmp_path / "u.npz"), "--ref",
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(tmp_path / "u.npz"), "--ref",
                             str(tmp_path / "r.npz"), "--detector", str(tmp_path / "missing.pt"))
     assert code == 2 and "does not exist" in err
     for sub in ("ref", "calc", "gen"):
-        code, out, _ = _run_cli(capsys, "fid", sub, "--help")
+        code, out, _ = run_cli_args(capsys, "fid", sub, "--help")
         assert code == 0 and "--detector" in out and "--num" in out
 
 
@@ -440,38 +429,39 @@ def test_cli_gen(tmp_path, capsys, monkeypatch, tiny_detector_file, fake_image_d
     res = tmp_path / "gen.json"
     args = ["fid", "gen", "--run-dir", str(run), "--num", "6", "--batch", "4", "--steps", "2", "--sampler", "euler",
             "--detector", str(tiny_detector_file), "--out", str(res)]
-    code, out, err = _run_cli(capsys, *args)
+    code, out, err = run_cli_args(capsys, *args)
     assert code == 0, err
     assert "training data" in err and (run / "fid-ref.npz").is_file()
     d = json.loads(res.read_text())
     assert d["num"] == 6 and d["ref_num"] == 10 and np.isfinite(d["fid"]) and d["steps"] == 2
     # restart's settings go through and are recorded, with its evaluation count: 2*3 - 1 + 1 repeat * 2 Heun steps * 2
     restart = ["--sampler", "restart", "--steps", "3", "--restart-intervals", "[[3, 1, 0.5, 2.0]]"]
-    code, out, err = _run_cli(capsys, *[a for a in args if a not in ("--steps", "2", "--sampler", "euler")], *restart)
+    plain = [a for a in args if a not in ("--steps", "2", "--sampler", "euler")]
+    code, out, err = run_cli_args(capsys, *plain, *restart)
     assert code == 0, err
     r = json.loads(res.read_text())
     assert r["sampler"] == "restart" and r["nfe"] == 9 and r["restart"]["intervals"] == [[3, 1, 0.5, 2.0]]
 
     # with --ref: the same value (same seeds, same reference); batch size does not matter
-    code, out, err = _run_cli(capsys, *args[:7], "5", *args[8:], "--ref", str(run / "fid-ref.npz"))
+    code, out, err = run_cli_args(capsys, *args[:7], "5", *args[8:], "--ref", str(run / "fid-ref.npz"))
     assert code == 0, err
     assert json.loads(res.read_text())["fid"] == pytest.approx(d["fid"], rel=1e-5)
 
     # without --ref again: the saved reference records this detector, data and count, so it is reused
-    code, out, err = _run_cli(capsys, *args)
+    code, out, err = run_cli_args(capsys, *args)
     assert code == 0 and "reusing the reference statistics" in err, err
     assert json.loads(res.read_text())["fid"] == pytest.approx(d["fid"], rel=1e-5)
     # a reference there that says nothing about itself (or names another dataset) is never overwritten
     foreign = FIDStats.load(run / "fid-ref.npz")
     FIDStats(foreign.mu, foreign.sigma, foreign.num).save(run / "fid-ref.npz")
     before = (run / "fid-ref.npz").read_bytes()
-    code, _, err = _run_cli(capsys, *args)
+    code, _, err = run_cli_args(capsys, *args)
     assert code == 2 and "holds other reference statistics" in err and "no provenance" in err
     assert (run / "fid-ref.npz").read_bytes() == before
-    code, _, err = _run_cli(capsys, *args, "--allow-mismatch")
+    code, _, err = run_cli_args(capsys, *args, "--allow-mismatch")
     assert code == 0 and (run / "fid-ref.npz").read_bytes() == before
 
     cfg.model.data_shape = [4]
     cfg.save(run / CONFIG)
-    code, _, err = _run_cli(capsys, *args)
+    code, _, err = run_cli_args(capsys, *args)
     assert code == 2 and "not an image model" in err
