@@ -9,6 +9,9 @@ is not part of discodiff: pass the folder of a checkout of NVlabs/edm (the folde
     .venv/bin/python benchmarks/unet_vs_edm.py --edm-source ~/src/edm                 # CPU, 32x32, 64 channels
     .venv/bin/python benchmarks/unet_vs_edm.py --edm-source ~/src/edm --device cuda --resolution 64 --channels 192
 
+It first checks the conversion of `discodiff import-edm`: EDM's network with random weights, and ours given those
+weights through edm_import.edm_to_ours, agree on the same inputs and class labels (target: 1e-4 in fp32).
+
 Target: discodiff's step takes at most 1.0x EDM's. The steps alternate between the two networks (a shared machine's
 speed drifts between minutes), and each keeps its median; the report says which attention kernels each used.
 """
@@ -44,6 +47,22 @@ def build_pair(edm_cls, resolution: int, channels: int, num_classes: int, device
                      model_channels=channels, channel_mult=[1, 2, 3, 4], channel_mult_emb=4, num_blocks=3,
                      attn_resolutions=attn, dropout=0.1)
     return ours.to(device).train(), theirs.to(device).train()
+
+
+def converted_agreement(ours, theirs, x, noise, labels) -> float:
+    """The largest difference between EDM's forward and ours given EDM's weights through `discodiff import-edm`'s
+    conversion (edm_import.edm_to_ours), in eval mode. EDM's weights are first drawn at random everywhere (its
+    output convolutions start at zero, which would make any two networks agree)."""
+    import torch
+    from discodiff.edm_import import attention_heads, edm_to_ours
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+        ours.load_state_dict(edm_to_ours(theirs.state_dict(), attention_heads(ours)), strict=True)
+        ours.eval(), theirs.eval()
+        diff = (ours(x, noise, class_labels=labels) - theirs(x, noise, labels)).abs().max().item()
+    ours.train(), theirs.train()
+    return diff
 
 
 def step_seconds(net, call, x, device) -> float:
@@ -84,6 +103,9 @@ def main(argv=None):
     labels = torch.nn.functional.one_hot(torch.arange(args.batch, device=device) % args.classes, args.classes).float()
     calls = {"discodiff": lambda net, x: net(x, sigma.log() / 4, class_labels=labels),
              "edm": lambda net, x: net(x, sigma.log() / 4, labels)}
+    agreement = converted_agreement(ours, theirs, x, sigma.log() / 4, labels)
+    log(f"EDM's weights converted as `import-edm` converts them: largest output difference {agreement:.2e} "
+        f"(target <= 1e-4: {'met' if agreement <= 1e-4 else 'missed'})")
     nets = {"discodiff": ours, "edm": theirs}
     times = {name: [] for name in nets}
     for i in range(args.steps + 2):
@@ -98,7 +120,8 @@ def main(argv=None):
         f"{median['edm'] * 1000:.1f} ms, ratio {ratio:.3f} (target <= 1.0: {'met' if ratio <= 1.0 else 'missed'})")
     write_report({"device": str(device), "torch": torch.__version__, "resolution": args.resolution,
                   "channels": args.channels, "batch": args.batch, "steps": args.steps, "parameters": count,
-                  "median_seconds": median, "ratio": ratio, "seconds": times}, args.results)
+                  "median_seconds": median, "ratio": ratio, "seconds": times,
+                  "converted_max_abs_diff": agreement}, args.results)
 
 
 if __name__ == "__main__":
