@@ -1,4 +1,4 @@
-"""Benchmark: autoguidance against EDM, DisCo-Diff and latent guidance at equal network evaluations (issue 31, item 4).
+"""Benchmark: autoguidance against EDM, DisCo-Diff and latent guidance at equal network evaluations.
 
     .venv/bin/python benchmarks/autoguidance.py --preset fashion16 --seeds 0,1 --num 2000 [--bootstrap 50]
         [--weights 0.5,1,2] [--width-scales 0.5,0.25] [--kimg-scales 0.25,0.5] [--budgets 18,36,70]

@@ -17,7 +17,7 @@ three weights stay separately meaningful (a nested form, D~ = G_1 + w (G_1 - D_0
 by 1 + w as well, so sweeping w would also sweep w_l). Each term keeps its own noise interval: latent guidance
 `guidance_interval`, autoguidance `Autoguide.interval` (lo < sigma <= hi; None: every step).
 
-What the weak model is given (`Autoguide.latents`), the three forms of item 2 of issue 31:
+What the weak model is given (`Autoguide.latents`), in three forms:
 - "z": the strong model's latents. Only meaningful when the two models read z the same way: the weak run was
   trained on the strong run's frozen encoder (`discodiff train --weak-of R1` or `--encoder-from R1`), so its encoder
   is the strong model's, which is checked (equal weights) before any work.

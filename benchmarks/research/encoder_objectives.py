@@ -1,4 +1,4 @@
-"""Benchmark: can the encoder be made to name the class without labels? (issue #10)
+"""Benchmark: can the encoder be made to name the class without labels?
 
     .venv/bin/python benchmarks/research/encoder_objectives.py [--preset fashion16] [--width 16] [--seed 0] \
         [--variants preset,m8,...] [--kmeans 16,256] [--out /tmp/discodiff-sweep-fashion16]

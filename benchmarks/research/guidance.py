@@ -1,4 +1,4 @@
-"""Benchmark: why latent guidance hurts on digits, and what would make it help (issue #10, item 4).
+"""Benchmark: why latent guidance hurts on digits, and what would make it help.
 
     .venv/bin/python benchmarks/research/guidance.py [--sweep-out DIR] [--run w24-s0/discodiff] [--weights 0,1]
         [--latents prior,oracle] [--intervals all,0.28:5.42] [--p-null 0.3] [--num 2000] [--steps 9,18]

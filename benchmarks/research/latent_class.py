@@ -1,4 +1,4 @@
-"""Benchmark: do the latents pay off where they name the class? (issue #10)
+"""Benchmark: do the latents pay off where they name the class?
 
     .venv/bin/python benchmarks/research/latent_class.py benchmarks/results/sweep-fashion16*.json \
         --runs /tmp/discodiff-sweep-fashion16 [--steps 18] [--results benchmarks/results/latent-class-fashion16.json]

@@ -1,4 +1,4 @@
-"""Benchmark: how the latents enter the U-Net, at equal budget (issue #10, item 1).
+"""Benchmark: how the latents enter the U-Net, at equal budget.
 
     .venv/bin/python benchmarks/research/latent_injection.py --preset digits [--variants embedding,xattn,xattn-soft]
         [--num 2000]

@@ -1,4 +1,4 @@
-"""Benchmark: how well stage II fits the encoder's latent tuples, across prior settings and runs (issue #10, item 4).
+"""Benchmark: how well stage II fits the encoder's latent tuples, across prior settings and runs.
 
     .venv/bin/python benchmarks/research/prior_fit.py --runs /tmp/discodiff-sweep-fashion16/w32-s0/discodiff,... \
         [--settings preset,kimg3000,ema,...] [--results benchmarks/results/prior-fit-fashion16.json]
