@@ -16,11 +16,23 @@ ours that builds data and runs no code from the file:
 - numpy's dtype and scalar (constructor arguments such as `init_weight=np.sqrt(1/3)`), object scalars refused.
 Every other global, and any persistent id, is refused in one line naming it (CheckpointError), before it is called.
 
-The network must be `EDMPrecond` around `DhariwalUNet` (EDM's ADM U-Net, its ImageNet-64 backbone): our U-Net has
-the same modules and parameter count. The state dict maps key for key, with three renames in the attention blocks
-(norm2 -> attn.norm, qkv -> attn.qkv, proj -> attn.proj), the constant resampling filters dropped, and the rows of
-each qkv projection permuted: EDM splits them as (head, channel, q/k/v), our U-Net as (q/k/v, head, channel). EDM's
-group norms have eps 1e-5, so the run's network sets norm_eps 1e-5. SongUNet (DDPM++/NCSN++) is not supported yet.
+The network must be `EDMPrecond` around one of EDM's two backbone families:
+- `DhariwalUNet` (EDM's ADM U-Net, its ImageNet-64 backbone) -> our U-Net ("unet", unet.py), which has the same
+  modules and parameter count. The run is the imagenet64 preset's with the snapshot's network options. EDM's group
+  norms there have eps 1e-5, so the run's network sets norm_eps 1e-5; attention has out_channels // 64 heads.
+- `SongUNet` (DDPM++ / NCSN++: EDM's CIFAR-10, FFHQ and AFHQv2 networks) -> our SongUNet ("song_unet",
+  song_unet.py), written with EDM's module names and the same parameter count. Its options are the snapshot's
+  (embedding, encoder and decoder types, resampling filter, augment_dim), norm_eps 1e-6 (SongUNet's group norms);
+  every attention has one head. No preset has this backbone: the run's config is complete by itself
+  (`SONG_RUN`: EDM's recipe for the data's size, and our settings for fine-tuning it into DisCo-Diff).
+For both, the state dict maps key for key with the same edits (`edm_to_ours`):
+- three renames in the attention blocks: norm2 -> attn.norm, qkv -> attn.qkv, proj -> attn.proj;
+- the rows of each qkv projection permuted: EDM splits them as (head, channel, q/k/v), ours as (q/k/v, head,
+  channel); with SongUNet's one head that is (channel, q/k/v) -> (q/k/v, channel), still a reordering;
+- the constant resampling filters (`resample_filter` buffers) dropped: ours are constants of the configuration,
+  checked here to be the snapshot's;
+- everything else unchanged, NCSN++'s random Fourier frequencies (map_noise.freqs) and SongUNet's augmentation-label
+  layer (map_augment, which our SongUNet feeds zero labels, EDM's sampling-time input) included.
 
 Converted weights remain EDM's, under its licence (CC BY-NC-SA 4.0, non-commercial): docs/gpu.md.
 """
@@ -36,7 +48,7 @@ import numpy as np
 import torch
 
 from .checkpoint import CONFIG, MODEL
-from .config import RunConfig, preset_config, validate
+from .config import RunConfig, merge, preset_config, validate
 from .errors import CheckpointError, ConfigError
 
 PRESET = "imagenet64"
@@ -49,6 +61,30 @@ DHARIWAL_DEFAULTS = {"model_channels": 192, "channel_mult": [1, 2, 3, 4], "chann
                      "attn_resolutions": [32, 16, 8], "dropout": 0.10}
 DHARIWAL_OTHER = {"img_resolution", "in_channels", "out_channels", "label_dim", "augment_dim", "label_dropout"}
 ATTENTION_RENAMES = {"norm2": "attn.norm", "qkv": "attn.qkv", "proj": "attn.proj"}
+# SongUNet's constructor options and their defaults (EDM's training/networks.py), as our SongUNet's options.
+SONG_DEFAULTS = {"model_channels": 128, "channel_mult": [1, 2, 2, 2], "channel_mult_emb": 4, "num_blocks": 4,
+                 "attn_resolutions": [16], "dropout": 0.10, "embedding_type": "positional", "channel_mult_noise": 1,
+                 "encoder_type": "standard", "decoder_type": "standard", "resample_filter": [1, 1], "augment_dim": 0}
+SONG_OTHER = {"img_resolution", "in_channels", "out_channels", "label_dim", "label_dropout"}
+SONG_NORM_EPS = 1e-6           # SongUNet's GroupNorm
+EDM_SONG_KIMG = 200_000        # EDM's CIFAR-10, FFHQ and AFHQv2 runs: --duration=200 (Mimg)
+# The run made of a SongUNet snapshot: no preset has this backbone, so its config says everything. Training values are
+# EDM's recipe for the data's size (its README: CIFAR-10 at 32 px --batch=512 --lr=1e-3; FFHQ and AFHQv2 at 64 px
+# --batch=256 --lr=2e-4; --ema=0.5 Mimg; its default lr ramp-up of 10 Mimg; no EMA ramp-up when starting from a trained
+# network, as EDM's --transfer), and sampling is EDM's (18 Heun steps at 32 px, 40 at 64 px). What only fine-tuning
+# into DisCo-Diff reads (the latent path, the encoder, k, the prior) is ours: the paper gives no SongUNet setting.
+SONG_RUN = {
+    "model": {"P_mean": -1.2, "P_std": 1.2, "codebook_size": 100, "p_null": 0.1, "tau": 1.0, "hard": True,
+              "encoder": {"name": "vit", "width": 384, "depth": 6, "heads": 6}},  # ours; patch: 8 x 8 = 64 tokens
+    "data": {"name": "path", "path": None},
+    "train": {"lr_rampup_kimg": 10000, "ema_halflife_kimg": 500, "ema_rampup": None,
+              "tick_kimg": 50, "snapshot_ticks": 50, "state_ticks": 50},
+    "prior_train": {"network": {"depth": 8, "width": 256, "heads": 8, "dropout": 0.0},  # ours
+                    "kimg": 20000, "batch": 1024, "lr": 1e-4, "tick_kimg": 500, "tau": 0.01},
+}
+SONG_LATENT_OPTIONS = {"latent_dim": 128, "latent_depth": 4, "latent_heads": 2,  # ours: 64 channels a head
+                       "latent_injection": "cross_attention"}
+SONG_PRESET = "import-edm"     # the run's `preset` entry: made by import-edm, not from a preset
 
 
 # ---- reading the pickle without running it -------------------------------------------------------------------
@@ -194,7 +230,7 @@ def _kwargs(obj: _Stub) -> dict:
 
 
 def _network(data: dict) -> tuple[_Stub, _Stub]:
-    """(EDMPrecond, DhariwalUNet) stubs of the snapshot's EMA network, or a one-line refusal."""
+    """(EDMPrecond, DhariwalUNet or SongUNet) stubs of the snapshot's EMA network, or a one-line refusal."""
     precond = data["ema"]
     if not isinstance(precond, _PersistentStub):
         raise CheckpointError("its 'ema' entry is not an EDM network")
@@ -204,11 +240,9 @@ def _network(data: dict) -> tuple[_Stub, _Stub]:
     net = (precond.state.get("_modules") or {}).get("model")
     if not isinstance(net, _PersistentStub):
         raise CheckpointError("its EDMPrecond holds no 'model' network")
-    if net.class_name == "SongUNet":
-        raise CheckpointError("SongUNet (DDPM++/NCSN++) snapshots are not supported yet; only DhariwalUNet (EDM's "
-                              "ADM U-Net, its ImageNet-64 network) converts")
-    if net.class_name != "DhariwalUNet":
-        raise CheckpointError(f"its backbone is a {net.class_name}; only DhariwalUNet (EDM's ADM U-Net) converts")
+    if net.class_name not in ("DhariwalUNet", "SongUNet"):
+        raise CheckpointError(f"its backbone is a {net.class_name}; only DhariwalUNet (EDM's ADM U-Net) and SongUNet "
+                              f"(DDPM++/NCSN++) convert")
     return precond, net
 
 
@@ -226,9 +260,38 @@ def network_options(kw: dict) -> dict:
     return {"name": "unet", **opts, "channels_per_head": EDM_CHANNELS_PER_HEAD, "norm_eps": EDM_NORM_EPS}
 
 
+def song_network_options(kw: dict) -> dict:
+    """Our SongUNet's options for SongUNet constructor arguments `kw` (its defaults where absent), with our latent
+    options for fine-tuning; refuses options this converter does not know."""
+    unknown = set(kw) - set(SONG_DEFAULTS) - SONG_OTHER
+    if unknown:
+        raise CheckpointError(f"its SongUNet has options this converter does not know: {', '.join(sorted(unknown))}")
+    opts = {k: kw.get(k, v) for k, v in SONG_DEFAULTS.items()}
+    opts = {k: list(v) if isinstance(v, (list, tuple)) else v for k, v in opts.items()}
+    opts["augment_dim"] = int(opts["augment_dim"] or 0)
+    return {"name": "song_unet", **opts, "norm_eps": SONG_NORM_EPS, **SONG_LATENT_OPTIONS}
+
+
+def song_config(kw: dict, resolution: int, channels: int, label_dim: int, sigma_data: float,
+                kimg: float) -> RunConfig:
+    """The complete config of the plain run (m = 0) made of a SongUNet snapshot (`SONG_RUN`)."""
+    small = resolution <= 32  # CIFAR-10's recipe; FFHQ's and AFHQv2's at 64 px
+    d = merge(RunConfig(preset=SONG_PRESET).to_dict(), SONG_RUN)
+    d = merge(d, {"model": {"data_shape": [channels, resolution, resolution], "num_classes": label_dim,
+                            "sigma_data": sigma_data, "num_latents": 0, "network": song_network_options(kw),
+                            "p_class_drop": float(kw.get("label_dropout", 0) or 0),
+                            "encoder": {"patch_size": max(resolution // 8, 1)}},
+                  "train": {"kimg": kimg, "batch": 512 if small else 256, "lr": 1e-3 if small else 2e-4},
+                  "sample": {"steps": 18 if small else 40, "sampler": "heun", "guidance": 0.0}})
+    cfg = RunConfig.from_dict(d)
+    validate(cfg)
+    return cfg
+
+
 def edm_to_ours(edm: dict[str, torch.Tensor], heads: dict[str, int]) -> dict[str, torch.Tensor]:
-    """DhariwalUNet's state dict -> our U-Net's: the resampling filters dropped, the attention renamed, the qkv rows
-    reordered from EDM's (head, channel, q/k/v) to ours (q/k/v, head, channel). `heads`: block name -> heads."""
+    """DhariwalUNet's state dict -> our U-Net's, or SongUNet's -> our SongUNet's: the resampling filters dropped, the
+    attention renamed, the qkv rows reordered from EDM's (head, channel, q/k/v) to ours (q/k/v, head, channel).
+    `heads`: block name -> heads."""
     out = {}
     for key, value in edm.items():
         if key.endswith(".resample_filter"):  # the constant [1, 1] filters: 2x2 average pooling / nearest up
@@ -279,15 +342,40 @@ def attention_heads(unet) -> dict[str, int]:
     return heads
 
 
-def _kimg(path: Path) -> float:
+def song_attention_heads(net) -> dict[str, int]:
+    """'enc.16x16_block0' -> 1 for each block of `net` (our SongUNet) with self-attention: SongUNet's num_heads=1."""
+    heads = {}
+    for part in ("enc", "dec"):
+        for name, block in getattr(net, part).items():
+            attn = getattr(block, "attn", None)
+            if attn is not None:
+                if attn.heads != 1:
+                    raise CheckpointError(f"block {part}.{name} has {attn.heads} attention heads; SongUNet has one")
+                heads[f"{part}.{name}"] = 1
+    return heads
+
+
+def check_filters(edm: dict[str, torch.Tensor], taps) -> None:
+    """The snapshot's resampling filters (dropped by `edm_to_ours`) must be the ones `taps` make: ours are computed
+    from the configuration."""
+    from .networks.song_unet import fir_kernel
+    want = fir_kernel(taps)
+    for key, value in edm.items():
+        if key.endswith(".resample_filter") and (value.shape[-2:] != want.shape
+                                                 or not torch.allclose(value.float().reshape(want.shape), want)):
+            raise CheckpointError(f"its {key} is not the filter of its resample_filter option {list(taps)}")
+
+
+def _kimg(path: Path, published: int = EDM_IMAGENET_KIMG) -> float:
+    """NNNNNN of a network-snapshot-NNNNNN.pkl; else `published`, the length of EDM's run of that network."""
     m = re.fullmatch(r"network-snapshot-(\d+)\.pkl", path.name)
-    return float(int(m.group(1))) if m else float(EDM_IMAGENET_KIMG)
+    return float(int(m.group(1))) if m else float(published)
 
 
 def convert(pkl, run_dir) -> RunConfig:
-    """Writes run_dir/model.safetensors and run_dir/config.json: the plain run (m = 0, the imagenet64 preset's
-    settings with the snapshot's network options, data shape, classes and sigma_data) holding the snapshot's EMA
-    network. Returns its config."""
+    """Writes run_dir/model.safetensors and run_dir/config.json: the plain run (m = 0) holding the snapshot's EMA
+    network, with the snapshot's network options, data shape, classes and sigma_data: for DhariwalUNet the imagenet64
+    preset's other settings, for SongUNet `song_config`'s. Returns its config."""
     from .model import DiscoDiff
     from .runs import Run, file_sha256
 
@@ -299,35 +387,48 @@ def convert(pkl, run_dir) -> RunConfig:
     resolution, channels = int(precond.state.get("img_resolution", kw.get("img_resolution"))), \
         int(precond.state.get("img_channels", kw.get("in_channels")))
     if kw.get("out_channels", channels) != channels:
-        raise CheckpointError(f"its DhariwalUNet outputs {kw['out_channels']} channels for {channels}-channel images")
+        raise CheckpointError(f"its {net.class_name} outputs {kw['out_channels']} channels for {channels}-channel "
+                              f"images")
     label_dim = int(precond.state.get("label_dim", kw.get("label_dim", 0)) or 0)
     sigma_data = float(precond.state.get("sigma_data", pk.get("sigma_data", 0.5)))
-    overrides = {"model": {"num_latents": 0, "network": network_options(kw),
-                           "p_class_drop": float(kw.get("label_dropout", 0) or 0)},
-                 "train": {"kimg": _kimg(pkl)}}
+    song = net.class_name == "SongUNet"
     try:
-        cfg = preset_config(PRESET, overrides)
-        cfg.model.data_shape, cfg.model.num_classes, cfg.model.sigma_data = [channels, resolution, resolution], \
-            label_dim, sigma_data
-        cfg.sample.guidance = 0.0  # latent guidance: a plain network has no latents to guide
-        validate(cfg)
+        if song:
+            cfg = song_config(kw, resolution, channels, label_dim, sigma_data, _kimg(pkl, EDM_SONG_KIMG))
+        else:
+            overrides = {"model": {"num_latents": 0, "network": network_options(kw),
+                                   "p_class_drop": float(kw.get("label_dropout", 0) or 0)},
+                         "train": {"kimg": _kimg(pkl)}}
+            cfg = preset_config(PRESET, overrides)
+            cfg.model.data_shape, cfg.model.num_classes, cfg.model.sigma_data = [channels, resolution, resolution], \
+                label_dim, sigma_data
+            cfg.sample.guidance = 0.0  # latent guidance: a plain network has no latents to guide
+            validate(cfg)
     except ConfigError as e:
         raise CheckpointError(f"{pkl}: its network does not make a discodiff configuration ({e})") from None
 
     with torch.random.fork_rng(devices=[]), torch.device("meta"):
         model = DiscoDiff(cfg.model)  # no memory and no initialisation: the snapshot's tensors replace every weight
-    tensors = edm_to_ours(module_tensors(net), attention_heads(model.denoiser.net))
+    edm = module_tensors(net)
+    if song:
+        check_filters(edm, cfg.model.network["resample_filter"])
+        heads = song_attention_heads(model.denoiser.net)
+    else:
+        heads = attention_heads(model.denoiser.net)
+    tensors = edm_to_ours(edm, heads)
     tensors = {f"denoiser.net.{k}": v.float() for k, v in tensors.items()}
     own = model.state_dict()
     missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)
     wrong = sorted(k for k in set(own) & set(tensors) if tuple(own[k].shape) != tuple(tensors[k].shape))
     if missing or unexpected or wrong:
         example = (sorted(missing) or sorted(unexpected) or wrong)[0]
-        raise CheckpointError(f"{pkl}: its DhariwalUNet does not map onto discodiff's U-Net ({len(missing)} missing, "
-                              f"{len(unexpected)} unexpected, {len(wrong)} differently shaped tensors, e.g. {example})")
+        ours = "SongUNet" if song else "U-Net"
+        raise CheckpointError(f"{pkl}: its {net.class_name} does not map onto discodiff's {ours} ({len(missing)} "
+                              f"missing, {len(unexpected)} unexpected, {len(wrong)} differently shaped tensors, e.g. "
+                              f"{example})")
     model.load_state_dict(tensors, strict=True, assign=True)
     metadata = {"kimg": str(cfg.train.kimg), "converted_from": pkl.name, "source_sha256": file_sha256(pkl),
-                "source_network": "NVlabs/edm EDMPrecond(DhariwalUNet), EMA weights", "licence": LICENCE}
+                "source_network": f"NVlabs/edm EDMPrecond({net.class_name}), EMA weights", "licence": LICENCE}
     from .fileio import OutputError, describe_os_error
     try:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,10 @@ The new run's config records where it came from, in `train.init_from`: RUN's res
 model.safetensors. The weights are read only at the new run's first start; a resumed run reads its own state.
 
 - `base_record(RUN)`: what the new run records of RUN;
+- `config_from_base(RUN, overrides)`: the new run's config when no --preset is named: RUN's own, with RUN's network
+  (its latent options included), encoder, data and training settings, and the overrides on top. This is the way to
+  fine-tune a run whose backbone no preset has (import-edm's SongUNet runs); a --preset of another backbone is
+  refused in one line that says so;
 - `check_base(cfg)`: RUN is readable, plain, finished and has this run's backbone (one-line errors otherwise);
 - `check_same_base(cfg, RUN, NEW)`: `--init-from` on an existing run resumes it, if RUN is the one it started from;
 - `load_base_weights(model, record)`: RUN's weights into the model, the latent path silenced;
@@ -25,7 +29,7 @@ from pathlib import Path
 import torch
 
 from .checkpoint import CONFIG, MODEL, load_tensors, newest_training_state_nimg, read_metadata
-from .config import ModelConfig, RunConfig
+from .config import ModelConfig, RunConfig, merge_overrides, validate
 from .errors import CheckpointError, ConfigError
 from .fileio import file_sha256
 from .process import kernel_D
@@ -38,6 +42,17 @@ def base_record(path) -> dict:
     """{"run": RUN's resolved path, "sha256": of its model.safetensors}: what `train.init_from` holds."""
     base = _open_base(Path(path))
     return {"run": str(base.path.resolve()), "sha256": file_sha256(base.model_path)}
+
+
+def config_from_base(path, overrides: dict) -> RunConfig:
+    """The config of a new run that fine-tunes RUN with no --preset named: RUN's config with `overrides` on top, as
+    a preset's would be (merge_overrides), and nothing of where RUN itself came from (`init_from`, `encoder_from`).
+    RUN is plain (m = 0, checked later), so the overrides must give the latents (--latents M)."""
+    d = _open_base(Path(path)).config.to_dict()
+    d["train"].update(init_from=None, encoder_from=None, new_parts_lr=None)
+    cfg = RunConfig.from_dict(merge_overrides(d, overrides))
+    validate(cfg)
+    return cfg
 
 
 @dataclasses.dataclass
@@ -97,6 +112,10 @@ def check_base(cfg: RunConfig) -> None:
     if a.num_latents:
         raise ConfigError(f"--init-from: {path} is a DisCo-Diff run (m = {a.num_latents}); fine-tuning starts from "
                           f"a plain EDM run (m = 0)")
+    if a.network.get("name") != b.network.get("name"):
+        raise ConfigError(f"--init-from: {path} has the {a.network.get('name')} backbone, this run (preset "
+                          f"{cfg.preset}) the {b.network.get('name')} one; leave out --preset to fine-tune {path} "
+                          f"with its own network and settings")
     done, total = trained_nimg(run), int(run.config.train.kimg * 1000)
     if done < total:
         raise ConfigError(f"--init-from: {path} is unfinished ({done / 1000:g} of {total / 1000:g} kimg); finish it "

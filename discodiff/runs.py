@@ -4,9 +4,9 @@ This module owns the rules of a run, and every entry point (the CLI, the demo, t
 goes through it:
 - `resolve_run` turns a preset or an existing run, overrides and data into a validated RunConfig and the dataset.
   A new run takes its input shape and class count from the data; with `init_from` it starts from a finished plain
-  run's weights (finetune.py). An existing run is resumed: only its training duration and schedule (`train`,
-  `prior_train`) and its sampling defaults (`sample`) may change, never its model, its data, its seed or the run it
-  started from.
+  run's weights (finetune.py), and, when no preset is named, from that run's config. An existing run is resumed:
+  only its training duration and schedule (`train`, `prior_train`) and its sampling defaults (`sample`) may change,
+  never its model, its data, its seed or the run it started from.
 - `Run` opens the folder: config.json written atomically and only once the model builds, a lock that keeps a
   second training process out, and loading of the model and of a prior that belongs to the current stage-I weights.
 
@@ -84,15 +84,18 @@ def resolve_run(run_dir: Path, *, preset: str | None = None, overrides: dict | N
         options = {**data.options, **overrides.get("data", {}).get("options", {})}
         overrides["data"] = {"name": data.name, "path": data.path, "options": options}
     if new_run:
-        if preset is None:
+        if preset is None and init_from is None:
             raise ConfigError(f"{run_dir} is not a run directory yet: name a --preset ({', '.join(sorted(PRESETS))})")
         if init_from is not None:
             overrides = merge(overrides, {"train": {"init_from": finetune.base_record(init_from)}})
+
+        def configured(ov):  # --init-from without --preset: RUN's own config is the starting point
+            return preset_config(preset, ov) if preset is not None else finetune.config_from_base(init_from, ov)
         if data is not None:  # a user's data replace the preset's data section whole: its options were for its own
-            cfg = preset_config(preset, {k: v for k, v in overrides.items() if k != "data"})
+            cfg = configured({k: v for k, v in overrides.items() if k != "data"})
             cfg.data = DataConfig(**overrides["data"])
         else:
-            cfg = preset_config(preset, overrides)
+            cfg = configured(overrides)
     else:
         old = Run(run_dir).config
         if preset is not None and preset != old.preset:

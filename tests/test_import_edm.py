@@ -1,4 +1,5 @@
-"""`discodiff import-edm`: EDM's DhariwalUNet snapshots converted into plain runs, with nothing in the pickle run.
+"""`discodiff import-edm`: EDM's DhariwalUNet snapshots converted into plain runs, with nothing in the pickle run
+(SongUNet snapshots: test_import_edm_song.py).
 
 No EDM code is used here. The snapshots are made by a stand-in `torch_utils.persistence` module written below and
 registered in sys.modules only while pickling: objects reduce to its reconstruct function, with a meta record
@@ -321,9 +322,9 @@ def test_refuses_other_globals_without_running_them(tmp_path, capsys):
 
 
 def test_refuses_what_it_cannot_convert(tmp_path, capsys):
-    pkl, _ = _convert(tmp_path, model_type="SongUNet")
+    pkl, _ = _convert(tmp_path, model_type="FooUNet")
     code, _, err = run_cli(["import-edm", str(pkl), "--run-dir", str(tmp_path / "run")], capsys)
-    assert code == 2 and len(err.strip().splitlines()) == 1 and "SongUNet" in err and "not supported" in err, err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "FooUNet" in err and "SongUNet" in err, err
     assert not (tmp_path / "run").exists()
     # not a pickle at all; a torch.save file (persistent ids); an existing run
     junk = tmp_path / "junk.pkl"

@@ -49,7 +49,8 @@ def _needs_user_data(run_dir, preset, overrides) -> bool:
               help="Fine-tune a finished plain run (m = 0) with the same backbone into DisCo-Diff: the denoiser and "
                    "its EMA start from RUN's EMA weights, the encoder and latent path fresh, with no effect at first. "
                    "--kimg counts this run's own images; --set train.new_parts_lr=LR gives the new parts their own "
-                   "learning rate.")
+                   "learning rate. Without --preset the new run takes RUN's own config (network, encoder, training "
+                   "settings), as for a run of `discodiff import-edm`.")
 @click.option("--encoder-from", "encoder_from", type=click.Path(path_type=Path), default=None, metavar="RUN",
               help="Train autoguidance's weak model of the DisCo-Diff run RUN: this run takes RUN's encoder weights "
                    "(checked by sha256), frozen, and its latents and data, so that the two models read z alike "

@@ -132,6 +132,19 @@ def _unet_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
         raise ConfigError(f"unet network: {e}") from None
 
 
+@register_backbone("song_unet")
+def _song_unet_backbone(cfg: ModelConfig, kw: dict) -> nn.Module:
+    """EDM's DDPM++ / NCSN++ (song_unet.py): the backbone of EDM's CIFAR-10, FFHQ and AFHQv2 networks, which
+    `discodiff import-edm` converts."""
+    from .song_unet import SongUNet
+    channels, resolution = _image_shape(cfg, "song_unet network")
+    try:
+        return SongUNet(resolution, channels, num_classes=cfg.num_classes, num_latents=cfg.num_latents,
+                        codebook_size=cfg.token_width, **kw)
+    except ValueError as e:
+        raise ConfigError(f"song_unet network: {e}") from None
+
+
 @register_encoder("kmeans")
 def _kmeans_encoder(cfg: ModelConfig, kw: dict) -> nn.Module:
     from .kmeans import KMeansEncoder

@@ -174,7 +174,96 @@ class ResBlock(nn.Module):
         return x
 
 
-class UNet(nn.Module):
+class LatentPath:
+    """The latent path of an image backbone, shared by the U-Net and the SongUNet (song_unet.py): the latent tokens
+    (LatentEmbedding -> a learned per-position embedding -> a small transformer encoder -> LayerNorm) and their way
+    into the image path, cross-attention after self-attention layers or a projection added to an embedding.
+
+    A backbone that uses it sets `num_latents`, `latent_injection` and `latent_groups`, has `_attention_blocks(
+    decoder_only)` list its blocks with self-attention (each with `attn`, `out_channels`, `heads`, `norm_eps`,
+    `resolution`, `cross_attn` and `latent_group`, as ResBlock), calls `_build_latent_path` LAST in its constructor
+    (so that its plain weights do not depend on the latent path) and `_latent_inputs` in its forward pass."""
+
+    def _attention_blocks(self, decoder_only: bool) -> list:
+        raise NotImplementedError
+
+    def _build_latent_path(self, m, k, emb_ch, dim, depth, heads):
+        G = self.latent_groups
+        if k < 1:
+            raise ValueError("num_latents > 0 needs codebook_size >= 1")
+        if G < 1 or m % G:
+            raise ValueError(f"latent_groups={G} must divide num_latents={m} (contiguous groups of equal size)")
+        if G > 1 and self.latent_injection != "cross_attention":
+            raise ValueError("latent_groups > 1 (hierarchical latents) needs latent_injection='cross_attention'")
+        self.latent_embed = LatentEmbedding(m, k, dim)
+        # LatentEmbedding's tables are already one per position, so this is formally redundant; the paper leaves the
+        # input format open, and a learned position embedding costs only m * latent_dim parameters.
+        self.latent_pos = nn.Parameter(torch.randn(m, dim) * 0.02)
+        self.latent_blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
+        self.latent_norm = nn.LayerNorm(dim)
+        # Group g's tokens attend only within group g: the latents of one resolution stay separate.
+        group = torch.arange(m) // (m // G)
+        self.register_buffer("latent_mask", group[:, None] == group[None, :] if G > 1 else None, persistent=False)
+
+        if self.latent_injection == "embedding":
+            self.latent_proj = zero_init(nn.Linear(m * dim, emb_ch))
+            return
+        blocks = self._attention_blocks(decoder_only=G > 1)
+        if not blocks:
+            raise ValueError("cross-attention latents need at least one self-attention layer")
+        if G > 1:
+            res_levels = sorted({b.resolution for b in blocks})
+            if len(res_levels) != G:
+                raise ValueError(f"latent_groups={G} needs {G} decoder resolutions with attention, but the decoder "
+                                 f"has attention at {res_levels} (the middle block counts); adjust attn_resolutions")
+        for b in blocks:
+            b.cross_attn = CrossAttention2d(b.out_channels, dim, b.heads, b.norm_eps)
+            if G > 1:
+                b.latent_group = res_levels.index(b.resolution)  # the lowest resolution reads group 0
+
+    def silence_latents(self) -> None:
+        """Zeroes the layers through which the latents reach the image path (the latent embedding's projection, or
+        every cross-attention's output projection), as a fresh network has them: the output is then the plain
+        network's for any z and for the null latent. Fine-tuning from a plain run calls this after loading it."""
+        if not self.num_latents:
+            return
+        if self.latent_injection == "embedding":
+            zero_init(self.latent_proj)
+            return
+        for b in self._attention_blocks(decoder_only=False):
+            if b.cross_attn is not None:
+                zero_init(b.cross_attn.proj)
+
+    def latent_context(self, latents, null_latent, batch: int) -> torch.Tensor:
+        """Latent tokens [B, m, latent_dim]: the keys and values of the cross-attention."""
+        h = self.latent_embed(latents, null_latent, batch) + self.latent_pos
+        for blk in self.latent_blocks:
+            h = blk(h, self.latent_mask)
+        return self.latent_norm(h)
+
+    def latent_features(self, latents, null_latent, batch: int) -> torch.Tensor:
+        """All that the latents contribute to a forward pass, a function of z alone: the latent tokens
+        [B, m, latent_dim] that the cross-attention reads, or with `latent_injection="embedding"` their projection
+        [B, emb_channels] added to the noise embedding. `forward(..., latent_features=...)` takes them precomputed:
+        z is fixed along a sampling trajectory, so the sampler computes them once (model.make_denoiser)."""
+        ctx = self.latent_context(latents, null_latent, batch)
+        return self.latent_proj(ctx.flatten(1)) if self.latent_injection == "embedding" else ctx
+
+    def _latent_inputs(self, emb, latents, null_latent, latent_features, batch: int):
+        """(emb, contexts): the embedding with the latents' projection added (latent_injection "embedding"), and
+        the latent tokens per group that the cross-attention blocks read ([None] without latents)."""
+        contexts = [None]
+        if self.num_latents:
+            if latent_features is None:  # training, and plain calls: computed here, at the same point as ever
+                latent_features = self.latent_features(latents, null_latent, batch)
+            if self.latent_injection == "embedding":
+                emb = emb + latent_features
+            else:
+                contexts = list(latent_features.chunk(self.latent_groups, dim=1))
+        return emb, contexts
+
+
+class UNet(LatentPath, nn.Module):
     """The image backbone. `forward(x, c_noise, *, class_labels, latents, null_latent) -> F` shaped like x.
 
     class_labels: float one-hots [B, num_classes] (all zero = class dropped) or None; latents: relaxed one-hots
@@ -265,82 +354,13 @@ class UNet(nn.Module):
         parts = [self.dec] if decoder_only else [self.enc, self.dec]
         return [m for part in parts for m in part.values() if isinstance(m, ResBlock) and m.attn is not None]
 
-    def _build_latent_path(self, m, k, emb_ch, dim, depth, heads):
-        G = self.latent_groups
-        if k < 1:
-            raise ValueError("num_latents > 0 needs codebook_size >= 1")
-        if G < 1 or m % G:
-            raise ValueError(f"latent_groups={G} must divide num_latents={m} (contiguous groups of equal size)")
-        if G > 1 and self.latent_injection != "cross_attention":
-            raise ValueError("latent_groups > 1 (hierarchical latents) needs latent_injection='cross_attention'")
-        self.latent_embed = LatentEmbedding(m, k, dim)
-        # LatentEmbedding's tables are already one per position, so this is formally redundant; the paper leaves the
-        # input format open, and a learned position embedding costs only m * latent_dim parameters.
-        self.latent_pos = nn.Parameter(torch.randn(m, dim) * 0.02)
-        self.latent_blocks = nn.ModuleList(TransformerBlock(dim, heads) for _ in range(depth))
-        self.latent_norm = nn.LayerNorm(dim)
-        # Group g's tokens attend only within group g: the latents of one resolution stay separate.
-        group = torch.arange(m) // (m // G)
-        self.register_buffer("latent_mask", group[:, None] == group[None, :] if G > 1 else None, persistent=False)
-
-        if self.latent_injection == "embedding":
-            self.latent_proj = zero_init(nn.Linear(m * dim, emb_ch))
-            return
-        blocks = self._attention_blocks(decoder_only=G > 1)
-        if not blocks:
-            raise ValueError("cross-attention latents need at least one self-attention layer")
-        if G > 1:
-            res_levels = sorted({b.resolution for b in blocks})
-            if len(res_levels) != G:
-                raise ValueError(f"latent_groups={G} needs {G} decoder resolutions with attention, but the decoder "
-                                 f"has attention at {res_levels} (the middle block counts); adjust attn_resolutions")
-        for b in blocks:
-            b.cross_attn = CrossAttention2d(b.out_channels, dim, b.heads, b.norm_eps)
-            if G > 1:
-                b.latent_group = res_levels.index(b.resolution)  # the lowest resolution reads group 0
-
-    def silence_latents(self) -> None:
-        """Zeroes the layers through which the latents reach the image path (the latent embedding's projection, or
-        every cross-attention's output projection), as a fresh network has them: the output is then the plain
-        network's for any z and for the null latent. Fine-tuning from a plain run calls this after loading it."""
-        if not self.num_latents:
-            return
-        if self.latent_injection == "embedding":
-            zero_init(self.latent_proj)
-            return
-        for b in self._attention_blocks(decoder_only=False):
-            if b.cross_attn is not None:
-                zero_init(b.cross_attn.proj)
-
-    def latent_context(self, latents, null_latent, batch: int) -> torch.Tensor:
-        """Latent tokens [B, m, latent_dim]: the keys and values of the cross-attention."""
-        h = self.latent_embed(latents, null_latent, batch) + self.latent_pos
-        for blk in self.latent_blocks:
-            h = blk(h, self.latent_mask)
-        return self.latent_norm(h)
-
-    def latent_features(self, latents, null_latent, batch: int) -> torch.Tensor:
-        """All that the latents contribute to a forward pass, a function of z alone: the latent tokens
-        [B, m, latent_dim] that the cross-attention reads, or with `latent_injection="embedding"` their projection
-        [B, emb_channels] added to the noise embedding. `forward(..., latent_features=...)` takes them precomputed:
-        z is fixed along a sampling trajectory, so the sampler computes them once (model.make_denoiser)."""
-        ctx = self.latent_context(latents, null_latent, batch)
-        return self.latent_proj(ctx.flatten(1)) if self.latent_injection == "embedding" else ctx
-
     def forward(self, x, c_noise, *, class_labels=None, latents=None, null_latent=None, latent_features=None):
         B = x.shape[0]
         with torch.autocast(x.device.type, enabled=False):  # the noise and label embedding stay float32, as EDM's
             emb = self.map_layer1(F.silu(self.map_layer0(self.map_noise(c_noise.reshape(-1).expand(B).float()))))
             if self.map_label is not None and class_labels is not None:
                 emb = emb + self.map_label(class_labels.float())
-        contexts = [None]
-        if self.num_latents:
-            if latent_features is None:  # training, and plain calls: computed here, at the same point as ever
-                latent_features = self.latent_features(latents, null_latent, B)
-            if self.latent_injection == "embedding":
-                emb = emb + latent_features
-            else:
-                contexts = list(latent_features.chunk(self.latent_groups, dim=1))
+        emb, contexts = self._latent_inputs(emb, latents, null_latent, latent_features, B)
         emb = F.silu(emb)
 
         skips, h = [], x
