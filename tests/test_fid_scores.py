@@ -4,7 +4,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_fid import _real_detector_available, _run_cli, fake_image_dataset, tiny_detector_file  # noqa: F401
+from conftest import run_cli_args
+from test_fid import _real_detector_available, fake_image_dataset, tiny_detector_file  # noqa: F401
 
 from discodiff.metrics import kid as K
 from discodiff.metrics.fid import (FIDError, FIDStats, InceptionDetector, bootstrap_fid, check_provenance,
@@ -128,7 +129,7 @@ def test_reference_file_round_trip_with_features_and_provenance(tmp_path):
 def test_cli_records_provenance_refuses_a_mismatch_and_writes_kid(tmp_path, capsys, tiny_detector_file,
                                                                   fake_image_dataset):  # noqa: F811
     ref = tmp_path / "ref.npz"
-    code, _, err = _run_cli(capsys, "fid", "ref", "--data", "fid-test", "--out", str(ref), "--detector",
+    code, _, err = run_cli_args(capsys, "fid", "ref", "--data", "fid-test", "--out", str(ref), "--detector",
                             str(tiny_detector_file))
     assert code == 0, err
     st = FIDStats.load(ref)
@@ -137,7 +138,7 @@ def test_cli_records_provenance_refuses_a_mismatch_and_writes_kid(tmp_path, caps
 
     same, res = tmp_path / "same.npz", tmp_path / "fid.json"
     np.savez(same, x=fake_image_dataset)
-    code, out, err = _run_cli(capsys, "fid", "calc", "--images", str(same), "--ref", str(ref), "--out", str(res),
+    code, out, err = run_cli_args(capsys, "fid", "calc", "--images", str(same), "--ref", str(ref), "--out", str(res),
                               "--bootstrap", "4", "--detector", str(tiny_detector_file))
     assert code == 0, err
     d = json.loads(res.read_text())
@@ -146,22 +147,23 @@ def test_cli_records_provenance_refuses_a_mismatch_and_writes_kid(tmp_path, caps
 
     big = tmp_path / "big.npz"  # 16x16 images against an 8x8 reference: refused in one line, accepted on request
     np.savez(big, x=np.zeros((4, 16, 16, 1), np.uint8))
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(big), "--ref", str(ref), "--detector",
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(big), "--ref", str(ref), "--detector",
                             str(tiny_detector_file))
     assert code == 2 and "image_shape" in err and len(err.strip().splitlines()) == 1
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(big), "--ref", str(ref), "--allow-mismatch",
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(big), "--ref", str(ref), "--allow-mismatch",
                             "--detector", str(tiny_detector_file))
     assert code == 0, err
 
     other = tmp_path / "other.pt"  # another detector file: another hash
     from conftest import save_tiny_detector
     save_tiny_detector(other, kernel=4)
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(same), "--ref", str(ref), "--detector", str(other))
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(same), "--ref", str(ref),
+                                "--detector", str(other))
     assert code == 2 and "detector_sha256" in err
 
     edm = tmp_path / "edm.npz"  # EDM's layout: readable, with a notice, and no KID
     np.savez(edm, mu=st.mu, sigma=st.sigma)
-    code, _, err = _run_cli(capsys, "fid", "calc", "--images", str(same), "--ref", str(edm), "--out", str(res),
+    code, _, err = run_cli_args(capsys, "fid", "calc", "--images", str(same), "--ref", str(edm), "--out", str(res),
                             "--detector", str(tiny_detector_file))
     assert code == 0 and "does not record" in err and "no KID" in err
     assert json.loads(res.read_text())["kid"] is None
