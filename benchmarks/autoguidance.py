@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/autoguidance.py --preset fashion16 --seeds 0,1 --num 2000 [--bootstrap 50]
         [--weights 0.5,1,2] [--width-scales 0.5,0.25] [--kimg-scales 0.25,0.5] [--budgets 18,36,70]
-        [--samplers heun,dpmpp-2m] [--out DIR] [--quick]
+        [--samplers heun,dpmpp-2m] [--features inception|classifier|both] [--out DIR] [--quick]
 
 For each training seed it trains (or reuses, in --out) the preset's plain EDM run (m = 0) and its DisCo-Diff run
 (with its prior), and for every weak size (--width-scales) and budget (--kimg-scales) three weak runs, each made in
@@ -26,6 +26,12 @@ strong runs', and the issue's targets: EDM + AG against EDM, and the best DisCo-
 (ratio, and whether the bootstrap intervals are apart), per seed, sampler and budget. It writes
 benchmarks/results/autoguidance-<preset>.json and the plot docs/autoguidance-<preset>-fid-vs-nfe.png.
 
+--features classifier measures in the hidden features of the data set's own classifier instead of Inception (its
+Fréchet distance in place of the FID, with each row's class TV and confidence; docs/fid.md): report
+autoguidance-<preset>-classifier.json and its plot, the reference features and FID cache in their own files of
+--out. --features both measures in each (samples drawn once per space; the classifier's rows and targets go to
+"results_classifier", its targets printed after Inception's, its plot beside).
+
 --quick is a smoke check of the whole path on the tiny digits networks of the tests (32 images, 8 samples per FID, no
 bootstrap, one weight, one weak size and budget, Heun only, one row of each family and form): the numbers mean
 nothing. It writes into its --out folder only. About a minute on an idle 2-core CPU once its five tiny runs exist.
@@ -41,9 +47,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (DOCS, QUICK_MODEL, RESULTS, _logged_seconds, add_run_options, differ,  # noqa: E402
-                               fid_cache, fid_text, finished, kid_text, log, ratio_text, reference_and_floor,
-                               write_report)
+from benchmarks.common import (DOCS, QUICK_MODEL, RESULTS, _logged_seconds, add_features_option,  # noqa: E402
+                               add_run_options, balance_text, differ, feature_detectors, features_suffix, fid_cache,
+                               fid_text, finished, kid_text, log, metric_name, ratio_text, reference_and_floor,
+                               second_space, space_suffix, write_report)
 
 QUICK_SETS = ["--set", "model.network.model_channels=8", "--set", "model.network.channels_per_head=8",
               "--set", "model.network.latent_dim=16", "--set", "model.network.latent_heads=2",
@@ -154,7 +161,7 @@ def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds
     evaluations = r.get("evaluations")
     return {**{k: v for k, v in row.items()}, "sampler": sampler, "budget": budget, "steps": steps,
             "evaluations": evaluations, "weak_evaluations": r.get("weak_evaluations"),
-            **{k: r[k] for k in ("fid", "fid_std", "kid", "kid_std", "diversity") if k in r}}
+            **{k: r[k] for k in ("fid", "fid_std", "kid", "kid_std", "diversity", "class_tv", "confidence") if k in r}}
 
 
 def cache_key(row: dict, seed: int, sampler: str, budget: int) -> tuple:
@@ -184,7 +191,7 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, space: str = "inception") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -201,7 +208,8 @@ def plot(rows: list[dict], path: Path) -> None:
             pts = sorted((sum(x["evaluations"] for x in v) / len(v), sum(x["fid"] for x in v) / len(v))
                          for b in best.values() for v in [min(b.values(), key=lambda v: sum(x["fid"] for x in v))])
             ax.plot(*zip(*pts), marker="o", label=family)
-        ax.set(title=sampler, xlabel="network evaluations per sample (both models)", ylabel="FID", xscale="log")
+        ax.set(title=sampler, xlabel="network evaluations per sample (both models)", ylabel=metric_name(space),
+               xscale="log")
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -224,7 +232,9 @@ def main(argv=None) -> int:
                     help="only the rows whose family starts with one of these (e.g. 'EDM + AG,DisCo + AG (z)'), "
                          "besides EDM and DisCo alone")
     ap.add_argument("--quick", action="store_true", help="smoke check on tiny digits networks (under a minute)")
-    add_run_options(ap, batch=128, results="benchmarks/results/autoguidance-<preset>.json")
+    add_features_option(ap)
+    add_run_options(ap, batch=128, results="benchmarks/results/autoguidance-<preset>.json (with --features "
+                                           "classifier: autoguidance-<preset>-classifier.json)")
     args = ap.parse_args(argv)
     if args.quick:
         args.preset, args.seeds, args.num, args.bootstrap = "digits", "0", min(args.num, 8), 0  # (each bootstrap draw: a 2048-d sqrtm)
@@ -237,25 +247,35 @@ def main(argv=None) -> int:
     args.base_sets = QUICK_SETS if args.quick else []
     args.prior_sets = QUICK_PRIOR if args.quick else []
 
+    from discodiff.cli.options import parse_key_values
+    from discodiff.config import preset_config
     from discodiff.data import load_dataset, to_uint8
     from discodiff.errors import ConfigError
-    from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import Run
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-autoguidance-{args.preset}{'-quick' if args.quick else ''}"
-    path = args.results or (out / "autoguidance-quick.json" if args.quick else RESULTS / f"autoguidance-{args.preset}.json")
+    suffix = features_suffix(args.features)
+    path = args.results or (out / f"autoguidance-quick{suffix}.json" if args.quick
+                            else RESULTS / f"autoguidance-{args.preset}{suffix}.json")
     out.mkdir(parents=True, exist_ok=True)
     try:
+        # the detectors before any training: data without labels are refused here for the classifier's features
+        data_sets = [v for k, v in zip(args.base_sets[::2], args.base_sets[1::2]) if k == "--set"
+                     and v.startswith("data.")]  # (--quick's fewer images: the classifier of those)
+        data_cfg = preset_config(args.preset, parse_key_values(data_sets)).data
+        dets = feature_detectors(args.features, data_cfg, detector=args.detector)
         runs = train_all(out, args)
-        det = InceptionDetector.from_file(args.detector)
         first = Run(runs[args.seeds[0]]["disco"]).config
         images = to_uint8(load_dataset(first.data).x)
-        ref, floor, _ = reference_and_floor(images, det, out, args.num, 0, args.bootstrap)
-        rows, seconds = [], {}
-        # a disk cache of every FID (kept while the runs' weights are the same), so an interrupted measurement resumes
-        cache = fid_cache(out, [d.name for r in runs.values() for d in r.values()], args.num, "fid-cache.json")
+        spaces, seconds = {}, {}
+        for space, det in dets.items():
+            ref, floor, _ = reference_and_floor(images, det, out, args.num, 0, args.bootstrap)
+            # a disk cache of every FID (kept while the runs' weights are the same): an interrupted measurement resumes
+            cache = fid_cache(out, [d.name for r in runs.values() for d in r.values()], args.num,
+                              f"fid-cache{space_suffix(det)}.json")
+            spaces[space] = {"det": det, "ref": ref, "floor": floor, "cache": cache, "rows": []}
         for seed, r in runs.items():
             models = {}
             for name, d in r.items():
@@ -267,33 +287,43 @@ def main(argv=None) -> int:
             for sampler in args.samplers:
                 for budget in args.budgets:
                     for row in rows_of(args):
-                        res = {"seed": seed, **measure(row, seed, models, sampler, budget, seeds, ref, det, args,
-                                                       cache)}
-                        rows.append(res)
-                        w = f" w {row['w']:g}" if "w" in row else ""
-                        lg = f" LG {row['guidance']:g}@{row.get('interval')}" if "guidance" in row else ""
-                        log(f"seed {seed} {sampler} budget {budget}: {row['family']}{w}{lg} "
-                            f"{row.get('weak', '')}: {res['steps']} steps, {res['evaluations']:.1f} evaluations, "
-                            f"FID {fid_text(res)}, KID {kid_text(res)}")
+                        for space, m in spaces.items():
+                            res = {"seed": seed, **measure(row, seed, models, sampler, budget, seeds, m["ref"],
+                                                           m["det"], args, m["cache"])}
+                            m["rows"].append(res)
+                            w = f" w {row['w']:g}" if "w" in row else ""
+                            lg = f" LG {row['guidance']:g}@{row.get('interval')}" if "guidance" in row else ""
+                            what = "FID" if space == "inception" else f"{space} FD"
+                            tv = "" if space == "inception" else f", TV/conf {balance_text(res)}"
+                            log(f"seed {seed} {sampler} budget {budget}: {row['family']}{w}{lg} "
+                                f"{row.get('weak', '')}: {res['steps']} steps, {res['evaluations']:.1f} evaluations, "
+                                f"{what} {fid_text(res)}, KID {kid_text(res)}{tv}")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    goals = targets(rows)
-    for g in goals:
-        edm_ag = "-" if g["edm_ag"] is None else f"{g['edm_ag']:.3f}"
-        log(f"seed {g['seed']} {g['sampler']} budget {g['budget']}: EDM {g['edm']:.3f}, EDM + AG {edm_ag}, "
-            f"best DisCo ({g['best_disco']}) / best EDM ({g['best_edm']}) = {g['ratio_text']} "
-            f"(<= 0.90: {g['ratio_met']}, apart: {g['apart']})")
-    plot_path = (out if args.quick else DOCS) / f"{path.stem}-fid-vs-nfe.png"
-    try:
-        plot(rows, plot_path)
-    except ImportError:
-        plot_path = None
+    results = {}
+    for i, (space, m) in enumerate(spaces.items()):
+        goals = targets(m["rows"])
+        if space != "inception":
+            log(f"in the {space}'s features (its Fréchet distance in place of the FID):")
+        for g in goals:
+            edm_ag = "-" if g["edm_ag"] is None else f"{g['edm_ag']:.3f}"
+            log(f"seed {g['seed']} {g['sampler']} budget {g['budget']}: EDM {g['edm']:.3f}, EDM + AG {edm_ag}, "
+                f"best DisCo ({g['best_disco']}) / best EDM ({g['best_edm']}) = {g['ratio_text']} "
+                f"(<= 0.90: {g['ratio_met']}, apart: {g['apart']})")
+        plot_path = (out if args.quick else DOCS) / f"{path.stem}{'' if i == 0 else '-' + space}-fid-vs-nfe.png"
+        try:
+            plot(m["rows"], plot_path, space)
+        except ImportError:
+            plot_path = None
+        results[space] = {"rows": m["rows"], "targets": goals, "data_floor": m["floor"],
+                          "plot": None if plot_path is None else str(plot_path)}
+    res = results[next(iter(results))]
     write_report({"preset": args.preset, "quick": args.quick, "num": args.num, "bootstrap": args.bootstrap,
-                  "seeds": args.seeds, "rows": rows, "targets": goals, "training_seconds": seconds,
-                  "data_floor": floor, "plot": None if plot_path is None else str(plot_path),
-                  "wall_s": round(time.perf_counter() - start, 1), "runs": str(out)}, path)
-    log(f"wrote {path}" + (f" and {plot_path}" if plot_path else ""))
+                  "seeds": args.seeds, "features": list(results), "rows": res["rows"], "targets": res["targets"],
+                  "training_seconds": seconds, "data_floor": res["data_floor"], "plot": res["plot"],
+                  **second_space(results), "wall_s": round(time.perf_counter() - start, 1), "runs": str(out)}, path)
+    log(f"wrote {path}" + "".join(f" and {r['plot']}" for r in results.values() if r["plot"]))
     return 0
 
 

@@ -9,6 +9,9 @@ latents carry, and the training and FID bookkeeping of the image benchmarks' run
 - run folders: `finished` (has a stage trained its whole budget?), `run_overrides` (plain EDM and DisCo-Diff of one
   preset), `train_both` (train, or reuse what is done), and the FID reference features and FID cache kept beside
   the runs (`reference_and_floor`, `disk_cache`);
+- feature spaces (--features inception|classifier|both, docs/fid.md): `add_features_option`, `feature_detectors`
+  (built before any training, so that data without labels are refused at once), `space_suffix` of the cache files,
+  and the second space's table and report entries (`join_tables`, `second_space`);
 - QUICK_MODEL: the tiny digits networks of the scripts' --quick smoke checks.
 
 It imports only the standard library at the top (torch and discodiff inside the functions), so that a script's
@@ -336,6 +339,57 @@ def space_suffix(det) -> str:
     add to their names, so that the two spaces never share (or overwrite) a cache."""
     space = feature_space_name(det)
     return "" if space == "inception" else f"-{space}"
+
+
+def add_features_option(ap) -> None:
+    """--features {inception,classifier,both} (default inception): the feature spaces a benchmark measures in."""
+    ap.add_argument("--features", choices=(*FEATURES, "both"), default="inception",
+                    help="feature space of the FIDs: Inception, the data set's own classifier (docs/fid.md; its "
+                         "Fréchet distance in place of the FID), or both")
+
+
+def features_suffix(features: str) -> str:
+    """What --features adds to a report's default name: "-classifier" for the classifier alone, else "" (with both,
+    the Inception results lead and the report keeps its name)."""
+    return "" if features in ("inception", "both") else f"-{features}"
+
+
+def feature_detectors(features: str, data_cfg, *, detector=None, device="cpu") -> dict:
+    """{space: detector} of --features (Inception first with "both"). Call it before any training: data without
+    class labels are refused here in one line for the classifier's features (FIDError, a ConfigError)."""
+    spaces = list(FEATURES) if features == "both" else [features]
+    return {space: feature_detector(space, data_cfg, detector=detector, device=device) for space in spaces}
+
+
+def metric_name(space: str) -> str:
+    """What a space's distance is called in tables and plots: "FID", or "FD (classifier)"."""
+    return "FID" if space == "inception" else f"FD ({space})"
+
+
+def titled(table: str, space: str) -> str:
+    """A table, headed for a space other than Inception by the words that say its FIDs are that space's FDs."""
+    if space == "inception":
+        return table
+    return f"in the {space}'s features (its Fréchet distance in place of the FID):\n{table}"
+
+
+def join_tables(tables: dict) -> str:
+    """{space: table} as printed: each titled, the first space's first."""
+    return "\n\n".join(titled(t, space) for space, t in tables.items())
+
+
+def second_space(results: dict, tables: dict | None = None, key: str = "results") -> dict:
+    """What a report adds beside the first space's results with --features both: {"<key>_classifier": the second
+    space's results, "table_classifier": its table (untitled)}; {} with one space."""
+    if len(results) < 2:
+        return {}
+    space = list(results)[1]
+    return {f"{key}_{space}": results[space], **({f"table_{space}": tables[space]} if tables else {})}
+
+
+def balance_text(r: dict) -> str:
+    """The classifier's class TV and mean confidence of an FID result ("0.031/0.94"); "-" without them."""
+    return f"{r['class_tv']:.3f}/{r['confidence']:.2f}" if "class_tv" in r else "-"
 
 
 def feature_detector(features: str, data_cfg, *, detector=None, device="cpu"):

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/continuous_latents.py --preset digits [--betas 0.01,0.1,0.3,1] [--device cuda]
                                                       [--num 2000] [--out DIR]
+                                                      [--features inception|classifier|both]
     .venv/bin/python benchmarks/continuous_latents.py --quick          # a tiny end-to-end check, about 2 minutes
 
 Trains, with the preset's network, data, seed and number of training images (through benchmarks/common.py's
@@ -30,6 +31,11 @@ For each row, over --num samples against the training images (one cached referen
 The paper's two failure modes, as they would show here: memorisation (small beta) as a good oracle FID with a much
 worse FID from the prior, and a large rate; collapse (large beta) as oracle = prior = baseline FID, a loss ratio near
 1 and a rate near 0. Writes benchmarks/results/continuous-latents-<preset>.json (--quick: into DIR).
+
+--features classifier measures the FIDs in the hidden features of the data set's own classifier instead of Inception
+(its Fréchet distance in place of the FID, docs/fid.md; report continuous-latents-<preset>-classifier.json, the
+reference features and FID cache in their own files of DIR); --features both in each (samples drawn once per space;
+the classifier's FIDs go to "results_classifier" and a second table). The loss ratios and rates do not depend on it.
 """
 from __future__ import annotations
 
@@ -44,9 +50,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (QUICK_MODEL, RESULTS, add_run_options, fid_cache, fid_text, high_sigmas,  # noqa: E402
-                               latent_information, log, log_timed, reference_and_floor, run_overrides,
-                               train_both, write_report)
+from benchmarks.common import (QUICK_MODEL, RESULTS, add_features_option, add_run_options,  # noqa: E402
+                               balance_text, feature_detectors, features_suffix, fid_cache, fid_text, high_sigmas,
+                               join_tables, latent_information, log, log_timed, reference_and_floor, run_overrides,
+                               second_space, space_suffix, train_both, write_report)
 
 ACTIVE_NATS = 0.01  # a coordinate whose mean KL is below this carries (almost) nothing
 # --quick: tiny networks, 128 training images, 16 samples per FID: it checks the pipeline, not the paper.
@@ -90,8 +97,9 @@ def rate(model, x: torch.Tensor) -> dict:
             "latent_dim": cfg.latent_size, "posterior_std": float((0.5 * logvar).exp().mean())}
 
 
-def measure(name: str, model, prior, data, ref, det, cache, args) -> dict:
-    """One row: the FIDs, the latent's use and its rate."""
+def measure(name: str, model, prior, data, ref, det, cache, args, extras: bool = True) -> dict:
+    """One row in one feature space: the FIDs and (with `extras`, in the first space only) the latent's use and its
+    rate, which do not depend on the space."""
     from discodiff.analysis.oracle import oracle_vs_prior
     from discodiff.analysis.quality import sample_fid
 
@@ -105,23 +113,40 @@ def measure(name: str, model, prior, data, ref, det, cache, args) -> dict:
                                                                                  if k not in ("oracle", "prior")}}
     row["prior_w1"] = sample_fid(model, prior, seeds, ref, det, guidance=1.0, desc=f"{name}, prior latents, w = 1",
                                  **common)
-    row["use"] = latent_information(model, data.x, data.labels, seed=args.seed)
-    row["rate"] = rate(model, data.x)
+    if extras:
+        row["use"] = latent_information(model, data.x, data.labels, seed=args.seed)
+        row["rate"] = rate(model, data.x)
+    use = f", loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}" if extras else ""
     log(f"[continuous] {name}: oracle {fid_text(row['oracle'])}, prior w=0 {fid_text(row['prior_w0'])}, "
-        f"w=1 {fid_text(row['prior_w1'])}, loss ratio (sigma >= 2) {row['use']['loss_ratio']:.3f}")
+        f"w=1 {fid_text(row['prior_w1'])}{use}" + (f" ({space_suffix(det)[1:]} FD)" if space_suffix(det) else ""))
     return row
+
+
+def measure_space(models: dict, data, det, out: Path, args, seconds: dict, extras: bool) -> dict:
+    """{"rows": {row name: measure's row}, "data_floor"} in one feature space (its own reference and FID cache)."""
+    from discodiff.data import to_uint8
+
+    suffix = space_suffix(det)  # "" for Inception: the cache files and timings of before keep their names
+    ref, floor, _ = log_timed(seconds, f"fid_reference{suffix}", reference_and_floor, to_uint8(data.x), det, out,
+                              args.num, args.seed, args.bootstrap)
+    cache = fid_cache(out, models, args.num, f"fid-cache-continuous{suffix}.json")
+    rows = {name: log_timed(seconds, f"measure_{name}{suffix}", measure, name, model, prior, data, ref, det, cache,
+                            args, extras) for name, (model, prior) in models.items()}
+    return {"rows": rows, "data_floor": floor}
 
 
 def format_table(rows: dict, cfgs: dict, args) -> str:
     def fid(r, key):
         return fid_text(r[key]) if key in r else "-"
 
+    clf = any("class_tv" in r["prior_w0"] for r in rows.values())  # the classifier's: TV / confidence at w = 0
+
     lines = [f"{args.preset}: FID ± bootstrap std over {args.num} samples ({args.steps} Heun steps) against the "
              f"training images; loss ratio = loss given the oracle latent / given the null latent, mean over sigma "
              f"{[round(s, 2) for s in high_sigmas()]} (1: unused); rate = mean KL of the posteriors (nats per image, "
              f"active coordinates of D) or, for discrete latents, the capacity m ln k", "",
              f"{'row':>18} {'oracle FID':>16} {'prior FID, w=0':>16} {'prior FID, w=1':>16} {'loss ratio':>10} "
-             f"{'loss gap':>9} {'rate':>18} {'prior latent FD':>16}"]
+             f"{'loss gap':>9} {'rate':>18} {'prior latent FD':>16}" + (f" {'w=0 TV/conf':>11}" if clf else "")]
     for name, r in rows.items():
         use, rt, m = r.get("use"), r.get("rate", {}), cfgs[name].model
         if "kl_nats" in rt:
@@ -133,7 +158,8 @@ def format_table(rows: dict, cfgs: dict, args) -> str:
         label = name if m.num_latents else "baseline (m=0)"
         lines.append(f"{label:>18} {fid(r, 'oracle'):>16} {fid(r, 'prior_w0'):>16} {fid(r, 'prior_w1'):>16} "
                      f"{use['loss_ratio'] if use else float('nan'):>10.3f} "
-                     f"{use['loss_gap'] if use else float('nan'):>9.4f} {rate_s:>18} {fd:>16}")
+                     f"{use['loss_gap'] if use else float('nan'):>9.4f} {rate_s:>18} {fd:>16}"
+                     + (f" {balance_text(r['prior_w0']):>11}" if clf else ""))
     return "\n".join(lines)
 
 
@@ -153,16 +179,16 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available): the priors, sampling "
                                                    "and the FID detector (stage I trains on the GPU whenever there "
                                                    "is one, as `discodiff train` does)")
-    add_run_options(ap, batch=256, detector=False,
-                    results="benchmarks/results/continuous-latents-<preset>.json; --quick: in --out")
+    add_features_option(ap)
+    add_run_options(ap, batch=256,
+                    results="benchmarks/results/continuous-latents-<preset>.json (with --features classifier: "
+                            "continuous-latents-<preset>-classifier.json); --quick: in --out")
     ap.add_argument("--quick", action="store_true", help="tiny networks and budgets, 16 samples per FID: a smoke test")
     args = ap.parse_args(argv)
 
     from discodiff.cli.options import parse_list, resolve_device
-    from discodiff.data import to_uint8
     from discodiff.errors import ConfigError
     from discodiff.fileio import check_writable
-    from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
     torch.set_num_threads(args.threads)
@@ -173,7 +199,8 @@ def main(argv=None) -> int:
         args.num, args.bootstrap, args.prior_kimg, args.prior_batch = 16, 0, 2, 256
     suffix = "-quick" if args.quick else ""
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-continuous-{args.preset}{suffix}"
-    path = args.results or (out if args.quick else RESULTS) / f"continuous-latents-{args.preset}.json"
+    path = args.results or ((out if args.quick else RESULTS) /
+                            f"continuous-latents-{args.preset}{features_suffix(args.features)}.json")
     start, seconds = time.perf_counter(), {}
     try:
         if args.num < 2:
@@ -190,19 +217,18 @@ def main(argv=None) -> int:
         if data.kind != "image":
             raise ConfigError(f"preset {args.preset!r} is not an image preset")
         args.steps = cfgs["discodiff"].sample.steps
-        det = InceptionDetector.from_file(device=device)
+        # the detectors before any training: data without labels are refused here for the classifier's features
+        dets = feature_detectors(args.features, cfgs["discodiff"].data, detector=args.detector, device=device)
+        det = next(iter(dets.values()))
         log(f"continuous latents benchmark: preset {args.preset}, rows {', '.join(cfgs)}, "
             f"{cfgs['discodiff'].train.kimg:g} kimg each, priors {args.prior_kimg:g} kimg at batch "
             f"{args.prior_batch} (lr {args.prior_lr:g}, diffusion {args.diffusion_prior_lr:g}), {args.num} samples "
-            f"per FID, device {device}, detector backend {det.backend}; runs in {out}")
+            f"per FID, device {device}, features {' and '.join(dets)} (detector backend {det.backend}); runs in {out}")
         models, reused = train_both(out, cfgs, data, seconds, device=device)
-        ref, floor, _ = log_timed(seconds, "fid_reference", reference_and_floor, to_uint8(data.x), det, out, args.num,
-                                  args.seed, args.bootstrap)
-        cache = fid_cache(out, cfgs, args.num, "fid-cache-continuous.json")
-        results = {}
-        for name, (model, prior) in models.items():
-            results[name] = log_timed(seconds, f"measure_{name}", measure, name, model, prior, data, ref, det,
-                                      cache, args)
+        spaces = {space: measure_space(models, data, d, out, args, seconds, extras=i == 0)
+                  for i, (space, d) in enumerate(dets.items())}
+        results, floor = spaces[next(iter(spaces))]["rows"], spaces[next(iter(spaces))]["data_floor"]
+        for name, (model, _) in models.items():
             report = out / name / "prior_report.json"
             if report.is_file() and model.num_latents:
                 results[name]["prior_report"] = json.loads(report.read_text())
@@ -210,9 +236,11 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     seconds["total"] = round(time.perf_counter() - start, 1)
-    table = format_table(results, cfgs, args)
-    log("\n" + table + f"\n\ndata floor: {floor['num']} training images score FID {fid_text(floor)}\nseconds: "
-        + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
+    tables = {space: format_table({n: {**results[n], **r} for n, r in m["rows"].items()}, cfgs, args) + "\n\ndata "
+              f"floor: {m['data_floor']['num']} training images score FID {fid_text(m['data_floor'])}"
+              for space, m in spaces.items()}
+    table = join_tables(tables)
+    log("\n" + table + "\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None))
     report = {"preset": args.preset, "quick": args.quick, "betas": betas, "num": args.num, "bootstrap": args.bootstrap,
               "seed": args.seed, "steps": args.steps,
               "budget": {"kimg_per_run": cfgs["discodiff"].train.kimg, "batch": cfgs["discodiff"].train.batch,
@@ -222,9 +250,9 @@ def main(argv=None) -> int:
                               "parameters_stage1": sum(p.numel() for p in models[name][0].parameters())}
                        for name, c in cfgs.items()},
               "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": args.threads,
-                          "device": device, "detector_backend": det.backend},
+                          "device": device, "detector_backend": det.backend}, "features": list(dets),
               "data_floor": floor, "seconds": seconds, "reused": reused, "table": table, "rows": results,
-              "out": str(out)}
+              **second_space(spaces, tables), "out": str(out)}
     write_report(report, path)
     log(f"wrote {path}; runs and caches in {out}")
     return 0

@@ -1,7 +1,8 @@
 """Benchmark: is fine-tuning a trained plain EDM model the cheaper way to DisCo-Diff's latents?
 
     .venv/bin/python benchmarks/finetune.py --preset digits [--base-kimg N] [--extra-kimg E] [--num 2000]
-                                            [--device cuda] [--out DIR] [--quick]
+                                            [--device cuda] [--out DIR] [--features inception|classifier|both]
+                                            [--quick]
 
 From one finished plain baseline B (m = 0, --base-kimg, the preset's budget by default), at equal extra training
 images E (--extra-kimg, half of B's by default):
@@ -23,6 +24,11 @@ analyze loss-vs-sigma` within [2, 20]; the report in benchmarks/results/ was mea
 the models are trained where the library trains them (the GPU when there is one) and sampled there. Prints a table
 and writes benchmarks/results/finetune-<preset>.json. `--quick` is a smoke check of the whole pipeline on a tiny network
 (minutes on a CPU; its numbers mean nothing, and its report goes to DIR, not to benchmarks/results).
+
+--features classifier measures the FIDs in the hidden features of the data set's own classifier instead of Inception
+(its Fréchet distance in place of the FID, docs/fid.md; report finetune-<preset>-classifier.json, the reference
+features and FID cache in their own files of DIR); --features both in each (samples drawn once per space; the
+classifier's results go to "results_classifier" and a second table).
 """
 from __future__ import annotations
 
@@ -38,9 +44,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (QUICK_MODEL, RESULTS, add_run_options, differ, fid_cache, fid_text,  # noqa: E402
-                               high_sigmas, latent_information, log, log_timed, reference_and_floor,
-                               train_both, write_report)
+from benchmarks.common import (QUICK_MODEL, RESULTS, add_features_option, add_run_options,  # noqa: E402
+                               balance_text, differ, feature_detectors, features_suffix, fid_cache, fid_text,
+                               high_sigmas, join_tables, latent_information, log, log_timed, reference_and_floor,
+                               second_space, space_suffix, train_both, write_report)
 
 ROUTES = {"plain+": "(a) B + E as plain EDM", "finetuned": "(b) B fine-tuned + E", "scratch": "(c) scratch, B + E"}
 # --quick: the tiny digits U-Net of the tests on 32 images, 8 samples per FID (the detector dominates on a CPU)
@@ -90,9 +97,25 @@ def _route_seconds(seconds: dict) -> dict:
             "scratch": {"after_b": None, "total": s("stage1_scratch", "prior_scratch")}}
 
 
-def format_table(res: dict, args, route_seconds: dict) -> str:
+def measure(out: Path, models: dict, images, det, args, seconds: dict) -> dict:
+    """FID ± bootstrap std and KID of every model at each step count, in one feature space (its own reference and
+    FID cache)."""
+    from discodiff.analysis.nfe import quality_vs_steps
+
+    suffix = space_suffix(det)  # "" for Inception: the cache files and timings of before keep their names
+    ref, floor, ref_reused = log_timed(seconds, f"fid_reference{suffix}", reference_and_floor, images, det, out,
+                                       args.num, args.seed, args.bootstrap)
+    cache = fid_cache(out, models, args.num, f"fid-cache{suffix}.json")
+    seeds = list(range(args.seed, args.seed + args.num))
+    nfe = log_timed(seconds, f"fid{suffix}", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+                    batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
+    return {"nfe": nfe, "data_floor": floor, "reference_reused": ref_reused, "reference_num": len(images)}
+
+
+def format_table(res: dict, args, route_seconds: dict, use: dict) -> str:
     rows = res["nfe"]["rows"]
     fl = res["data_floor"]
+    clf = "class_tv" in fl  # the classifier's features: each route's class TV / confidence at the last step count
     names = ["base", *ROUTES]
     head = {"base": f"B ({args.base_kimg:g} kimg)", **ROUTES}
     lines = [f"{args.preset}: B = plain EDM after {args.base_kimg:g} kimg; every route then ends at "
@@ -112,7 +135,12 @@ def format_table(res: dict, args, route_seconds: dict) -> str:
                   "std, else 'same'", "training seconds, priors included: " + ", ".join(cost),
               f"how much the latents are used: loss given the encoder's latents / given the null latent, mean over "
               f"sigma {[round(s, 2) for s in high_sigmas()]} (1: ignored): "
-              + ", ".join(f"{ROUTES[n]} {u['loss_ratio']:.3f}" for n, u in res["latent_use"].items())]
+              + ", ".join(f"{ROUTES[n]} {u['loss_ratio']:.3f}" for n, u in use.items())]
+    if clf:
+        last = max(res["nfe"]["steps"])
+        lines.append(f"class TV / mean confidence at {last} steps (classifier; data "
+                     f"{fl['data_confidence']:.2f}): " + ", ".join(f"{head[n]} {balance_text(by[n][last])}"
+                                                                     for n in names))
     return "\n".join(lines)
 
 
@@ -142,7 +170,9 @@ def main(argv=None) -> int:
                     help="config override for the fine-tuned run (b) only, e.g. train.new_parts_lr=0.003")
     ap.add_argument("--device", default=None, help="the FID detector's device, cpu or cuda (default: cuda when "
                                                     "available)")
-    add_run_options(ap, batch=128, results="benchmarks/results/finetune-<preset>.json",
+    add_features_option(ap)
+    add_run_options(ap, batch=128, results="benchmarks/results/finetune-<preset>.json (with --features classifier: "
+                                           "finetune-<preset>-classifier.json)",
                     out="a folder under the system's temporary directory named by preset and budget")
     ap.add_argument("--quick", action="store_true", help="smoke check: a tiny network, budgets of a few hundred "
                                                          "images, 8 samples per FID")
@@ -154,7 +184,6 @@ def main(argv=None) -> int:
     from discodiff.data import to_uint8
     from discodiff.errors import ConfigError
     from discodiff.fileio import check_writable
-    from discodiff.metrics.fid import InceptionDetector
     from discodiff.runs import resolve_run
 
     torch.set_num_threads(args.threads)
@@ -182,8 +211,9 @@ def main(argv=None) -> int:
         quick = "-quick" if args.quick else ""
         out = args.out or (Path(tempfile.gettempdir()) /
                            f"discodiff-finetune-{args.preset}-{args.base_kimg:g}+{args.extra_kimg:g}{quick}")
-        path = args.results or (out / f"finetune-{args.preset}-quick.json" if args.quick
-                                else RESULTS / f"finetune-{args.preset}.json")
+        suffix = features_suffix(args.features)
+        path = args.results or (out / f"finetune-{args.preset}-quick{suffix}.json" if args.quick
+                                else RESULTS / f"finetune-{args.preset}{suffix}.json")
         check_writable(out, folder=True)
         check_writable(path)
         device = resolve_device(args.device)
@@ -193,10 +223,12 @@ def main(argv=None) -> int:
                                                                  "train": {"kimg": args.base_kimg}}))
         if data.kind != "image":
             raise ConfigError(f"preset {args.preset!r} is not an image preset")
-        det = InceptionDetector.from_file(args.detector, device=device)
+        # the detectors before any training: data without labels are refused here for the classifier's features
+        dets = feature_detectors(args.features, base_cfg.data, detector=args.detector, device=device)
+        det = next(iter(dets.values()))
         log(f"fine-tuning benchmark: preset {args.preset}, B {args.base_kimg:g} kimg, E {args.extra_kimg:g} kimg, "
             f"{args.num} samples per FID ({args.bootstrap} bootstrap resamples), Heun steps {args.steps}; training "
-            f"on {dist.device()}, detector on {device} ({det.backend}); runs in {out}")
+            f"on {dist.device()}, features {' and '.join(dets)} on {device} ({det.backend}); runs in {out}")
         models, reused = train_both(out, {"base": base_cfg}, data, seconds, dist.device())
         cfgs, _ = resolve_routes(out, args, overrides, base_cfg)
         more, more_reused = train_both(out, cfgs, data, seconds, dist.device())
@@ -204,24 +236,18 @@ def main(argv=None) -> int:
         reused.update(more_reused)
 
         images = to_uint8(data.x)
-        ref, floor, ref_reused = log_timed(seconds, "fid_reference", reference_and_floor, images, det, out, args.num,
-                                           args.seed, args.bootstrap)
-        cache = fid_cache(out, models, args.num)
-        from discodiff.analysis.nfe import quality_vs_steps
-        seeds = list(range(args.seed, args.seed + args.num))
-        nfe = log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
-                        batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
+        results = {space: measure(out, models, images, d, args, seconds) for space, d in dets.items()}
         use = {n: latent_information(m, data.x, data.labels, seed=args.seed) for n, (m, _) in models.items()
                if m.num_latents}
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    res = {"nfe": nfe, "latent_use": use, "data_floor": floor, "reference_reused": ref_reused,
-           "reference_num": len(images)}
+    res = {**results[next(iter(results))], "latent_use": use}
     wall = time.perf_counter() - start
     seconds["total"] = round(wall, 1)
     route_seconds = _route_seconds(seconds)
-    table = format_table(res, args, route_seconds)
+    tables = {space: format_table(r, args, route_seconds, use) for space, r in results.items()}
+    table = join_tables(tables)
     log("\n" + table + "\n\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items() if v is not None)
         + (" (reused: " + ", ".join(k for k, v in reused.items() if v) + ")" if any(reused.values()) else ""))
     cfg = cfgs["finetuned"]
@@ -229,7 +255,7 @@ def main(argv=None) -> int:
         "preset": args.preset, "quick": args.quick,
         "wall_s": round(wall, 1), "seconds": seconds, "route_seconds": route_seconds, "reused": reused,
         "overrides": args.sets, "finetune_overrides": args.finetune_sets, "num": args.num, "seed": args.seed,
-        "bootstrap": args.bootstrap, "steps": args.steps, "detector_backend": det.backend,
+        "bootstrap": args.bootstrap, "steps": args.steps, "detector_backend": det.backend, "features": list(dets),
         "budget": {"base_kimg": args.base_kimg, "extra_kimg": args.extra_kimg,
                    "total_kimg": args.base_kimg + args.extra_kimg, "prior_kimg": cfg.prior_train.kimg,
                    "batch": cfg.train.batch, "lr": cfg.train.lr, "new_parts_lr": cfg.train.new_parts_lr},
@@ -241,7 +267,7 @@ def main(argv=None) -> int:
                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None},
         "note": f"FID over {args.num} samples against the {len(data)} training images: biased upward relative to "
                 f"FID-50k; compare only at equal N",
-        "table": table, "results": res, "out": str(out),
+        "table": table, "results": res, **second_space(results, tables), "out": str(out),
     }
     write_report(report, path)
     log(f"wrote {path}; runs and caches in {out}")

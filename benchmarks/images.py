@@ -38,10 +38,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (FEATURES, RESULTS, add_run_options, differ_word, feature_detector,  # noqa: E402
-                               feature_space_name, fid_cache, fid_text, floor_num, kid_text, log, log_timed,
-                               ratio_text, reference_and_floor, run_overrides, space_suffix, train_both,
-                               write_report)
+from benchmarks.common import (RESULTS, add_features_option, add_run_options, differ_word,  # noqa: E402
+                               feature_detectors, feature_space_name, features_suffix, fid_cache, fid_text,
+                               floor_num, join_tables, kid_text, log, log_timed, ratio_text, reference_and_floor,
+                               run_overrides, second_space, space_suffix, train_both, write_report)
 
 TARGET_RATIO = 0.8
 
@@ -133,8 +133,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="config override for both runs, as `discodiff train --set` (e.g. "
                          "model.network.model_channels=8 for a quick trial)")
-    ap.add_argument("--features", choices=(*FEATURES, "both"), default="inception",
-                    help="feature space of the FIDs: Inception, the data set's own classifier (docs/fid.md), or both")
+    add_features_option(ap)
     add_run_options(ap, batch=128, results="benchmarks/results/images-<preset>.json (with --features classifier: "
                                            "images-<preset>-classifier.json)")
     args = ap.parse_args(argv)
@@ -148,8 +147,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-images-{args.preset}"
-    spaces = list(FEATURES) if args.features == "both" else [args.features]
-    path = args.results or RESULTS / f"images-{args.preset}{'-classifier' if spaces == ['classifier'] else ''}.json"
+    path = args.results or RESULTS / f"images-{args.preset}{features_suffix(args.features)}.json"
     start = time.perf_counter()
     seconds: dict = {}
     try:
@@ -172,7 +170,8 @@ def main(argv=None) -> int:
         args.default_steps = cfgs["discodiff"].sample.steps
         args.steps = sorted(set(args.steps or [4, 8, args.default_steps]) | {args.default_steps})
         # the detectors before any training: data without labels are refused here for the classifier's features
-        dets = {space: feature_detector(space, cfgs["discodiff"].data, detector=args.detector) for space in spaces}
+        dets = feature_detectors(args.features, cfgs["discodiff"].data, detector=args.detector)
+        spaces = list(dets)
         det = dets[spaces[0]]
         log(f"images benchmark: preset {args.preset}, {cfgs['discodiff'].train.kimg:g} kimg per model, {args.num} "
              f"samples per FID ({args.bootstrap} bootstrap resamples), steps {args.steps}, w {args.weights}, "
@@ -186,20 +185,10 @@ def main(argv=None) -> int:
         return 2
     wall = time.perf_counter() - start
     seconds["total"] = round(wall, 1)
-    checks = targets(res, args.default_steps)
-    table = format_table(res, args)
-    if spaces[0] != "inception":
-        checks = [(f"[{spaces[0]} features: FD for FID] {n}", ok, f) for n, ok, f in checks]
-        table = f"in the {spaces[0]}'s features (its Fréchet distance in place of the FID):\n" + table
-    extra = {}
-    if len(spaces) > 1:
-        other = results[spaces[1]]
-        extra_checks = [(f"[{spaces[1]} features: FD for FID] {n}", ok, f)
-                        for n, ok, f in targets(other, args.default_steps)]
-        extra = {"results_classifier": other, "table_classifier": format_table(other, args)}
-        table += f"\n\nin the {spaces[1]}'s features (its Fréchet distance in place of the FID):\n" + \
-            extra["table_classifier"]
-        checks = checks + extra_checks
+    checks = [(("" if space == "inception" else f"[{space} features: FD for FID] ") + n, ok, f)
+              for space, r in results.items() for n, ok, f in targets(r, args.default_steps)]
+    tables = {space: format_table(r, args) for space, r in results.items()}
+    table, extra = join_tables(tables), second_space(results, tables)
     log("\n" + table + "\n\nseconds: " + ", ".join(f"{k} {v:g}" for k, v in seconds.items())
          + (" (reused: " + ", ".join(k for k, v in reused.items() if v) + ")" if any(reused.values()) else ""))
     log("targets:")

@@ -1,6 +1,7 @@
 """Benchmark: PFGM++ against DisCo-PFGM++, next to EDM and DisCo-EDM, at equal network and budget.
 
     .venv/bin/python benchmarks/pfgmpp.py [--device cuda] [--D 128] [--num 2000] [--toy-only | --digits-only]
+                                          [--features inception|classifier|both]
     .venv/bin/python benchmarks/pfgmpp.py --quick       # a smoke check of the whole path, in minutes
 
 Four models per task that differ only in the forward process (model.process edm, or pfgmpp with model.pfgm_D = --D)
@@ -11,7 +12,11 @@ training images (the preset's budgets, or --kimg / --toy-kimg).
   the within-mode W2 (with its floor) and the mean ODE curvature at 50 and 10 Heun steps, as in docs/toy2d.md.
 - digits: the image benchmarks' training (benchmarks/common.py's `train_both`) and FID (`reference_and_floor`, one
   reference of all the training images, features cached) with `analysis.nfe.quality_vs_steps`: FID ± bootstrap std
-  and KID over --num samples at 8 and 18 Heun steps, the same noise seeds for every model.
+  and KID over --num samples at 8 and 18 Heun steps, the same noise seeds for every model. --features classifier
+  measures them in the hidden features of the digits' own classifier instead of Inception (its Fréchet distance in
+  place of the FID, with each row's class TV and confidence; docs/fid.md; report pfgmpp-classifier.json, the
+  reference features and FID cache in their own files); --features both in each (samples drawn once per space; the
+  classifier's rows go to digits.results_classifier and a second table).
 
 Training runs where `discodiff train` would (the GPU when there is one; --device cpu hides it); sampling and the FID
 detector run on --device. Models train in float32 unless --bf16, as the CPU results in the README did. Run folders and
@@ -33,8 +38,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: benchmarks/__init__.py
-from benchmarks.common import (QUICK_MODEL, RESULTS, add_run_options, fid_cache, fid_text, kid_text, log,  # noqa: E402
-                               log_timed, reference_and_floor, run_overrides, train_both, write_report)
+from benchmarks.common import (QUICK_MODEL, RESULTS, add_features_option, add_run_options,  # noqa: E402
+                               balance_text, feature_detectors, features_suffix, fid_cache, fid_text, join_tables,
+                               kid_text, log, log_timed, reference_and_floor, run_overrides, second_space,
+                               space_suffix, train_both, write_report)
 
 REPORT = RESULTS / "pfgmpp.json"
 LABELS = {"edm": "EDM", "disco-edm": "DisCo-EDM", "pfgmpp": "PFGM++", "disco-pfgmpp": "DisCo-PFGM++"}
@@ -116,27 +123,36 @@ def digits_configs(out: Path, args, overrides: dict) -> tuple[dict, object]:
     return cfgs, data
 
 
-def run_digits(out: Path, args, overrides: dict, det, seconds: dict) -> dict:
-    from discodiff.analysis.nfe import quality_vs_steps
-    from discodiff.data import to_uint8
-
+def run_digits(out: Path, args, overrides: dict, dets: dict, seconds: dict) -> tuple[dict, dict]:
+    """(what the feature spaces share: budget, parameters, reuse; {space: {"rows", "floor"}})."""
     cfgs, data = digits_configs(out, args, overrides)
     models, reused = train_both(out, cfgs, data, seconds)
     models = {key: (model.to(args.device), None if prior is None else prior.to(args.device))
               for key, (model, prior) in models.items()}
+    measured = {space: measure_digits(out, args, models, data, det, seconds) for space, det in dets.items()}
+    cfg = cfgs[f"disco-{folder('pfgmpp', args.D)}"]
+    return {"reused": reused, "steps": args.steps, "num": args.num,
+            "budget": {"kimg_per_model": cfg.train.kimg, "prior_kimg": cfg.prior_train.kimg, "batch": cfg.train.batch},
+            "parameters_stage1": {label_key(k): sum(p.numel() for p in m.parameters())
+                                  for k, (m, _) in models.items()}}, measured
+
+
+def measure_digits(out: Path, args, models: dict, data, det, seconds: dict) -> dict:
+    """{"rows": {model label: {steps: FID result}}, "floor"} in one feature space (its own reference and cache)."""
+    from discodiff.analysis.nfe import quality_vs_steps
+    from discodiff.data import to_uint8
+
+    suffix = space_suffix(det)  # "" for Inception: the cache files and timings of before keep their names
     log(f"[pfgmpp] digits FID reference: the {len(data)} training images (features cached in {out})")
-    ref, floor, _ = log_timed(seconds, "fid_reference", reference_and_floor, to_uint8(data.x), det, out, args.num,
-                              args.seed, args.bootstrap)
-    cache = fid_cache(out, cfgs, args.num)
+    ref, floor, _ = log_timed(seconds, f"fid_reference{suffix}", reference_and_floor, to_uint8(data.x), det, out,
+                              args.num, args.seed, args.bootstrap)
+    cache = fid_cache(out, models, args.num, f"fid-cache{suffix}.json")
     seeds = list(range(args.seed, args.seed + args.num))
     log(f"[pfgmpp] digits FID at Heun steps {args.steps}, {args.num} samples each")
-    nfe = log_timed(seconds, "fid", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
+    nfe = log_timed(seconds, f"fid{suffix}", quality_vs_steps, models, args.steps, seeds, ref, det, sampler="heun",
                     batch=args.batch, progress=True, cache=cache, bootstrap=args.bootstrap)
-    rows = {label_key(key): {str(r["steps"]): r for r in nfe["rows"][key]} for key in cfgs}
-    cfg = cfgs[f"disco-{folder('pfgmpp', args.D)}"]
-    return {"rows": rows, "floor": floor, "reused": reused, "steps": args.steps, "num": args.num,
-            "budget": {"kimg_per_model": cfg.train.kimg, "prior_kimg": cfg.prior_train.kimg, "batch": cfg.train.batch},
-            "parameters_stage1": {label_key(k): sum(p.numel() for p in m.parameters()) for k, (m, _) in models.items()}}
+    return {"rows": {label_key(key): {str(r["steps"]): r for r in nfe["rows"][key]} for key in models},
+            "floor": floor}
 
 
 def label_key(key: str) -> str:
@@ -146,13 +162,15 @@ def label_key(key: str) -> str:
 
 def digits_table(res: dict, D: int) -> str:
     fl = res["floor"]
+    clf = "class_tv" in fl  # the classifier's features: each row's class TV and mean confidence too
     lines = [f"digits (8x8, N = 64), PFGM++ D = {D}; FID ± bootstrap std and KID x 1000 ± std over {res['num']} "
              f"samples, Heun; data floor: {fl['num']} training images score FID {fid_text(fl)}",
-             f"{'model':<14}{'steps':>6}{'NFE':>5}{'FID':>18}{'KID x 1000':>16}"]
+             f"{'model':<14}{'steps':>6}{'NFE':>5}{'FID':>18}{'KID x 1000':>16}" + (f"{'TV/conf':>12}" if clf else "")]
     for n in map(str, res["steps"]):
         for key in LABELS:
             r = res["rows"][key][n]
-            lines.append(f"{LABELS[key]:<14}{n:>6}{r['nfe']:>5}{fid_text(r):>18}{kid_text(r):>16}")
+            lines.append(f"{LABELS[key]:<14}{n:>6}{r['nfe']:>5}{fid_text(r):>18} {kid_text(r):>15}"
+                         + (f"{balance_text(r):>12}" if clf else ""))
     return "\n".join(lines)
 
 
@@ -178,7 +196,9 @@ def main(argv=None) -> int:
     only.add_argument("--digits-only", action="store_true", help="digits alone")
     ap.add_argument("--bf16", action="store_true", help="train with bf16 autocast on the GPU (default: float32)")
     ap.add_argument("--quick", action="store_true", help="tiny networks, budgets and sample counts: a smoke check")
-    add_run_options(ap, batch=256, batch_help="samples per batch on digits", results="benchmarks/results/pfgmpp.json")
+    add_features_option(ap)
+    add_run_options(ap, batch=256, batch_help="samples per batch on digits",
+                    results="benchmarks/results/pfgmpp.json (with --features classifier: pfgmpp-classifier.json)")
     args = ap.parse_args(argv)
     if args.device == "cpu":  # before torch is imported: training goes to the GPU whenever it sees one
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
@@ -188,10 +208,9 @@ def main(argv=None) -> int:
     import torch
 
     from discodiff.cli.options import parse_list
-    from discodiff.config import merge
+    from discodiff.config import merge, preset_config
     from discodiff.errors import ConfigError
     from discodiff.fileio import check_writable
-    from discodiff.metrics.fid import InceptionDetector
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -207,7 +226,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     tag = "pfgmpp-quick" if args.quick else "pfgmpp"
     out = args.out or Path(tempfile.gettempdir()) / f"discodiff-{tag}"
-    path = args.results or (out / "pfgmpp-quick.json" if args.quick else REPORT)
+    suffix = "" if args.toy_only else features_suffix(args.features)  # (the toy has no FID)
+    path = args.results or (out / f"pfgmpp-quick{suffix}.json" if args.quick
+                            else REPORT.with_name(f"pfgmpp{suffix}.json"))
     start, seconds, report = time.perf_counter(), {}, {}
     tables = []
     try:
@@ -216,8 +237,13 @@ def main(argv=None) -> int:
             raise ConfigError("--steps and --D must be positive")
         check_writable(out, folder=True)
         check_writable(path)
+        # the digits' detectors before any training (data without labels would be refused here for the classifier)
+        digits_data = preset_config("digits", digits_overrides).data
+        dets = {} if args.toy_only else feature_detectors(args.features, digits_data, detector=args.detector,
+                                                          device=args.device)
         log(f"pfgmpp benchmark: D = {args.D} (toy: {args.toy_D}), device {args.device}, {args.threads} threads"
-            f"{', quick' if args.quick else ''}; runs in {out}")
+            f"{', quick' if args.quick else ''}" + (f", digits features {' and '.join(dets)}" if dets else "")
+            + f"; runs in {out}")
         if not args.digits_only:
             t0 = time.perf_counter()
             toy = run_toy(out, args, toy_overrides)
@@ -229,13 +255,16 @@ def main(argv=None) -> int:
             log("\n" + tables[-1] + "\n")
         if not args.toy_only:
             t0 = time.perf_counter()
-            det = InceptionDetector.from_file(args.detector, device=args.device)
             digits_out = out / "digits"
             check_writable(digits_out, folder=True)
-            digits = run_digits(digits_out, args, digits_overrides, det, seconds)
+            shared, measured = run_digits(digits_out, args, digits_overrides, dets, seconds)
             seconds["digits"] = round(time.perf_counter() - t0, 1)
-            tables.append(digits_table(digits, args.D))
-            report["digits"] = {"D": args.D, "detector_backend": det.backend, "bootstrap": args.bootstrap, **digits}
+            digits_tables = {space: digits_table({**shared, **m}, args.D) for space, m in measured.items()}
+            tables.append(join_tables(digits_tables))
+            first = next(iter(dets.values()))
+            report["digits"] = {"D": args.D, "detector_backend": first.backend, "bootstrap": args.bootstrap,
+                                "features": list(dets), **measured[next(iter(measured))], **shared,
+                                **second_space(measured, digits_tables)}
             log("\n" + tables[-1] + "\n")
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -113,7 +113,8 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     `guidance_interval` (lo, hi) limits the guidance to lo < sigma <= hi; `prior_temperature` scales the prior's
     draws; `autoguide` (autoguidance.Autoguide, or (weak model, w[, interval])) guides with a weak model, whose
     passes "network_passes" counts too (name the weak model in `model_key`: the key then records only its
-    settings)."""
+    settings). In the classifier's features (a detector with `class_balance`, metrics/classifier.py) the result
+    adds the class balance: "class_tv", "confidence" and the class frequencies."""
     from ..autoguidance import as_autoguide
 
     require_image_model(model, "FID")
@@ -156,6 +157,8 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
               "guidance_interval": None if guidance_interval is None else list(map(float, guidance_interval)),
               "prior_temperature": float(prior_temperature),
               "seconds": round(time.perf_counter() - t0, 2)}
+    if hasattr(detector, "class_balance") and ref.features is not None:  # the classifier's features (docs/fid.md)
+        result.update(detector.class_balance(stats.features, ref.features))
     if progress:
         spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""
         kid = f", KID {result['kid']:.5f}" if result.get("kid") is not None else ""
