@@ -149,3 +149,15 @@ def train_tiny_toy(run_dir, *extra, kimg=2):
     """`discodiff train` of a tiny toy2d run, in-process; raises SystemExit on failure."""
     from discodiff.cli import main
     main(["train", "--preset", "toy2d", "--run-dir", str(run_dir), "--kimg", str(kimg), *TINY_TOY, *extra])
+
+
+def write_untrained_run(run_dir, cfg):
+    """A run folder holding `cfg` and a freshly built model (torch seed 0), for commands that only need a run."""
+    from discodiff.checkpoint import CONFIG, MODEL, save_tensors
+    from discodiff.model import DiscoDiff
+    run_dir.mkdir()
+    cfg.save(run_dir / CONFIG)
+    torch.manual_seed(0)
+    save_tensors(DiscoDiff(cfg.model).state_dict(), run_dir / MODEL)
+    return run_dir
+

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 import torch
-from conftest import FlatMLP, run_cli_args, save_tiny_detector
+from conftest import FlatMLP, run_cli_args, save_tiny_detector, write_untrained_run
 from safetensors.numpy import load_file as load_numpy
 
 from discodiff.config import DataConfig, ModelConfig, RunConfig
@@ -201,18 +201,12 @@ def test_class_tv_is_zero_for_the_data_and_high_for_one_class(cache, digits):
 def test_fid_gen_with_classifier_features(cache, tmp_path, capsys, monkeypatch, digits):
     """`fid gen --features classifier` on a tiny untrained run over the digits: the run's own classifier reference
     is made (beside, not in place of, the Inception one) and the class balance is reported."""
-    from discodiff.checkpoint import CONFIG, MODEL, save_tensors
-    from discodiff.model import DiscoDiff
     from discodiff.networks import BACKBONES
     monkeypatch.setitem(BACKBONES, "cls-test-flat", FlatMLP)
     cfg = RunConfig(preset="cls-test", data=DataConfig(name="digits", options={"max_images": 200}),
                     model=ModelConfig(data_shape=[1, 8, 8], num_latents=0,
                                       network={"name": "cls-test-flat", "hidden": 16, "depth": 2, "emb_dim": 8}))
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg.save(run / CONFIG)
-    torch.manual_seed(0)
-    save_tensors(DiscoDiff(cfg.model).state_dict(), run / MODEL)
+    run = write_untrained_run(tmp_path / "run", cfg)
     res = tmp_path / "gen.json"
     args = ["fid", "gen", "--run-dir", str(run), "--num", "20", "--batch", "10", "--steps", "2", "--sampler", "euler",
             "--features", "classifier", "--out", str(res)]

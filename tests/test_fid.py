@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import FlatMLP, TinyNet, run_cli_args, save_tiny_detector
+from conftest import FlatMLP, TinyNet, run_cli_args, save_tiny_detector, write_untrained_run
 from torch import nn
 
 from discodiff.config import ConfigError, DataConfig, ModelConfig, RunConfig
@@ -413,18 +413,13 @@ def test_cli_errors(tmp_path, capsys, tiny_detector_file):
 
 def test_cli_gen(tmp_path, capsys, monkeypatch, tiny_detector_file, fake_image_dataset):
     """`fid gen` on a tiny image run (a flattening MLP registered for the test), without and with --ref."""
-    from discodiff.checkpoint import CONFIG, MODEL, save_tensors
-    from discodiff.model import DiscoDiff
+    from discodiff.checkpoint import CONFIG
     from discodiff.networks import BACKBONES
     monkeypatch.setitem(BACKBONES, "fid-test-flat", FlatMLP)
     cfg = RunConfig(preset="fid-test", data=DataConfig(name="fid-test"),
                     model=ModelConfig(data_shape=[1, 8, 8], num_latents=0, num_classes=2,
                                       network={"name": "fid-test-flat", "hidden": 16, "depth": 2, "emb_dim": 8}))
-    run = tmp_path / "run"
-    run.mkdir()
-    cfg.save(run / CONFIG)
-    torch.manual_seed(0)
-    save_tensors(DiscoDiff(cfg.model).state_dict(), run / MODEL)
+    run = write_untrained_run(tmp_path / "run", cfg)
 
     res = tmp_path / "gen.json"
     args = ["fid", "gen", "--run-dir", str(run), "--num", "6", "--batch", "4", "--steps", "2", "--sampler", "euler",
