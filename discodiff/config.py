@@ -482,7 +482,8 @@ PRESET_CARDS: dict[str, PresetCard] = {
         deviations=(("latents through the noise embedding instead of cross-attention",
                      "cross-attention collapsed on the digits at CPU budgets"),
                     ("m = 4, k = 16, a 2-layer ViT encoder with 4x4 patches", "sized for 2 CPU cores")),
-        trained="CPU, about half an hour a run, two seeds (docs/results.md)"),
+        trained="CPU, about half an hour a run, two seeds (docs/results.md); in a classifier's features its samples "
+                "are 2.8x EDM's distance from the data at 18 Heun steps, 0.57x at 6 (one seed)"),
     "fashion16-kmeans": PresetCard(
         "fashion16 with one fixed k-means latent of 256 codes", (1, 16, 16),
         deviations=(("no learned encoder: the codes are a k-means partition of the training images",
