@@ -50,6 +50,7 @@ import torch
 from .checkpoint import CONFIG, MODEL
 from .config import RunConfig, merge, preset_config, validate
 from .errors import CheckpointError, ConfigError
+from .networks.song_unet import SONG_NORM_EPS, fir_kernel
 
 PRESET = "imagenet64"
 LICENCE = "CC BY-NC-SA 4.0 (NVlabs/edm); converted weights keep EDM's licence"
@@ -66,7 +67,6 @@ SONG_DEFAULTS = {"model_channels": 128, "channel_mult": [1, 2, 2, 2], "channel_m
                  "attn_resolutions": [16], "dropout": 0.10, "embedding_type": "positional", "channel_mult_noise": 1,
                  "encoder_type": "standard", "decoder_type": "standard", "resample_filter": [1, 1], "augment_dim": 0}
 SONG_OTHER = {"img_resolution", "in_channels", "out_channels", "label_dim", "label_dropout"}
-SONG_NORM_EPS = 1e-6           # SongUNet's GroupNorm
 EDM_SONG_KIMG = 200_000        # EDM's CIFAR-10, FFHQ and AFHQv2 runs: --duration=200 (Mimg)
 # The run made of a SongUNet snapshot: no preset has this backbone, so its config says everything. Training values are
 # EDM's recipe for the data's size (its README: CIFAR-10 at 32 px --batch=512 --lr=1e-3; FFHQ and AFHQv2 at 64 px
@@ -325,40 +325,27 @@ def ours_to_edm(ours: dict[str, torch.Tensor], heads: dict[str, int]) -> dict[st
     return out
 
 
-def attention_heads(unet) -> dict[str, int]:
-    """'enc.32x32_block0' -> EDM's heads for that block (out_channels // 64), for each block of `unet` (our U-Net)
-    with self-attention; refuses a network whose heads differ from ours."""
-    heads = {}
-    for part in ("enc", "dec"):
-        for name, block in getattr(unet, part).items():
-            attn = getattr(block, "attn", None)
-            if attn is None:
-                continue
-            edm_heads = block.out_channels // EDM_CHANNELS_PER_HEAD
-            if edm_heads < 1 or edm_heads != attn.heads:
-                raise CheckpointError(f"block {part}.{name} has {block.out_channels} channels: EDM would give it "
-                                      f"{edm_heads} attention heads, discodiff's U-Net {attn.heads}")
-            heads[f"{part}.{name}"] = edm_heads
-    return heads
-
-
-def song_attention_heads(net) -> dict[str, int]:
-    """'enc.16x16_block0' -> 1 for each block of `net` (our SongUNet) with self-attention: SongUNet's num_heads=1."""
+def attention_heads(net, one_head: bool = False) -> dict[str, int]:
+    """'enc.32x32_block0' -> EDM's heads for that block, for each block of `net` (our U-Net, or our SongUNet with
+    `one_head`) with self-attention: out_channels // 64 in DhariwalUNet, one in SongUNet. Refuses a network whose
+    heads differ from EDM's."""
     heads = {}
     for part in ("enc", "dec"):
         for name, block in getattr(net, part).items():
             attn = getattr(block, "attn", None)
-            if attn is not None:
-                if attn.heads != 1:
-                    raise CheckpointError(f"block {part}.{name} has {attn.heads} attention heads; SongUNet has one")
-                heads[f"{part}.{name}"] = 1
+            if attn is None:
+                continue
+            edm_heads = 1 if one_head else block.out_channels // EDM_CHANNELS_PER_HEAD
+            if edm_heads < 1 or edm_heads != attn.heads:
+                raise CheckpointError(f"block {part}.{name} has {block.out_channels} channels: EDM would give it "
+                                      f"{edm_heads} attention heads, discodiff's {attn.heads}")
+            heads[f"{part}.{name}"] = edm_heads
     return heads
 
 
 def check_filters(edm: dict[str, torch.Tensor], taps) -> None:
     """The snapshot's resampling filters (dropped by `edm_to_ours`) must be the ones `taps` make: ours are computed
     from the configuration."""
-    from .networks.song_unet import fir_kernel
     want = fir_kernel(taps)
     for key, value in edm.items():
         if key.endswith(".resample_filter") and (value.shape[-2:] != want.shape
@@ -412,10 +399,7 @@ def convert(pkl, run_dir) -> RunConfig:
     edm = module_tensors(net)
     if song:
         check_filters(edm, cfg.model.network["resample_filter"])
-        heads = song_attention_heads(model.denoiser.net)
-    else:
-        heads = attention_heads(model.denoiser.net)
-    tensors = edm_to_ours(edm, heads)
+    tensors = edm_to_ours(edm, attention_heads(model.denoiser.net, one_head=song))
     tensors = {f"denoiser.net.{k}": v.float() for k, v in tensors.items()}
     own = model.state_dict()
     missing, unexpected = set(own) - set(tensors), set(tensors) - set(own)

@@ -301,7 +301,9 @@ class SongUNet(LatentPath, nn.Module):
             if self.map_label is not None:  # no labels = all classes dropped: the layer's bias still enters
                 labels = class_labels.float() if class_labels is not None else emb.new_zeros(B, self.num_classes)
                 emb = emb + self.map_label(labels * math.sqrt(self.num_classes))
-            if self.map_augment is not None:  # no augmentation here: zero labels (EDM's sampling-time input)
+            # no augmentation here: zero labels (EDM's sampling-time input). The layer still runs, adding zero, so
+            # that its weight takes part in the graph: DDP requires every parameter to receive a gradient
+            if self.map_augment is not None:
                 emb = emb + self.map_augment(emb.new_zeros(B, self.augment_dim))
         emb, contexts = self._latent_inputs(emb, latents, null_latent, latent_features, B)
         with torch.autocast(x.device.type, enabled=False):
