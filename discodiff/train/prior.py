@@ -41,32 +41,46 @@ def train_prior(run_dir: Path, cfg: RunConfig, data: ArrayDataset, model: DiscoD
         return _train_prior(run, data, model, quiet=quiet)
 
 
+# Why a prior's training state cannot be resumed, by the entry of `fitted_to` that differs
+_STALE_STATE = {STAGE1_HASH_KEY: "belongs to older stage-I weights",
+                PRIOR_NETWORK_KEY: "is of another network (prior_train.network)"}
+
+
+def fitted_to(run: Run) -> dict[str, str]:
+    """What a prior (its file and its training states) records it was fitted to: the stage-I weights' sha256 and
+    the prior's network (prior_train.network)."""
+    return {STAGE1_HASH_KEY: run.stage1_sha256(), PRIOR_NETWORK_KEY: network_record(run.config.prior_train.network)}
+
+
+def resumable_prior_state(run_dir: Path, record: dict[str, str], log: RunLog):
+    """The newest prior training state when it was fitted to `record` (fitted_to); else None, with the prior's
+    states discarded and a line saying why, so that the prior is fitted afresh."""
+    state = latest_training_state(run_dir, "prior")
+    for key, why in _STALE_STATE.items():
+        if state is not None and state.meta.get(key) != record[key]:
+            log.line(f"the prior's training state {why}: fitting the prior afresh")
+            discard_training_states(run_dir, "prior")
+            state = None
+    return state
+
+
 def _train_prior(run: Run, data: ArrayDataset, model: DiscoDiff, *, quiet: bool) -> Prior:
     run_dir, cfg = run.path, run.config
     device = next(model.parameters()).device
     p, log = cfg.prior_train, RunLog(run_dir, quiet)
     continuous = not isinstance(model.latent_type, DiscreteLatents)
-    stage1 = run.stage1_sha256()
+    record = fitted_to(run)
     encoded = encode_streamed(model, data, device)  # logits, or the continuous latents' posteriors
     labels = data.labels.to(device) if (data.labels is not None and cfg.model.num_classes) else None
     torch.manual_seed(p.seed)
     prior = prior_class(cfg.model).for_model(cfg.model, p.network).to(device)
     model.latent_type.prepare_prior(prior, encoded)  # (a resumed state brings back the same values)
     opt = torch.optim.AdamW(prior.parameters(), lr=p.lr, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
-    state = latest_training_state(run_dir, "prior")
-    if state is not None and state.meta.get(STAGE1_HASH_KEY) != stage1:
-        log.line("the prior's training state belongs to older stage-I weights: fitting the prior afresh")
-        discard_training_states(run_dir, "prior")
-        state = None
-    if state is not None and state.meta.get(PRIOR_NETWORK_KEY) != network_record(p.network):
-        log.line("the prior's training state is of another network (prior_train.network): fitting the prior afresh")
-        discard_training_states(run_dir, "prior")
-        state = None
+    state = resumable_prior_state(run_dir, record, log)
     parts, start = {"prior": prior}, 0
     if state is not None:
         start = restore(state, parts, opt)
         log.line(resume_line("the prior", state))
-    record = {STAGE1_HASH_KEY: stage1, PRIOR_NETWORK_KEY: network_record(p.network)}  # what the prior was fitted to
     log.line(f"stage II: {'diffusion' if continuous else 'autoregressive'} prior with "
              f"{sum(q.numel() for q in prior.parameters()):,} parameters over {cfg.model.latent_summary()}, "
              f"{len(data)} encoded examples, {p.kimg:g} kimg")

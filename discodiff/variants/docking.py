@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..checkpoint import discard_training_states, latest_training_state
+from ..checkpoint import latest_training_state
 from ..data import dock3d
 from ..edm import loss_weight
 from ..ema import EMA
@@ -35,10 +35,11 @@ from ..errors import ConfigError
 from ..latents import gumbel_softmax, null_mask, prior_class
 from ..metrics.ode import straightness
 from ..model import DiscoDiff
-from ..runs import PRIOR_NETWORK_KEY, STAGE1_HASH_KEY, Run, network_record
+from ..runs import Run
 from ..sampling import StackedGenerator, karras_sigmas, sample_heun, takes_noise_source
 from ..train.common import RunLog, resume_line
 from ..train.loop import Ticks, locked, restore, save_state
+from ..train.prior import fitted_to, resumable_prior_state
 
 ATOMS = dock3d.MAX_LIGAND
 # The ODE starts at sigma 30, not EDM's 80: ten times the data's scale (sigma_data 3) and three times the receptors'
@@ -176,12 +177,8 @@ def _train_set_prior(run: Run, data: dock3d.Dock3D, model: DiscoDiff, *, quiet: 
         prior.set_encoder.requires_grad_(step >= frozen)
         return torch.optim.Adam([q for q in prior.parameters() if q.requires_grad], lr=p.lr)
 
-    record = {STAGE1_HASH_KEY: run.stage1_sha256(), PRIOR_NETWORK_KEY: network_record(p.network)}
-    state = latest_training_state(run.path, "prior")
-    if state is not None and any(state.meta.get(k) != v for k, v in record.items()):
-        log.line("the prior's training state belongs to other stage-I weights or another network: fitting afresh")
-        discard_training_states(run.path, "prior")
-        state = None
+    record = fitted_to(run)
+    state = resumable_prior_state(run.path, record, log)
     parts, generators = {"prior": prior}, {"data": gen}
     # the optimizer that made the state's last step (a state saved on the step that unfreezes holds the one before)
     opt, start = optimizer(max(state.nimg // p.batch - 1, 0) if state is not None else 0), 0
@@ -189,7 +186,7 @@ def _train_set_prior(run: Run, data: dock3d.Dock3D, model: DiscoDiff, *, quiet: 
         start = restore(state, parts, opt, generators)
         log.line(resume_line("the prior", state))
     ticks = Ticks("prior", start, total, p.batch, p.tick_kimg)
-    losses = last = []
+    losses, last = [], []
     while ticks.running():
         if frozen and ticks.nimg == frozen * p.batch:
             opt = optimizer(frozen)
