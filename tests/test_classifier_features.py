@@ -14,7 +14,7 @@ from discodiff.config import DataConfig, ModelConfig, RunConfig
 from discodiff.data import load_dataset, to_uint8
 from discodiff.errors import CheckpointError, FIDError
 from discodiff.metrics import classifier as C
-from discodiff.metrics.fid import FIDStats, stats_of_images
+from discodiff.metrics.fid import FIDStats, fid_from_stats, stats_of_images
 
 pytestmark = [pytest.mark.usefixtures("one_thread"),
               pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")]
@@ -194,6 +194,23 @@ def test_class_tv_is_zero_for_the_data_and_high_for_one_class(cache, digits):
     # a wrong image size is refused in one line
     with pytest.raises(FIDError, match="takes 1x8x8 images"):
         clf(np.zeros((2, 16, 16, 1), np.uint8))
+
+
+def test_the_class_matched_distance_removes_the_class_mix_and_only_that(cache, digits):
+    images, labels = digits
+    clf = C.classifier_features(DataConfig(name="digits"), notice=lambda *_: None)
+    ref = stats_of_images(images, clf, batch=512)
+    predicted = clf.probabilities(ref.features).argmax(1).numpy()
+    # real images in the wrong mix: every image the classifier calls 0-4 three times, 5-9 once
+    skewed = np.concatenate([ref.features] + [ref.features[predicted < 5]] * 2)
+    res = clf.class_balance(skewed, ref.features, ref)
+    assert res["class_tv"] > 0.15 and fid_from_stats(FIDStats.from_features(skewed), ref) > 1.0
+    # reweighted to the data's mix, each row counts as often as in the data: the data's own mean and covariance
+    assert res["fid_class_matched"] < 1e-3
+    half = ref.features[: len(ref.features) // 2]   # a mix close to the data's: the reweighting changes little
+    near = clf.class_balance(half, ref.features, ref)
+    plain = fid_from_stats(FIDStats.from_features(half), ref)
+    assert abs(near["fid_class_matched"] - plain) < 0.5 * plain
 
 
 # ---- fid gen in the classifier's features ---------------------------------------------------------------------

@@ -126,18 +126,22 @@ def _report(stats, ref, ref_path, out: Path | None, bootstrap: int, extra: dict,
     """Prints FID (± bootstrap std) and KID of `stats` against `ref`, and writes them with `extra` to `out`. In the
     classifier's features (a `det` with `class_balance`) the distance is printed as FD and the class balance is
     added; the JSON keeps the key "fid" for the distance in either space and says which in "features"."""
+    import numpy as np
+
     from ..metrics.fid import feature_space, scores
 
     space = feature_space(det)
-    res = {"features": space, **scores(stats, ref, bootstrap=bootstrap)}
+    res = {"features": space, **scores(stats, ref, bootstrap=bootstrap),
+           # tr(Sigma) of the samples over the reference's: below 1, the samples spread less than the data
+           "diversity": float(np.trace(stats.sigma) / np.trace(ref.sigma))}
     name = "FID" if space == "inception" else f"FD ({space} features)"
     fid_text = f"{name} {res['fid']:.4f}" + (f" ± {res['fid_std']:.4f}" if bootstrap > 1 else "")
     kid_text = (f", KID {res['kid']:.6f} ± {res['kid_std']:.6f}" if res["kid"] is not None else "")
     balance = ""
     if hasattr(det, "class_balance") and ref.features is not None and stats.features is not None:
-        res.update(det.class_balance(stats.features, ref.features))
-        balance = (f", class TV {res['class_tv']:.4f}, confidence {res['confidence']:.3f} (data "
-                   f"{res['data_confidence']:.3f})")
+        res.update(det.class_balance(stats.features, ref.features, ref))
+        balance = (f", class TV {res['class_tv']:.4f}, FD at the data's class mix {res['fid_class_matched']:.4f}, "
+                   f"confidence {res['confidence']:.3f} (data {res['data_confidence']:.3f})")
     ref_n = f"{ref.num} images" if ref.num is not None else "image count not recorded"
     click.echo(f"{fid_text}{kid_text}{balance} ({stats.num} images vs reference {ref_path}, {ref_n})")
     if res["kid"] is None:

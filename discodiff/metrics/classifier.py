@@ -9,9 +9,10 @@ Fréchet distance, KID and the class balance of generated samples are computed e
   first (seconds to a minute on a CPU). It is a detector in `metrics.fid`'s sense (`feature_dim`, `__call__(uint8
   images) -> [N, 128]`), so `stats_of_images`, `accumulate_stats`, `scores` and `analysis.quality.sample_fid` take it
   in place of `InceptionDetector`.
-- `ClassifierFeatures.class_balance(features, ref_features)`: the total variation between the classes it predicts
-  for the samples and for the data, and its mean confidence on each, from the already extracted features (the
-  class head runs on them: no second pass over the images).
+- `ClassifierFeatures.class_balance(features, ref_features, ref_stats)`: the total variation between the classes it
+  predicts for the samples and for the data, its mean confidence on each, and the Fréchet distance with the samples
+  reweighted to the data's class mix, from the already extracted features (the class head runs on them: no second
+  pass over the images).
 
 The network: the image scaled to [-1, 1] and flattened, Linear 256, ReLU, Linear 128, ReLU (the 128 features), and a
 linear class head. Training: seeded (initialisation and batch order), Adam, a cosine learning rate, EPOCHS passes
@@ -281,17 +282,28 @@ class ClassifierFeatures:
             f = torch.as_tensor(np.asarray(features, dtype=np.float32)).to(self.device)
             return self.net.head(f).softmax(-1).double().cpu()
 
-    def class_balance(self, features, ref_features) -> dict:
+    def class_balance(self, features, ref_features, ref_stats=None) -> dict:
         """{"class_tv", "confidence", "data_confidence", "class_frequencies", "data_class_frequencies"}: the total
         variation between the frequencies of the classes predicted for the samples (`features`) and for the data
         (`ref_features`), 0 when they match and 1 - 1/K or more for one class of K balanced ones, and the mean
-        probability of the predicted class on each."""
+        probability of the predicted class on each.
+
+        With `ref_stats` (the reference's FIDStats) it adds "fid_class_matched": the Fréchet distance after the
+        samples are reweighted so that their predicted classes come in the data's proportions (each sample of class c
+        counted data_freq[c] / sample_freq[c] times). What the reweighting removes from "fid" is the part of the
+        distance due to the mix of classes; what remains is how the samples differ from the data within classes."""
+        from .fid import weighted_fid
+
         p, q = self.probabilities(features), self.probabilities(ref_features)
-        fp = np.bincount(p.argmax(1).numpy(), minlength=self.classes) / len(p)
+        cp = p.argmax(1).numpy()
+        fp = np.bincount(cp, minlength=self.classes) / len(p)
         fq = np.bincount(q.argmax(1).numpy(), minlength=self.classes) / len(q)
-        return {"class_tv": float(0.5 * np.abs(fp - fq).sum()), "confidence": float(p.max(1).values.mean()),
-                "data_confidence": float(q.max(1).values.mean()), "class_frequencies": fp.tolist(),
-                "data_class_frequencies": fq.tolist()}
+        out = {"class_tv": float(0.5 * np.abs(fp - fq).sum()), "confidence": float(p.max(1).values.mean()),
+               "data_confidence": float(q.max(1).values.mean()), "class_frequencies": fp.tolist(),
+               "data_class_frequencies": fq.tolist()}
+        if ref_stats is not None:
+            out["fid_class_matched"] = weighted_fid(features, ref_stats, (fq / np.where(fp > 0, fp, 1))[cp])
+        return out
 
 
 def classifier_features(cfg: DataConfig, *, cache_dir=None, device="cpu", seed: int = SEED, epochs: int = EPOCHS,
