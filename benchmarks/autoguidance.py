@@ -161,7 +161,8 @@ def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds
     evaluations = r.get("evaluations")
     return {**{k: v for k, v in row.items()}, "sampler": sampler, "budget": budget, "steps": steps,
             "evaluations": evaluations, "weak_evaluations": r.get("weak_evaluations"),
-            **{k: r[k] for k in ("fid", "fid_std", "kid", "kid_std", "diversity", "class_tv", "confidence") if k in r}}
+            **{k: r[k] for k in ("fid", "fid_std", "kid", "kid_std", "diversity", "class_tv", "confidence",
+                                  "fid_class_matched") if k in r}}
 
 
 def cache_key(row: dict, seed: int, sampler: str, budget: int) -> tuple:

@@ -158,7 +158,7 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
               "prior_temperature": float(prior_temperature),
               "seconds": round(time.perf_counter() - t0, 2)}
     if hasattr(detector, "class_balance") and ref.features is not None:  # the classifier's features (docs/fid.md)
-        result.update(detector.class_balance(stats.features, ref.features))
+        result.update(detector.class_balance(stats.features, ref.features, ref))
     if progress:
         spread = f" ± {result['fid_std']:.4f}" if bootstrap > 1 else ""
         kid = f", KID {result['kid']:.5f}" if result.get("kid") is not None else ""
