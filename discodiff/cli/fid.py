@@ -126,14 +126,12 @@ def _report(stats, ref, ref_path, out: Path | None, bootstrap: int, extra: dict,
     """Prints FID (± bootstrap std) and KID of `stats` against `ref`, and writes them with `extra` to `out`. In the
     classifier's features (a `det` with `class_balance`) the distance is printed as FD and the class balance is
     added; the JSON keeps the key "fid" for the distance in either space and says which in "features"."""
-    import numpy as np
-
+    from ..analysis.quality import diversity
     from ..metrics.fid import feature_space, scores
 
     space = feature_space(det)
-    res = {"features": space, **scores(stats, ref, bootstrap=bootstrap),
-           # tr(Sigma) of the samples over the reference's: below 1, the samples spread less than the data
-           "diversity": float(np.trace(stats.sigma) / np.trace(ref.sigma))}
+    # diversity: tr(Sigma) of the images over the reference's; below 1, they spread less than the data
+    res = {"features": space, **scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref)}
     name = "FID" if space == "inception" else f"FD ({space} features)"
     fid_text = f"{name} {res['fid']:.4f}" + (f" ± {res['fid_std']:.4f}" if bootstrap > 1 else "")
     kid_text = (f", KID {res['kid']:.6f} ± {res['kid_std']:.6f}" if res["kid"] is not None else "")
