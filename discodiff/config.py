@@ -104,6 +104,10 @@ class TrainConfig:
     # its model.safetensors}. This run (autoguidance's weak model) takes RUN's encoder, frozen, so that its latents
     # mean the same; like the seed, it cannot change on resume.
     encoder_from: dict | None = None
+    # Stage I trains the encoder until this many kimg, then only the denoiser (None: to the end). The codes' meanings
+    # stop moving, so the EMA denoiser, an average over the last tens of kimg, learns the very codes of the EMA encoder
+    # that the prior is fitted to (see `code_churn` in stats.jsonl for how much they still move). Not in the paper.
+    freeze_encoder_kimg: float | None = None
 
 
 @dataclass
@@ -604,6 +608,11 @@ def validate(cfg: RunConfig) -> None:
                  f"train.init_from must be {{\"run\": path, \"sha256\": hash}} (set by --init-from), got {t.init_from}")
         _require(m.num_latents > 0, "--init-from turns a plain run into DisCo-Diff, so this run needs latents "
                  "(--latents M > 0); to train a plain run further, resume it with a larger --kimg")
+    if t.freeze_encoder_kimg is not None:
+        _require(t.freeze_encoder_kimg >= 0, f"train.freeze_encoder_kimg must be >= 0 or null, got "
+                                             f"{t.freeze_encoder_kimg}")
+        _require(m.num_latents > 0, "train.freeze_encoder_kimg stops training the encoder, and a plain run "
+                                    "(no latents) has none")
     for key in ("lr_rampup_kimg",):
         _require(getattr(t, key) >= 0, f"train.{key} must be >= 0, got {getattr(t, key)}")
     for key in ("ema_halflife_kimg", "tick_kimg"):

@@ -136,3 +136,39 @@ def test_a_short_toy_run_learns_latents_that_carry_the_mode(tmp_path):
                               latents=model.latent_input(z), null_latent=torch.ones(len(y), dtype=torch.bool)).mean()
             assert given_z < 0.6 * given_null, (s, float(given_z), float(given_null))
     assert codebook_usage(z, 8)["codes_used"][0] >= 6
+
+
+def test_freeze_encoder_kimg_stops_the_encoder_there_and_only_the_encoder(tmp_path):
+    """train.freeze_encoder_kimg: the run is the unfrozen one until then (a run stopped there has the same weights);
+    afterwards the encoder's weights stay exactly as they were while the denoiser goes on learning; and every tick
+    after the first logs how many of the probe images' codes moved."""
+    import json
+
+    from discodiff.checkpoint import latest_training_state
+    freeze = ["--set", "train.freeze_encoder_kimg=0.128"]
+    _train(tmp_path / "until", 0.128)
+    _train(tmp_path / "frozen", 0.384, *freeze)
+    _train(tmp_path / "free", 0.384)
+
+    def weights(run, prefix):
+        tensors = latest_training_state(run, "stage1").tensors
+        return {k: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    until, frozen, free = (weights(tmp_path / r, "model.") for r in ("until", "frozen", "free"))
+    encoder = [k for k in until if k.startswith("model.encoder.")]
+    denoiser = [k for k in until if k.startswith("model.denoiser.")]
+    assert encoder and denoiser
+    assert all(torch.equal(until[k], frozen[k]) for k in encoder)
+    assert not all(torch.equal(frozen[k], free[k]) for k in encoder)
+    assert not all(torch.equal(until[k], frozen[k]) for k in denoiser)
+    rows = [json.loads(line) for line in (tmp_path / "frozen" / "stats.jsonl").read_text().splitlines()]
+    churn = [r.get("code_churn") for r in rows if r.get("stage") == 1]
+    assert churn[0] is None and all(0 <= c <= 1 for c in churn[1:]) and len(churn) == 3
+    assert churn[-1] < 1  # the EMA encoder settles on the frozen weights
+    assert "(encoder frozen)" in (tmp_path / "frozen" / "log.txt").read_text()
+
+
+def test_freeze_encoder_kimg_needs_latents(tmp_path):
+    from discodiff.errors import ConfigError
+    with pytest.raises((ConfigError, SystemExit)):
+        _train(tmp_path / "plain", 0.128, "--latents", "0", "--set", "train.freeze_encoder_kimg=0.1")

@@ -51,6 +51,31 @@ def backward_round(step_loss, y, labels, generator, *, rank_batch: int, autocast
     return loss.detach().sum()
 
 
+class CodeChurn:
+    """How far the meaning of the codes still moves: the fraction of a fixed set of training images (the first
+    `num`) whose EMA-encoder codes z = argmax E(y) differ, in any latent, from those of the previous tick. The prior
+    is fitted to the final EMA encoder's codes, while the EMA denoiser averages the codes' meanings over its last
+    tens of kimg: a churn far from 0 at the end of stage I means the two disagree (train.freeze_encoder_kimg). Only
+    the paper's discrete latents of an image model; the first tick of a run or of a resumed run has nothing to
+    compare with (None)."""
+
+    def __init__(self, model: DiscoDiff, reader, num: int = 1024):
+        self.images = None
+        if model.num_latents and model.config.latent_type == "discrete" and len(model.config.data_shape) == 3:
+            self.images = reader.images(torch.arange(min(num, len(reader.data)), device=reader.device),
+                                        torch.Generator(reader.device).manual_seed(0))
+        self.codes = None
+
+    @torch.no_grad()
+    def update(self, ema_model: DiscoDiff) -> float | None:
+        if self.images is None:
+            return None
+        codes = ema_model.latent_mode(ema_model.encode_all(self.images))
+        moved = None if self.codes is None else float((codes != self.codes).any(-1).float().mean())
+        self.codes = codes
+        return moved
+
+
 def micro_batch(cfg: RunConfig, world: int) -> tuple[int, int]:
     """(per-process micro-batch, accumulation rounds) such that micro * rounds * world == batch."""
     t = cfg.train
@@ -113,6 +138,9 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
              f"{_process(cfg.model)}{len(data)} examples, batch {t.batch} = {micro} x {rounds} x {world}, "
              f"{t.kimg:g} kimg, device {device}")
     ticks = Ticks("stage I", start, int(t.kimg * 1000), t.batch, t.tick_kimg)
+    freeze_nimg = None if t.freeze_encoder_kimg is None else int(t.freeze_encoder_kimg * 1000)
+    encoder_frozen = lambda nimg: freeze_nimg is not None and model.encoder is not None and nimg >= freeze_nimg
+    churn = CodeChurn(model, reader) if dist.is_main() else None
     loss_sum = torch.zeros((), device=device)
     nonfinite = torch.zeros((), dtype=torch.long, device=device)
     loss_count = 0
@@ -138,6 +166,11 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         for group, base_lr in zip(opt.param_groups, base_lrs):
             group["lr"] = base_lr * ramp
         lr = t.lr * ramp
+        if encoder_frozen(cur_nimg):
+            # Dropped gradients rather than requires_grad(False): DDP's reducer expects every parameter's gradient
+            # in every step, and Adam leaves a parameter without one (and its moments) exactly as it is.
+            for p in model.encoder.parameters():
+                p.grad = None
         nonfinite += neutralise_nonfinite(model.parameters())
         opt.step()
         ema.update(model, t.batch, cur_nimg + t.batch)
@@ -148,10 +181,15 @@ def _train_stage1(run_dir: Path, cfg: RunConfig, data: ArrayDataset, *, quiet: b
         _, ips = ticks.lap()
         row = {"stage": 1, "kimg": cur_nimg / 1000, "loss": mean_loss, "images_per_s": ips, "lr": lr,
                "nonfinite_grads": int(nonfinite), "memory_mb": memory_mb(device), "seconds": ticks.timer.total()}
+        moved = churn.update(ema.module) if churn is not None else None
+        if moved is not None:
+            row["code_churn"] = moved
         log.stats(row)
         bad = row["nonfinite_grads"]
         log.line(f"kimg {cur_nimg / 1000:8.1f}  loss {mean_loss:.4f}  {ips:8.0f} img/s  "
-                 f"mem {row['memory_mb']:.0f} MB" + (f"  non-finite gradient entries zeroed: {bad}" if bad else ""))
+                 f"mem {row['memory_mb']:.0f} MB" + (f"  codes moved {moved:.1%}" if moved is not None else "")
+                 + ("  (encoder frozen)" if encoder_frozen(cur_nimg - 1) else "")
+                 + (f"  non-finite gradient entries zeroed: {bad}" if bad else ""))
         loss_sum.zero_()
         nonfinite.zero_()
         loss_count = 0
