@@ -326,3 +326,23 @@ def test_cli_oracle_and_nfe_share_the_cached_reference(runs, tmp_path, capsys, d
     assert "reusing the reference" in err
     res = json.loads((out / "nfe.json").read_text())
     assert [r["steps"] for r in res["rows"]["img"]] == [1, 2] and (out / "nfe.png").is_file()
+
+
+def test_cli_oracle_in_the_classifiers_features(runs, tmp_path, capsys, monkeypatch):
+    """`analyze oracle --features classifier`: the digits' classifier (trained once into a fresh cache), its own
+    cached reference beside Inception's name, and the class balance of both rows."""
+    from discodiff.metrics import classifier as C
+    monkeypatch.setattr(C, "MIN_STEPS", 100)
+    monkeypatch.setenv("DISCODIFF_CACHE_DIR", str(tmp_path / "cache"))
+    out = tmp_path / "fid"
+    code, stdout, err = run_cli(["analyze", "oracle", "--run-dir", str(runs["img"]), "--steps", "2", "--out", str(out),
+                                 "--num", "6", "--bootstrap", "0", "--features", "classifier"], capsys)
+    assert code == 0, err
+    assert "training the classifier of digits" in err and "class TV" in stdout
+    res = json.loads((out / "oracle.json").read_text())
+    for row in ("oracle", "prior"):
+        assert 0 <= res[row]["class_tv"] <= 1 and res[row]["fid"] >= 0 and "fid_class_matched" in res[row]
+    assert (out / "fid-ref-classifier.npz").is_file() and not (out / "fid-ref.npz").exists()
+    code, _, err = run_cli(["analyze", "oracle", "--run-dir", str(runs["img"]), "--out", str(tmp_path / "x"),
+                            "--features", "classifier", "--detector", str(tmp_path / "inception.pt")], capsys)
+    assert code != 0 and "--detector names an Inception file" in err

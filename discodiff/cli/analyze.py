@@ -12,7 +12,7 @@ import click
 from ..analysis.common import ODE_SAMPLERS, SWITCHING_SAMPLERS
 from ..config import DataConfig
 from ..metrics.fid import BACKENDS
-from .fid import DETECTOR_HELP
+from .fid import DETECTOR_HELP, FEATURES, FEATURES_HELP
 from .options import (SEED, info, load_sampling_hybrid, parse_key_values, parse_list, resolve_device, resolve_sampling,
                       sampling_options, seed_range, table)
 
@@ -88,13 +88,17 @@ def _finish(out: Path, name: str, result: dict, files: list[Path]) -> None:
     click.echo("wrote " + ", ".join(str(p) for p in [path, *files]))
 
 
-def _detector(detector, device, backend="auto"):
-    from ..metrics.fid import InceptionDetector
-    return InceptionDetector.from_file(detector, device=device, backend=backend)
+def _detector(detector, device, backend="auto", features="inception", data_cfg=None):
+    """Inception (the standard FID), or with features "classifier" the classifier of `data_cfg`, the run's data
+    set (trained once and cached; metrics/classifier.py)."""
+    from .fid import _check_features, _features_detector
+    _check_features(features, detector, backend)
+    return _features_detector(features, data_cfg, detector, device, backend)
 
 
 def _reference(cfg, det, out: Path, ref_path: Path | None):
-    """(FIDStats, where they came from): --ref, or the run's training images, cached as OUT/fid-ref.npz."""
+    """(FIDStats, where they came from): --ref, or the run's training images, cached as OUT/fid-ref.npz
+    (OUT/fid-ref-classifier.npz in the classifier's features)."""
     from ..analysis.quality import cached_reference, reference_stats
     from ..data import to_uint8
     from ..metrics.fid import FIDStats
@@ -107,7 +111,8 @@ def _reference(cfg, det, out: Path, ref_path: Path | None):
         check_provenance(ref, ref_path, run_provenance(cfg, det), notice=info)
         return ref, str(ref_path)
     data, _ = _data(cfg)
-    cache = out / "fid-ref.npz"
+    from ..metrics.fid import feature_space
+    cache = out / ("fid-ref.npz" if feature_space(det) == "inception" else f"fid-ref-{feature_space(det)}.npz")
     describe = {"data": {"name": cfg.data.name, "path": cfg.data.path, "options": cfg.data.options},
                 "detector_sha256": det.sha256}
     stats = cached_reference(cache, {"num": len(data), **describe})
@@ -152,6 +157,7 @@ def _fid_options(f):
                      help="onnxruntime, eager or torchscript (the same features; auto: the fastest available).")(f)
     f = click.option("--bootstrap", type=click.IntRange(min=0), default=20, metavar="B",
                      help="Bootstrap resamples for each FID's standard deviation (0: none).")(f)
+    f = click.option("--features", type=click.Choice(FEATURES), default="inception", help=FEATURES_HELP)(f)
     return f
 
 
@@ -349,8 +355,8 @@ def codebook(run_dir, prior_samples, rows, cols, positions, data_options, sampli
 @sampling_options
 @_batch_option
 @_common
-def oracle(run_dir, data_options, num, ref_path, detector, detector_backend, bootstrap, sampling, batch, out, seed,
-           device):
+def oracle(run_dir, data_options, num, ref_path, detector, detector_backend, bootstrap, features, sampling, batch, out,
+           seed, device):
     """FID with the encoder's latents of real images (oracle) against latents from the prior, same noise
     (paper Table 3)."""
     import torch
@@ -364,7 +370,7 @@ def oracle(run_dir, data_options, num, ref_path, detector, detector_backend, boo
 
     seed_range(seed, num)
     cfg, model, prior, settings, det, ref, ref_where = _fid_run(
-        run_dir, "oracle against prior latents", sampling, detector, ref_path, out, device, detector_backend)
+        run_dir, "oracle against prior latents", sampling, detector, ref_path, out, device, detector_backend, features)
     steps, sampler, guidance = settings.steps, settings.sampler, settings.guidance
     data, data_cfg = _data(cfg, data_options)
     info(f"oracle against prior latents: {num} samples each, {settings.describe()}, guidance {guidance:g}")
@@ -382,9 +388,12 @@ def oracle(run_dir, data_options, num, ref_path, detector, detector_backend, boo
     row_o = next(sample_batches(model, prior, seeds, z=z, class_labels=cls, **settings.batch_options()))
     row_p = next(sample_batches(model, prior, seeds, class_labels=cls, **settings.batch_options()))
     png = save_grid(torch.cat([to_uint8(data.x[idx]).cpu(), row_o, row_p]), out / "oracle.png", k)
-    table(["latents", "FID", "diversity", "N"],
-           [["oracle (encoder)", result["oracle"]["fid"], result["oracle"]["diversity"], num],
-            ["prior", result["prior"]["fid"], result["prior"]["diversity"], num]])
+    rows = [["oracle (encoder)", result["oracle"]], ["prior", result["prior"]]]
+    if features == "classifier":  # the class balance too: which latents make the classes in the wrong mix
+        table(["latents", "FD", "at the data's class mix", "class TV", "diversity", "N"],
+              [[name, r["fid"], r["fid_class_matched"], r["class_tv"], r["diversity"], num] for name, r in rows])
+    else:
+        table(["latents", "FID", "diversity", "N"], [[name, r["fid"], r["diversity"], num] for name, r in rows])
     seen = result["prior_tuples_seen_in_data"]  # (None for continuous latents: no tuples)
     click.echo(f"gap (prior - oracle) {result['gap']:.4g}"
                + ("" if seen is None else f"; {100 * seen:.1f}% of the prior's tuples occur in the data")
@@ -393,7 +402,7 @@ def oracle(run_dir, data_options, num, ref_path, detector, detector_backend, boo
     _finish(out, "oracle", result, [png])
 
 
-def _fid_run(run_dir, what, sampling, detector, ref_path, out, device, backend="auto"):
+def _fid_run(run_dir, what, sampling, detector, ref_path, out, device, backend="auto", features="inception"):
     """The set-up shared by the FID analyses of one DisCo-Diff run: --out checked, the model (with latents) and
     its prior, its sampling settings (options.Sampling, from the sampling options), the detector and the reference
     statistics. Returns (cfg, model, prior, settings, detector, reference, where the reference came from)."""
@@ -404,7 +413,7 @@ def _fid_run(run_dir, what, sampling, detector, ref_path, out, device, backend="
     run, model, prior = _load(run_dir, what, latents=True, prior=True, device=device)
     require_image_model(model, "FID", str(run_dir))
     settings = load_sampling_hybrid(resolve_sampling(sampling, run.config.sample), run, device)
-    det = _detector(detector, device, backend)
+    det = _detector(detector, device, backend, features, run.config.data)
     ref, ref_where = _reference(run.config, det, out, ref_path)
     return run.config, model, prior, settings, det, ref, ref_where
 
@@ -419,8 +428,8 @@ def _fid_run(run_dir, what, sampling, detector, ref_path, out, device, backend="
 @sampling_options(guidance=False)
 @_batch_option
 @_common
-def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootstrap, sampling, batch, out, seed,
-             device):
+def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootstrap, features, sampling, batch, out,
+             seed, device):
     """FID and feature diversity against the guidance weight w on the latents (paper Table 3)."""
     import torch
 
@@ -432,7 +441,7 @@ def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootst
     ws = parse_list(weights, float, "--weights")
     seeds = seed_range(seed, num)
     _, model, prior, settings, det, ref, ref_where = _fid_run(run_dir, "the guidance sweep", sampling, detector,
-                                                              ref_path, out, device, detector_backend)
+                                                              ref_path, out, device, detector_backend, features)
     steps, sampler = settings.steps, settings.sampler
     info(f"guidance sweep over w = {', '.join(f'{w:g}' for w in ws)}: {num} samples each, {settings.describe()}")
     result = guidance_sweep(model, prior, ws, seeds, ref, det, steps=steps, sampler=sampler, batch=batch, progress=True,
@@ -465,8 +474,8 @@ def guidance(run_dir, weights, num, ref_path, detector, detector_backend, bootst
 @click.option("--batch", type=click.IntRange(min=1), default=128, help="Samples per batch.")
 @_fid_options
 @_common
-def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector, detector_backend, bootstrap, out, seed,
-        device):
+def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector, detector_backend, bootstrap, features,
+        out, seed, device):
     """FID against the number of sampler steps (NFE = 2 steps - 1 for Heun), for each run, same noise seeds."""
     from ..analysis import AnalysisError, require_image_model
     from ..analysis.nfe import quality_vs_steps
@@ -487,7 +496,7 @@ def nfe(run_dirs, steps_list, sampler, guidance, batch, num, ref_path, detector,
     if len(data_names) > 1:
         raise AnalysisError(f"the runs were trained on different data ({sorted(map(str, data_names))}); one FID "
                             f"reference cannot serve them all")
-    det = _detector(detector, device, detector_backend)
+    det = _detector(detector, device, detector_backend, features, loaded[0][0].config.data)
     ref, ref_where = _reference(loaded[0][0].config, det, out, ref_path)
     models = {n: (m, p) for n, (_, m, p) in zip(names, loaded)}
     info(f"FID against steps {steps} ({sampler}) for {', '.join(names)}: {num} samples each")
