@@ -106,7 +106,8 @@ class TrainConfig:
     encoder_from: dict | None = None
     # Stage I trains the encoder until this many kimg, then only the denoiser (None: to the end). The codes' meanings
     # stop moving, so the EMA denoiser, an average over the last tens of kimg, learns the very codes of the EMA encoder
-    # that the prior is fitted to (see `code_churn` in stats.jsonl for how much they still move). Not in the paper.
+    # that the prior is fitted to (see `code_churn` in stats.jsonl for how much they still move). Not in the paper;
+    # on fashion16 it left the samples' distance from the data unchanged (docs/research-log.md).
     freeze_encoder_kimg: float | None = None
 
 
