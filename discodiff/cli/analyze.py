@@ -12,7 +12,7 @@ import click
 from ..analysis.common import ODE_SAMPLERS, SWITCHING_SAMPLERS
 from ..config import DataConfig
 from ..metrics.fid import BACKENDS
-from .fid import DETECTOR_HELP, FEATURES, FEATURES_HELP
+from .fid import DETECTOR_HELP, FEATURES, FEATURES_HELP, reference_file
 from .options import (SEED, info, load_sampling_hybrid, parse_key_values, parse_list, resolve_device, resolve_sampling,
                       sampling_options, seed_range, table)
 
@@ -111,8 +111,7 @@ def _reference(cfg, det, out: Path, ref_path: Path | None):
         check_provenance(ref, ref_path, run_provenance(cfg, det), notice=info)
         return ref, str(ref_path)
     data, _ = _data(cfg)
-    from ..metrics.fid import feature_space
-    cache = out / ("fid-ref.npz" if feature_space(det) == "inception" else f"fid-ref-{feature_space(det)}.npz")
+    cache = reference_file(out, det)
     describe = {"data": {"name": cfg.data.name, "path": cfg.data.path, "options": cfg.data.options},
                 "detector_sha256": det.sha256}
     stats = cached_reference(cache, {"num": len(data), **describe})

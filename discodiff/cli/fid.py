@@ -271,14 +271,22 @@ def calc(images, ref_path, out, num, bootstrap, allow_mismatch, batch, features,
     _report(stats, ref_stats, ref_path, out, bootstrap, {"images": str(images)}, det)
 
 
+def reference_file(folder: Path, det) -> Path:
+    """Where a folder keeps the reference statistics of `det`'s feature space: fid-ref.npz for Inception's (EDM's
+    name), fid-ref-<space>.npz for another's, so that the two spaces never overwrite each other."""
+    from ..metrics.fid import feature_space
+
+    space = feature_space(det)
+    return folder / ("fid-ref.npz" if space == "inception" else f"fid-ref-{space}.npz")
+
+
 def _run_reference(run_dir: Path, cfg, det, ref_num, batch, allow_mismatch):
     """(FIDStats, path) of the run's own reference RUN_DIR/fid-ref.npz (fid-ref-classifier.npz in the classifier's
     features): reused when it records this detector, data and image count, computed and saved when missing; one
     that records something else is never overwritten."""
-    from ..metrics.fid import FIDError, FIDStats, feature_space, provenance_mismatches
+    from ..metrics.fid import FIDError, FIDStats, provenance_mismatches
 
-    space = feature_space(det)
-    path = run_dir / ("fid-ref.npz" if space == "inception" else f"fid-ref-{space}.npz")
+    path = reference_file(run_dir, det)
     label = dataset_label(cfg.data)
     if path.is_file():
         num = ref_num if ref_num is not None else len(dataset_uint8(cfg.data, label)[0])
