@@ -13,6 +13,21 @@ def test_every_preset_has_a_card_and_every_card_a_preset():
         assert all(what and why for what, why in card.deviations)
 
 
+def test_a_cards_m_and_k_are_its_presets():
+    """The card's summary is what `discodiff presets` and the README show: an "m = N, k = K" there that the preset no
+    longer has (as when fashion16 moved from 4 latents to 8) would mislead."""
+    import re
+
+    checked = 0
+    for name, card in PRESET_CARDS.items():
+        found = re.search(r"\bm = (\d+), k = (\d+)", card.summary)
+        if found:
+            m = preset_config(name).model
+            assert (m.num_latents, m.codebook_size) == tuple(map(int, found.groups())), name
+            checked += 1
+    assert checked >= 6
+
+
 def test_the_paper_toy_is_the_paper_configuration():
     cfg = preset_config("toy2d-paper")
     m = cfg.model
