@@ -96,7 +96,7 @@ def train(run_dir: Path, args: list[str], prior_args: list[str] | None = None) -
 
 def train_all(out: Path, args) -> dict:
     """{seed: {name: run folder}} for every seed: edm, disco and the weak runs (the names say which)."""
-    runs = {}
+    runs, needed = {}, {r.get("weak") for r in rows_of(args)}  # (only the weak runs that a row samples with)
     for seed in args.seeds:
         base = ["--preset", args.preset, "--seed", str(seed), *args.base_sets]
         r = {"edm": out / f"s{seed}-edm", "disco": out / f"s{seed}-disco"}
@@ -109,8 +109,9 @@ def train_all(out: Path, args) -> dict:
                 for name, strong, extra in ((f"edm-weak-{tag}", "edm", ["--latents", "0"]),
                                             (f"disco-weak-{tag}", "disco", []),
                                             (f"disco-plainweak-{tag}", "disco", ["--latents", "0"])):
-                    r[name] = out / f"s{seed}-{name}"
-                    train(r[name], ["--weak-of", str(r[strong]), *scale, *extra])
+                    if name in needed:
+                        r[name] = out / f"s{seed}-{name}"
+                        train(r[name], ["--weak-of", str(r[strong]), *scale, *extra])
         runs[seed] = r
     return runs
 
@@ -129,16 +130,20 @@ def rows_of(args) -> list[dict]:
                 common = {"strong": "disco", "weak": weak, "w": w, "latents": latents}
                 rows.append({"family": f"DisCo + AG ({form})", **common})
                 rows.append({"family": f"DisCo + LG + AG ({form})", **common, "guidance": lg[0], "interval": lg[1]})
-    if args.families:
-        rows = [r for r in rows if r["family"] in ("EDM", "DisCo") or any(r["family"].startswith(f.strip())
-                                                                          for f in args.families.split(","))]
+    if args.families:  # a name keeps its family, and all its forms ("DisCo + AG": (z), (null), (plain))
+        names = [f.strip() for f in args.families.split(",")]
+        rows = [r for r in rows if r["family"] in ("EDM", "DisCo", *names)
+                or any(r["family"].startswith(f"{f} (") for f in names)]
     if args.quick:  # one row of each path: each family, each form, latent guidance with autoguidance once
         keep = {"EDM", "DisCo", "EDM + AG", "DisCo + AG (z)", "DisCo + AG (plain)", "DisCo + LG + AG (null)"}
         rows = [r for r in rows if r["family"] in keep]
     return rows
 
 
-def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds, ref, det, args, cache) -> dict:
+def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds, ref, det, args, cache,
+            drawn: dict) -> dict:
+    """One row's scores in one feature space. `drawn` keeps the row's samples and evaluations between the spaces
+    (--features both samples once)."""
     from discodiff.analysis.quality import sample_fid
     from discodiff.autoguidance import Autoguide
     from discodiff.pipeline import PassCounter
@@ -151,10 +156,13 @@ def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds
     with PassCounter(model, *([weak] if weak is not None else [])) as counter:
         r = sample_fid(model, prior, seeds, ref, det, steps=steps, sampler=sampler, guidance=row.get("guidance", 0.0),
                        guidance_interval=row.get("interval"), autoguide=guide, batch=args.batch,
-                       bootstrap=args.bootstrap, cache=cache, model_key=(seed, row["strong"], row.get("weak")))
-    if counter.total:  # (a row found in the cache samples nothing: its evaluations come from the cache)
-        r["evaluations"] = counter.total / len(seeds)
-        r["weak_evaluations"] = counter.samples_of[-1] / len(seeds) if weak is not None else 0.0
+                       bootstrap=args.bootstrap, cache=cache, model_key=(seed, row["strong"], row.get("weak")),
+                       samples=drawn)
+    if counter.total:  # (a row found in the cache, or sampled for the other space, samples nothing)
+        drawn["evaluations"] = (counter.total / len(seeds),
+                                counter.samples_of[-1] / len(seeds) if weak is not None else 0.0)
+    if "evaluations" in drawn:
+        r["evaluations"], r["weak_evaluations"] = drawn["evaluations"]
         cache[cache_key(row, seed, sampler, budget)] = r
     elif cache_key(row, seed, sampler, budget) in cache:
         r = cache[cache_key(row, seed, sampler, budget)]
@@ -231,8 +239,8 @@ def main(argv=None) -> int:
     ap.add_argument("--budgets", default="18,36,70", help="network evaluations per sample")
     ap.add_argument("--samplers", default="heun,dpmpp-2m")
     ap.add_argument("--families", default=None, metavar="PREFIX,...",
-                    help="only the rows whose family starts with one of these (e.g. 'EDM + AG,DisCo + AG (z)'), "
-                         "besides EDM and DisCo alone")
+                    help="only these families' rows (e.g. 'EDM + AG,DisCo + LG,DisCo + AG (z)'; a family without "
+                         "its form, such as 'DisCo + AG', keeps all its forms), besides EDM and DisCo alone")
     ap.add_argument("--quick", action="store_true", help="smoke check on tiny digits networks (under a minute)")
     add_features_option(ap)
     add_run_options(ap, batch=128, results="benchmarks/results/autoguidance-<preset>.json (with --features "
@@ -289,9 +297,10 @@ def main(argv=None) -> int:
             for sampler in args.samplers:
                 for budget in args.budgets:
                     for row in rows_of(args):
+                        drawn = {}  # (the row's samples, drawn once for all the feature spaces)
                         for space, m in spaces.items():
                             res = {"seed": seed, **measure(row, seed, models, sampler, budget, seeds, m["ref"],
-                                                           m["det"], args, m["cache"])}
+                                                           m["det"], args, m["cache"], drawn)}
                             m["rows"].append(res)
                             w = f" w {row['w']:g}" if "w" in row else ""
                             lg = f" LG {row['guidance']:g}@{row.get('interval')}" if "guidance" in row else ""

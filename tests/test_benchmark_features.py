@@ -1,6 +1,7 @@
 """The comparison benchmarks' --features option (benchmarks/common.py): the detectors it gives, the refusal of data
 without labels before any training, the names of the report and cache files, the second space's table and report
-entries, and sample_fid's class balance in the classifier's features. In seconds (a shortened classifier training)."""
+entries, sample_fid's class balance in the classifier's features and its samples kept for a second space; the
+autoguidance benchmark's family filter and the weak runs it trains. In seconds (a shortened classifier training)."""
 import argparse
 
 import numpy as np
@@ -90,3 +91,55 @@ def test_sample_fid_gives_the_class_balance_in_the_classifiers_features(cache, m
     r = sample_fid(model, None, list(range(12)), ref, clf, steps=1, sampler="euler")
     assert np.isfinite(r["fid"]) and 0 <= r["class_tv"] <= 1 and 0 < r["confidence"] <= 1
     assert len(r["class_frequencies"]) == 10
+
+
+def test_sample_fid_samples_once_for_two_feature_spaces(cache, monkeypatch):
+    """With a `samples` dict, a second call under the same settings and another detector draws nothing, and
+    scores the same images: its result is that of a call that samples afresh."""
+    from discodiff.analysis import quality
+    from discodiff.data import load_dataset, to_uint8
+    from discodiff.metrics.fid import FIDStats
+    from discodiff.model import DiscoDiff
+    from discodiff.networks import BACKBONES
+
+    monkeypatch.setitem(BACKBONES, "bench-test-flat", FlatMLP)
+    torch.manual_seed(0)
+    model = DiscoDiff(ModelConfig(data_shape=[1, 8, 8], num_latents=0,
+                                  network={"name": "bench-test-flat", "hidden": 16, "depth": 2, "emb_dim": 8}))
+    clf = common.feature_detector("classifier", DataConfig(name="digits"))
+    images = to_uint8(load_dataset(DataConfig(name="digits")).x[:200])
+    ref = FIDStats.from_features(clf(images))
+    pixels = lambda x: x.reshape(len(x), -1).float()  # a second "feature space": the pixels themselves  # noqa: E731
+    pixel_ref = FIDStats.from_features(pixels(images))
+    calls = []
+    real = quality.sample_batches
+    monkeypatch.setattr(quality, "sample_batches", lambda *a, **k: calls.append(1) or real(*a, **k))
+    seeds, drawn = list(range(12)), {}
+    a = quality.sample_fid(model, None, seeds, ref, clf, steps=2, sampler="euler", batch=5, samples=drawn)
+    b = quality.sample_fid(model, None, seeds, pixel_ref, pixels, steps=2, sampler="euler", batch=5, samples=drawn,
+                           bootstrap=3)  # (the bootstrap count does not decide the samples)
+    assert len(calls) == 1 and len(drawn) == 1
+    fresh = quality.sample_fid(model, None, seeds, pixel_ref, pixels, steps=2, sampler="euler", batch=5, bootstrap=3)
+    assert len(calls) == 2 and b["fid"] == pytest.approx(fresh["fid"], rel=1e-6) and np.isfinite(a["fid"])
+    quality.sample_fid(model, None, seeds, ref, clf, steps=3, sampler="euler", batch=5, samples=drawn)
+    assert len(calls) == 3 and len(drawn) == 2  # other settings: sampled afresh, kept beside
+
+
+def test_the_autoguidance_benchmark_selects_families_and_trains_only_the_weak_runs_it_samples(tmp_path, monkeypatch):
+    from benchmarks import autoguidance as A
+
+    args = argparse.Namespace(
+        weights=[0.5], width_scales=[0.5], kimg_scales=[0.25], latent_guidance=[(1.0, (0.0, 1.0))],
+        families="EDM + AG,DisCo + LG,DisCo + AG (z)", quick=False, seeds=[0], preset="digits", base_sets=[],
+        prior_sets=[])
+    rows = A.rows_of(args)
+    assert sorted({r["family"] for r in rows}) == ["DisCo", "DisCo + AG (z)", "DisCo + LG", "EDM", "EDM + AG"]
+    args.families = "DisCo + AG,DisCo + LG + AG (z)"  # a family without its form keeps every form
+    assert sorted({r["family"] for r in A.rows_of(args)}) == [
+        "DisCo", "DisCo + AG (null)", "DisCo + AG (plain)", "DisCo + AG (z)", "DisCo + LG + AG (z)", "EDM"]
+    trained = []
+    monkeypatch.setattr(A, "train", lambda run_dir, *a: trained.append(run_dir.name))
+    args.families = "EDM + AG,DisCo + AG (z)"
+    runs = A.train_all(tmp_path, args)
+    assert trained == ["s0-edm", "s0-disco", "s0-edm-weak-w0.5-k0.25", "s0-disco-weak-w0.5-k0.25"]
+    assert sorted(runs[0]) == ["disco", "disco-weak-w0.5-k0.25", "edm", "edm-weak-w0.5-k0.25"]

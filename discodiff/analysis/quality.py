@@ -104,7 +104,7 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
                cache: FIDCache | None = None, model_key=None, bootstrap: int = 0,
                sampler_options: dict | None = None, hybrid=None,
                guidance_interval: tuple[float, float] | None = None, prior_temperature: float = 1.0,
-               autoguide=None) -> dict:
+               autoguide=None, samples: dict | None = None) -> dict:
     """FID (± its bootstrap std over `bootstrap` resamples), KID (± std) and diversity of one sample per seed,
     latents from `prior` unless `z` is given. `latents` names where `z` came from ("prior" when z is None), for the
     record and the cache key; `model_key` tells models apart in the cache (default: the ids of the model and the
@@ -114,7 +114,9 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     draws; `autoguide` (autoguidance.Autoguide, or (weak model, w[, interval])) guides with a weak model, whose
     passes "network_passes" counts too (name the weak model in `model_key`: the key then records only its
     settings). In the classifier's features (a detector with `class_balance`, metrics/classifier.py) the result
-    adds the class balance: "class_tv", "confidence" and the class frequencies."""
+    adds the class balance: "class_tv", "confidence" and the class frequencies. `samples`, a dict, keeps the uint8
+    samples under their settings, so a second call with the same settings and another detector (another feature
+    space) samples nothing."""
     from ..autoguidance import as_autoguide
 
     require_image_model(model, "FID")
@@ -124,29 +126,39 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     if len(seeds) < 2:
         raise AnalysisError(f"FID needs at least 2 samples, got {len(seeds)}")
     who = model_key if model_key is not None else (id(model), id(prior))
-    key = (who, tuple(seeds), latents, steps, sampler, float(guidance),
-           None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()), bootstrap)
+    head = (who, tuple(seeds), latents, steps, sampler, float(guidance),
+            None if class_labels is None else tuple(torch.as_tensor(class_labels).tolist()))
+    more = ()
     if sampler_options:  # (left out of the key when absent, so earlier caches stay valid)
-        key += (tuple(sorted((k, repr(v)) for k, v in sampler_options.items())),)
+        more += (tuple(sorted((k, repr(v)) for k, v in sampler_options.items())),)
     if hybrid is not None:
-        key += (("hybrid switch sigma", float(hybrid[1])),)
+        more += (("hybrid switch sigma", float(hybrid[1])),)
     if guidance_interval is not None:
-        key += (("guidance interval", *map(float, guidance_interval)),)
+        more += (("guidance interval", *map(float, guidance_interval)),)
     if prior_temperature != 1.0:
-        key += (("prior temperature", float(prior_temperature)),)
+        more += (("prior temperature", float(prior_temperature)),)
     if autoguide is not None:
         weak = id(autoguide.model) if model_key is None else None  # (else `model_key` names the weak model too)
-        key += (("autoguidance", weak, float(autoguide.weight), autoguide.interval, autoguide.latents),)
+        more += (("autoguidance", weak, float(autoguide.weight), autoguide.interval, autoguide.latents),)
+    key = head + (bootstrap,) + more  # (this order keeps the disk caches of earlier runs valid)
     if cache is not None and key in cache:
         return dict(cache[key])
     t0 = time.perf_counter()
-    batches = (piece for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
-                                                  sampler=sampler, guidance=guidance, batch=batch,
-                                                  sampler_options=sampler_options, hybrid=hybrid,
-                                                  guidance_interval=guidance_interval,
-                                                  prior_temperature=prior_temperature, autoguide=autoguide)
-               for piece in iter_batches(images, DETECTOR_BATCH))  # Inception at 299 px: small batches
+    drawn = head + more  # (what decides the samples: the key less its bootstrap count)
+    if samples is not None and drawn in samples:
+        source, kept = samples[drawn], None
+    else:
+        kept = []
+        source = (kept.append(images) or images
+                  for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
+                                               sampler=sampler, guidance=guidance, batch=batch,
+                                               sampler_options=sampler_options, hybrid=hybrid,
+                                               guidance_interval=guidance_interval,
+                                               prior_temperature=prior_temperature, autoguide=autoguide))
+    batches = (piece for images in source for piece in iter_batches(images, DETECTOR_BATCH))  # Inception: small
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
+    if samples is not None and kept is not None:  # (kept only once complete: an interrupted call keeps nothing)
+        samples[drawn] = kept
     evaluations = nfe(sampler, steps, **(sampler_options or {}))
     result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
               "latents": latents if model.num_latents else "none", "steps": steps, "sampler": sampler,
