@@ -5,9 +5,10 @@
         [--samplers heun,dpmpp-2m] [--features inception|classifier|both] [--out DIR] [--quick]
 
 For each training seed it trains (or reuses, in --out) the preset's plain EDM run (m = 0) and its DisCo-Diff run
-(with its prior), and for every weak size (--width-scales) and budget (--kimg-scales) three weak runs, each made in
-one command by `discodiff train --weak-of`: a weak EDM of the EDM run, a weak DisCo-Diff on the DisCo-Diff run's
-frozen encoder, and a plain weak EDM of the DisCo-Diff run (--latents 0). Then, for each sampler and each budget of
+(with its prior), and for every weak size (--width-scales) and budget (--kimg-scales) up to three weak runs (those
+that the rows of --families sample with), each made in one command by `discodiff train --weak-of`: a weak EDM of the
+EDM run, a weak DisCo-Diff on the DisCo-Diff run's frozen encoder, and a plain weak EDM of the DisCo-Diff run
+(--latents 0). Then, for each sampler and each budget of
 network evaluations per sample (both models' passes counted), it draws --num samples from the same seeds for:
 
     EDM                      the plain run alone
@@ -29,8 +30,8 @@ benchmarks/results/autoguidance-<preset>.json and the plot docs/autoguidance-<pr
 --features classifier measures in the hidden features of the data set's own classifier instead of Inception (its
 Fréchet distance in place of the FID, with each row's class TV and confidence; docs/fid.md): report
 autoguidance-<preset>-classifier.json and its plot, the reference features and FID cache in their own files of
---out. --features both measures in each (samples drawn once per space; the classifier's rows and targets go to
-"results_classifier", its targets printed after Inception's, its plot beside).
+--out. --features both measures in each (a row's samples drawn once, scored in both; the classifier's rows and
+targets go to "results_classifier", its targets printed after Inception's, its plot beside).
 
 --quick is a smoke check of the whole path on the tiny digits networks of the tests (32 images, 8 samples per FID, no
 bootstrap, one weight, one weak size and budget, Heun only, one row of each family and form): the numbers mean
