@@ -201,11 +201,21 @@ def targets(rows: list[dict]) -> list[dict]:
     return out
 
 
+def row_label(r: dict) -> str:
+    """A row's name in a plot: its family, weight and weak run (e.g. "EDM + AG, w 0.25, weak w0.5-k0.25")."""
+    return (r["family"] + (f", w {r['w']:g}" if "w" in r else "")
+            + (f", weak {r['weak'].rsplit('weak-', 1)[-1]}" if r.get("weak") else ""))
+
+
 def plot(rows: list[dict], path: Path, space: str = "inception") -> None:
+    """FD against evaluations per family (its best setting at each budget, mean over the seeds); with one budget,
+    where that would be a scatter of single points, each row's distance ± its bootstrap std per seed instead."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if len({r["budget"] for r in rows}) == 1:
+        return plot_rows(rows, path, space, plt)
     samplers = sorted({r["sampler"] for r in rows})
     fig, axes = plt.subplots(1, len(samplers), figsize=(6 * len(samplers), 4.5), squeeze=False)
     for ax, sampler in zip(axes[0], samplers):
@@ -222,6 +232,29 @@ def plot(rows: list[dict], path: Path, space: str = "inception") -> None:
         ax.set(title=sampler, xlabel="network evaluations per sample (both models)", ylabel=metric_name(space),
                xscale="log" if max(spent) > 2 * min(spent) else "linear")  # (one budget: a log axis garbles its ticks)
         ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def plot_rows(rows: list[dict], path: Path, space: str, plt) -> None:
+    """One budget: a horizontal bar per row and seed, the distance ± its bootstrap std, a panel per sampler."""
+    samplers, seeds = sorted({r["sampler"] for r in rows}), sorted({r["seed"] for r in rows})
+    labels = list(dict.fromkeys(row_label(r) for r in rows))
+    fig, axes = plt.subplots(1, len(samplers), figsize=(7 * len(samplers), 1.2 + 0.45 * len(labels) * len(seeds)),
+                             squeeze=False, sharey=True)
+    height = 0.8 / len(seeds)
+    for ax, sampler in zip(axes[0], samplers):
+        for j, seed in enumerate(seeds):
+            mine = {row_label(r): r for r in rows if r["sampler"] == sampler and r["seed"] == seed}
+            ys = [i + j * height for i, label in enumerate(labels) if label in mine]
+            picked = [mine[label] for label in labels if label in mine]
+            ax.barh(ys, [r["fid"] for r in picked], height, xerr=[r.get("fid_std") or 0 for r in picked],
+                    label=f"seed {seed}", capsize=2)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(labels))], labels, fontsize=8)
+        ax.invert_yaxis()
+        ax.set(title=f"{sampler}, {rows[0]['budget']} evaluations per sample (both models)",
+               xlabel=f"{metric_name(space)} ± bootstrap std")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

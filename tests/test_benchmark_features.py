@@ -143,3 +143,17 @@ def test_the_autoguidance_benchmark_selects_families_and_trains_only_the_weak_ru
     runs = A.train_all(tmp_path, args)
     assert trained == ["s0-edm", "s0-disco", "s0-edm-weak-w0.5-k0.25", "s0-disco-weak-w0.5-k0.25"]
     assert sorted(runs[0]) == ["disco", "disco-weak-w0.5-k0.25", "edm", "edm-weak-w0.5-k0.25"]
+
+
+def test_the_autoguidance_plot_of_one_budget_draws_each_row_per_seed(tmp_path):
+    """With one budget a line per family would be single points: the plot gives each row a bar per seed instead."""
+    pytest.importorskip("matplotlib")
+    from benchmarks import autoguidance as A
+
+    rows = [{"seed": s, "sampler": "heun", "budget": 70, "family": f, "fid": 1.0 + s + i, "fid_std": 0.1,
+             "evaluations": 70.0, **({"w": 0.25, "weak": "edm-weak-w0.5-k0.25"} if "AG" in f else {})}
+            for s in (0, 1) for i, f in enumerate(("EDM", "EDM + AG"))]
+    assert A.row_label(rows[1]) == "EDM + AG, w 0.25, weak w0.5-k0.25"
+    A.plot(rows, tmp_path / "one.png", "classifier")
+    A.plot([*rows, *({**r, "budget": 36, "evaluations": 35.0} for r in rows)], tmp_path / "two.png", "classifier")
+    assert (tmp_path / "one.png").stat().st_size > 0 and (tmp_path / "two.png").stat().st_size > 0
