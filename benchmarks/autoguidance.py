@@ -143,8 +143,8 @@ def rows_of(args) -> list[dict]:
 
 def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds, ref, det, args, cache,
             drawn: dict) -> dict:
-    """One row's scores in one feature space. `drawn` keeps the row's samples and evaluations between the spaces
-    (--features both samples once)."""
+    """One row's scores in one feature space. `drawn` carries the row's samples ("samples", for sample_fid) and its
+    measured evaluations ("evaluations") from one space to the next (--features both samples once)."""
     from discodiff.analysis.quality import sample_fid
     from discodiff.autoguidance import Autoguide
     from discodiff.pipeline import PassCounter
@@ -158,7 +158,7 @@ def measure(row: dict, seed: int, models: dict, sampler: str, budget: int, seeds
         r = sample_fid(model, prior, seeds, ref, det, steps=steps, sampler=sampler, guidance=row.get("guidance", 0.0),
                        guidance_interval=row.get("interval"), autoguide=guide, batch=args.batch,
                        bootstrap=args.bootstrap, cache=cache, model_key=(seed, row["strong"], row.get("weak")),
-                       samples=drawn)
+                       samples=drawn["samples"])
     if counter.total:  # (a row found in the cache, or sampled for the other space, samples nothing)
         drawn["evaluations"] = (counter.total / len(seeds),
                                 counter.samples_of[-1] / len(seeds) if weak is not None else 0.0)
@@ -331,7 +331,7 @@ def main(argv=None) -> int:
             for sampler in args.samplers:
                 for budget in args.budgets:
                     for row in rows_of(args):
-                        drawn = {}  # (the row's samples, drawn once for all the feature spaces)
+                        drawn = {"samples": {}}  # (the row's samples, drawn once for all the feature spaces)
                         for space, m in spaces.items():
                             res = {"seed": seed, **measure(row, seed, models, sampler, budget, seeds, m["ref"],
                                                            m["det"], args, m["cache"], drawn)}

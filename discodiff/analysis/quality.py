@@ -148,16 +148,16 @@ def sample_fid(model, prior, seeds: Sequence[int], ref: FIDStats, detector, *, z
     if samples is not None and drawn in samples:
         source, kept = samples[drawn], None
     else:
-        kept = []
-        source = (kept.append(images) or images
-                  for images in sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
-                                               sampler=sampler, guidance=guidance, batch=batch,
-                                               sampler_options=sampler_options, hybrid=hybrid,
-                                               guidance_interval=guidance_interval,
-                                               prior_temperature=prior_temperature, autoguide=autoguide))
+        source = sample_batches(model, prior, seeds, z=z, class_labels=class_labels, steps=steps,
+                                sampler=sampler, guidance=guidance, batch=batch, sampler_options=sampler_options,
+                                hybrid=hybrid, guidance_interval=guidance_interval,
+                                prior_temperature=prior_temperature, autoguide=autoguide)
+        kept = None if samples is None else []  # (the samples are held in memory only when asked to keep them)
+        if kept is not None:
+            source = (kept.append(images) or images for images in source)
     batches = (piece for images in source for piece in iter_batches(images, DETECTOR_BATCH))  # Inception: small
     stats = accumulate_stats(batches, detector, num=len(seeds), progress=progress, desc=desc)
-    if samples is not None and kept is not None:  # (kept only once complete: an interrupted call keeps nothing)
+    if kept is not None:  # (kept only once complete: an interrupted call keeps nothing)
         samples[drawn] = kept
     evaluations = nfe(sampler, steps, **(sampler_options or {}))
     result = {**scores(stats, ref, bootstrap=bootstrap), "diversity": diversity(stats, ref), "num": len(seeds),
